@@ -1,0 +1,599 @@
+//! The backup pipeline.
+//!
+//! ```text
+//! walk (sorted, excludes) ─► compare with the parent's node ─► read + chunk + hash   (calling thread)
+//!                                                                  │ new chunk ids only
+//!                                                                  ▼
+//!                                                       compress + encrypt          (rayon pool)
+//!                                                                  ▼
+//!                                                       put, many in flight         (tokio)
+//! trees are assembled bottom-up as each directory's walk ends; the snapshot is
+//! written only after every put has finished and the backend has synced.
+//! ```
+//!
+//! Hashing happens on the walking thread, so a chunk's id is known at once:
+//! trees are built without waiting on the pool, and a chunk that is already
+//! stored is never compressed or encrypted. Memory is bounded by the byte
+//! budget of chunks between the reader and the backend
+//! ([`BackupOptions::bytes_in_flight`]), not by the size of the data set.
+
+use std::collections::{BTreeMap, HashSet};
+use std::ffi::{OsStr, OsString};
+use std::fs::Metadata;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Instant;
+
+use crate::backend::Backend;
+use crate::blob::{self, Compression};
+use crate::chunker::{Chunker, StreamChunker};
+use crate::crypto::{Keys, ObjectKind};
+use crate::error::{Error, Result};
+use crate::exclude::Excludes;
+use crate::id::Id;
+use crate::metadata::{self, OwnerNames};
+use crate::progress::Progress;
+use crate::repo::{Repository, object_key};
+use crate::snapshot::{SNAPSHOT_VERSION, Snapshot, Summary};
+use crate::tree::{ChunkRef, Node, NodeKind, Tree};
+
+/// Which earlier snapshot to compare against.
+#[derive(Clone, Debug, Default)]
+pub enum ParentChoice {
+    /// The latest snapshot of the same host and paths.
+    #[default]
+    Auto,
+    /// This snapshot.
+    Snapshot(Id),
+    /// None: read every file.
+    None,
+}
+
+#[derive(Clone, Debug)]
+pub struct BackupOptions {
+    pub paths: Vec<PathBuf>,
+    pub excludes: Excludes,
+    pub tags: Vec<String>,
+    /// The host name recorded; the machine's own by default.
+    pub host: Option<String>,
+    pub parent: ParentChoice,
+    /// Read and hash everything, write nothing.
+    pub dry_run: bool,
+    /// Plaintext bytes of chunks allowed between the reader and the backend.
+    pub bytes_in_flight: usize,
+}
+
+impl Default for BackupOptions {
+    fn default() -> Self {
+        BackupOptions {
+            paths: Vec::new(),
+            excludes: Excludes::default(),
+            tags: Vec::new(),
+            host: None,
+            parent: ParentChoice::Auto,
+            dry_run: false,
+            bytes_in_flight: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// What a backup did.
+#[derive(Clone, Debug)]
+pub struct BackupOutcome {
+    /// `None` for a dry run.
+    pub snapshot_id: Option<Id>,
+    pub snapshot: Snapshot,
+    pub parent: Option<Id>,
+}
+
+/// A counting semaphore over bytes, blocking the reader when the pipeline
+/// behind it is full.
+struct ByteBudget {
+    used: Mutex<usize>,
+    freed: Condvar,
+    cap: usize,
+}
+
+impl ByteBudget {
+    fn acquire(&self, n: usize) {
+        let Ok(mut used) = self.used.lock() else { return };
+        // One item larger than the whole budget may pass alone.
+        while *used > 0 && *used + n > self.cap {
+            used = match self.freed.wait(used) {
+                Ok(u) => u,
+                Err(_) => return,
+            };
+        }
+        *used += n;
+    }
+
+    fn release(&self, n: usize) {
+        if let Ok(mut used) = self.used.lock() {
+            *used = used.saturating_sub(n);
+        }
+        self.freed.notify_all();
+    }
+}
+
+/// Tracks uploads in flight and the first failure among them.
+#[derive(Default)]
+struct InFlight {
+    state: Mutex<(usize, Option<Error>)>,
+    done: Condvar,
+}
+
+impl InFlight {
+    fn start(&self) {
+        if let Ok(mut s) = self.state.lock() {
+            s.0 += 1;
+        }
+    }
+
+    fn finish(&self, result: Result<()>) {
+        if let Ok(mut s) = self.state.lock() {
+            s.0 -= 1;
+            if let Err(e) = result {
+                s.1.get_or_insert(e);
+            }
+        }
+        self.done.notify_all();
+    }
+
+    fn failed(&self) -> bool {
+        self.state.lock().map(|s| s.1.is_some()).unwrap_or(true)
+    }
+
+    /// Waits for every upload; returns the first error.
+    fn wait(&self) -> Result<()> {
+        let mut s = self.state.lock().map_err(|_| Error::InvalidInput("upload tracker poisoned".into()))?;
+        while s.0 > 0 {
+            s = self.done.wait(s).map_err(|_| Error::InvalidInput("upload tracker poisoned".into()))?;
+        }
+        match s.1.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// State shared between the walking thread and the upload tasks.
+struct Uploader {
+    keys: Arc<Keys>,
+    repo_id: [u8; 32],
+    compression: Compression,
+    backend: Arc<dyn Backend>,
+    handle: tokio::runtime::Handle,
+    connections: Arc<tokio::sync::Semaphore>,
+    budget: Arc<ByteBudget>,
+    inflight: Arc<InFlight>,
+    known_chunks: Vec<Id>,
+    known_trees: Vec<Id>,
+    new_ids: Mutex<HashSet<(bool, Id)>>,
+    bytes_added: Arc<AtomicU64>,
+    chunks_added: AtomicU64,
+    trees_added: AtomicU64,
+    dry_run: bool,
+}
+
+impl Uploader {
+    fn has_chunk(&self, id: &Id) -> bool {
+        self.known_chunks.binary_search(id).is_ok()
+            || self.new_ids.lock().map(|s| s.contains(&(false, *id))).unwrap_or(false)
+    }
+
+    /// Claims an id for upload; false if it is stored or being stored.
+    fn claim(&self, kind: ObjectKind, id: &Id) -> bool {
+        let known = if kind == ObjectKind::Tree { &self.known_trees } else { &self.known_chunks };
+        if known.binary_search(id).is_ok() {
+            return false;
+        }
+        self.new_ids.lock().map(|mut s| s.insert((kind == ObjectKind::Tree, *id))).unwrap_or(false)
+    }
+
+    /// Stores an object unless the repository has it. `plaintext` is encoded
+    /// on the rayon pool and uploaded from the runtime.
+    fn store(&self, kind: ObjectKind, id: Id, plaintext: Vec<u8>) {
+        if !self.claim(kind, &id) {
+            return;
+        }
+        match kind {
+            ObjectKind::Tree => self.trees_added.fetch_add(1, Ordering::Relaxed),
+            _ => self.chunks_added.fetch_add(1, Ordering::Relaxed),
+        };
+        if self.dry_run {
+            self.bytes_added.fetch_add(plaintext.len() as u64, Ordering::Relaxed);
+            return;
+        }
+        let len = plaintext.len();
+        self.budget.acquire(len);
+        self.inflight.start();
+        let keys = self.keys.clone();
+        let repo_id = self.repo_id;
+        let compression = self.compression;
+        let backend = self.backend.clone();
+        let handle = self.handle.clone();
+        let connections = self.connections.clone();
+        let budget = self.budget.clone();
+        let inflight = self.inflight.clone();
+        let added = self.bytes_added.clone();
+        rayon::spawn(move || {
+            let stored = blob::encode(&keys, &repo_id, kind, &id, &plaintext, compression);
+            drop(plaintext);
+            let n = stored.len() as u64;
+            handle.spawn(async move {
+                let result = match connections.acquire().await {
+                    Ok(_permit) => backend.put(&object_key(kind, &id), stored).await.map_err(Error::from),
+                    Err(_) => Err(Error::InvalidInput("upload queue closed".into())),
+                };
+                if result.is_ok() {
+                    added.fetch_add(n, Ordering::Relaxed);
+                }
+                budget.release(len);
+                inflight.finish(result);
+            });
+        });
+    }
+}
+
+/// The walk: everything the walking thread needs.
+struct Walker<'a> {
+    repo: &'a Repository,
+    up: &'a Uploader,
+    chunker: Chunker,
+    excludes: &'a Excludes,
+    owners: OwnerNames,
+    progress: &'a dyn Progress,
+    summary: Summary,
+}
+
+/// The backed-up paths arranged as a tree of path components, so that the
+/// snapshot's root mirrors the absolute paths (as restic's does).
+#[derive(Default)]
+struct PathTrie {
+    children: BTreeMap<Vec<u8>, PathTrie>,
+    /// This path itself was named for backup.
+    target: bool,
+}
+
+impl PathTrie {
+    fn insert(&mut self, path: &Path) {
+        let mut node = self;
+        for comp in path.components() {
+            if let Component::Normal(name) = comp {
+                node = node.children.entry(name.as_bytes().to_vec()).or_default();
+            }
+        }
+        node.target = true;
+    }
+}
+
+impl Walker<'_> {
+    fn warn(&mut self, path: &Path, message: impl std::fmt::Display) {
+        self.summary.errors += 1;
+        self.progress.warning(path, &message.to_string());
+        tracing::warn!("{}: {message}", path.display());
+    }
+
+    fn load_parent_tree(&mut self, parent: Option<&Node>, path: &Path) -> Option<Tree> {
+        let id = parent.filter(|n| n.kind == NodeKind::Dir)?.subtree?;
+        match self.repo.load_tree(&id) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                // Not fatal: the files are read again instead.
+                tracing::warn!("{}: cannot use the parent snapshot's tree: {e}", path.display());
+                None
+            }
+        }
+    }
+
+    fn store_tree(&mut self, tree: &Tree) -> Id {
+        let plain = tree.to_bytes();
+        let id = self.repo.keys().id(&plain);
+        self.up.store(ObjectKind::Tree, id, plain);
+        id
+    }
+
+    /// Builds the tree for one level of the path trie.
+    fn archive_trie(&mut self, trie: &PathTrie, fs_path: &Path, parent: Option<&Tree>) -> Result<Id> {
+        let mut nodes = Vec::new();
+        for (name, child) in &trie.children {
+            let name_os = OsStr::from_bytes(name);
+            let path = fs_path.join(name_os);
+            let parent_node = parent.and_then(|t| t.find(name));
+            let meta = match std::fs::symlink_metadata(&path) {
+                Ok(m) => m,
+                Err(e) => {
+                    self.warn(&path, e);
+                    continue;
+                }
+            };
+            if child.target {
+                if let Some(node) = self.archive_entry(&path, name_os, &meta, parent_node)? {
+                    nodes.push(node);
+                }
+            } else {
+                let mut node = metadata::node_from_metadata(name_os, &meta, &self.owners);
+                let ptree = self.load_parent_tree(parent_node, &path);
+                node.subtree = Some(self.archive_trie(child, &path, ptree.as_ref())?);
+                node.kind = NodeKind::Dir;
+                nodes.push(node);
+            }
+        }
+        Ok(self.store_tree(&Tree::new(nodes)))
+    }
+
+    /// Archives one entry; `None` when it could not be read (a warning was
+    /// reported). Errors are reserved for failures of the whole backup.
+    fn archive_entry(
+        &mut self,
+        path: &Path,
+        name: &OsStr,
+        meta: &Metadata,
+        parent: Option<&Node>,
+    ) -> Result<Option<Node>> {
+        if self.up.inflight.failed() {
+            return Err(self.up.inflight.wait().err().unwrap_or_else(|| Error::InvalidInput("upload failed".into())));
+        }
+        let mut node = metadata::node_from_metadata(name, meta, &self.owners);
+        match node.kind {
+            NodeKind::Dir => {
+                self.summary.dirs += 1;
+                let ptree = self.load_parent_tree(parent, path);
+                node.subtree = Some(self.archive_dir(path, ptree.as_ref())?);
+            }
+            NodeKind::File => return self.archive_file(path, node, parent),
+            NodeKind::Symlink => match std::fs::read_link(path) {
+                Ok(t) => node.target = Some(t.as_os_str().as_bytes().to_vec()),
+                Err(e) => {
+                    self.warn(path, e);
+                    return Ok(None);
+                }
+            },
+            _ => {}
+        }
+        Ok(Some(node))
+    }
+
+    fn archive_dir(&mut self, path: &Path, parent: Option<&Tree>) -> Result<Id> {
+        let mut entries: Vec<(OsString, PathBuf)> = Vec::new();
+        match std::fs::read_dir(path) {
+            Ok(rd) => {
+                for entry in rd {
+                    match entry {
+                        Ok(e) => entries.push((e.file_name(), e.path())),
+                        Err(e) => self.warn(path, e),
+                    }
+                }
+            }
+            Err(e) => self.warn(path, e),
+        }
+        entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        let mut nodes = Vec::with_capacity(entries.len());
+        for (name, child) in entries {
+            if self.excludes.is_excluded(&child) {
+                continue;
+            }
+            let meta = match std::fs::symlink_metadata(&child) {
+                Ok(m) => m,
+                Err(e) => {
+                    self.warn(&child, e);
+                    continue;
+                }
+            };
+            let parent_node = parent.and_then(|t| t.find(name.as_bytes()));
+            if let Some(node) = self.archive_entry(&child, &name, &meta, parent_node)? {
+                nodes.push(node);
+            }
+        }
+        Ok(self.store_tree(&Tree::new(nodes)))
+    }
+
+    fn archive_file(&mut self, path: &Path, mut node: Node, parent: Option<&Node>) -> Result<Option<Node>> {
+        if let Some(p) = parent.filter(|p| unchanged(p, &node)) {
+            // Invariant 4: reuse the parent's chunk list only if every chunk
+            // it names is still in the repository.
+            if p.content.iter().all(|c| self.up.has_chunk(&c.0)) {
+                node.content = p.content.clone();
+                node.size = p.size;
+                self.summary.files_unchanged += 1;
+                self.summary.bytes_total += node.size;
+                return Ok(Some(node));
+            }
+            tracing::info!("{}: a chunk of the parent's copy is missing; reading the file again", path.display());
+        }
+        self.progress.file_started(path);
+        let file = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) => {
+                self.warn(path, e);
+                return Ok(None);
+            }
+        };
+        let mut stream = StreamChunker::new(&self.chunker, file);
+        let mut content = Vec::new();
+        let mut size = 0u64;
+        loop {
+            match stream.next_chunk() {
+                Ok(Some(chunk)) => {
+                    let id = self.repo.keys().id(&chunk);
+                    let len = chunk.len();
+                    content.push(ChunkRef(id, len as u32));
+                    size += len as u64;
+                    self.up.store(ObjectKind::Chunk, id, chunk);
+                    self.progress.bytes_done(len as u64);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    self.warn(path, format!("read failed after {size} bytes: {e}"));
+                    return Ok(None);
+                }
+            }
+        }
+        node.content = content;
+        node.size = size;
+        self.summary.bytes_read += size;
+        self.summary.bytes_total += size;
+        match parent {
+            Some(_) => self.summary.files_changed += 1,
+            None => self.summary.files_new += 1,
+        }
+        self.progress.file_done();
+        Ok(Some(node))
+    }
+}
+
+/// Whether a file looks unchanged since the parent snapshot.
+fn unchanged(parent: &Node, now: &Node) -> bool {
+    parent.kind == NodeKind::File
+        && now.kind == NodeKind::File
+        && parent.size == now.size
+        && parent.mtime == now.mtime
+        && parent.ctime == now.ctime
+        && parent.inode == now.inode
+}
+
+/// Makes `path` absolute without resolving a symlink at its end, so that a
+/// symlink named for backup is stored as a symlink.
+pub fn absolute_path(path: &Path) -> Result<PathBuf> {
+    let abs = std::path::absolute(path).map_err(|e| Error::io(path, e))?;
+    match (abs.parent(), abs.file_name()) {
+        (Some(parent), Some(name))
+            if !matches!(abs.components().next_back(), Some(Component::ParentDir | Component::CurDir)) =>
+        {
+            let parent = std::fs::canonicalize(parent).map_err(|e| Error::io(parent, e))?;
+            Ok(parent.join(name))
+        }
+        _ => std::fs::canonicalize(&abs).map_err(|e| Error::io(&abs, e)),
+    }
+}
+
+/// Resolves and checks the paths to back up: each must exist. Nothing is
+/// written before this succeeds.
+pub fn resolve_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    if paths.is_empty() {
+        return Err(Error::InvalidInput("nothing to back up: give at least one path".into()));
+    }
+    let mut out = Vec::new();
+    for p in paths {
+        std::fs::symlink_metadata(p).map_err(|e| Error::io(p, e))?;
+        out.push(absolute_path(p)?);
+    }
+    out.sort();
+    out.dedup();
+    // A path inside another named path is already covered by it.
+    let all = out.clone();
+    out.retain(|p| !all.iter().any(|q| q != p && p.starts_with(q)));
+    Ok(out)
+}
+
+fn host_name() -> String {
+    nix::unistd::gethostname().ok().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// Runs a backup and, unless it is a dry run, writes the snapshot.
+pub fn backup(repo: &Repository, options: &BackupOptions, progress: &dyn Progress) -> Result<BackupOutcome> {
+    let start = Instant::now();
+    let paths = resolve_paths(&options.paths)?;
+    let path_strings: Vec<String> = paths.iter().map(|p| p.to_string_lossy().into_owned()).collect();
+    let host = options.host.clone().unwrap_or_else(host_name);
+
+    let snapshots = repo.snapshots()?;
+    let parent_id = match &options.parent {
+        ParentChoice::None => None,
+        ParentChoice::Snapshot(id) => Some(*id),
+        ParentChoice::Auto => {
+            snapshots.iter().rev().find(|(_, s)| s.host == host && s.paths == path_strings).map(|(id, _)| *id)
+        }
+    };
+    let parent_tree = match parent_id {
+        Some(id) => {
+            let snap = match snapshots.iter().find(|(sid, _)| *sid == id) {
+                Some((_, s)) => s.clone(),
+                None => repo.load_snapshot(&id)?,
+            };
+            Some(repo.load_tree(&snap.tree)?)
+        }
+        None => None,
+    };
+    let host_previous = snapshots.iter().rev().find(|(_, s)| s.host == host);
+
+    let up = Uploader {
+        keys: repo.keys().clone(),
+        repo_id: *repo.repo_id(),
+        compression: repo.compression(),
+        backend: repo.backend().clone(),
+        handle: repo.runtime().handle().clone(),
+        connections: Arc::new(tokio::sync::Semaphore::new(repo.backend().concurrency().max(1))),
+        budget: Arc::new(ByteBudget {
+            used: Mutex::new(0),
+            freed: Condvar::new(),
+            cap: options.bytes_in_flight.max(1),
+        }),
+        inflight: Arc::new(InFlight::default()),
+        known_chunks: repo.list_ids(ObjectKind::Chunk)?,
+        known_trees: repo.list_ids(ObjectKind::Tree)?,
+        new_ids: Mutex::new(HashSet::new()),
+        bytes_added: Arc::new(AtomicU64::new(0)),
+        chunks_added: AtomicU64::new(0),
+        trees_added: AtomicU64::new(0),
+        dry_run: options.dry_run,
+    };
+    let mut walker = Walker {
+        repo,
+        up: &up,
+        chunker: repo.chunker()?,
+        excludes: &options.excludes,
+        owners: OwnerNames::default(),
+        progress,
+        summary: Summary::default(),
+    };
+
+    let mut trie = PathTrie::default();
+    for p in &paths {
+        trie.insert(p);
+    }
+    let walked = if trie.target {
+        // `/` itself was named: the root tree is the file system's root.
+        walker.archive_dir(Path::new("/"), parent_tree.as_ref())
+    } else {
+        walker.archive_trie(&trie, Path::new("/"), parent_tree.as_ref())
+    };
+    // Wait for the uploads even when the walk failed, so no task outlives us.
+    let uploaded = up.inflight.wait();
+    let root = walked?;
+    uploaded?;
+    if !options.dry_run {
+        // Invariant 1 and 2: everything referenced is durable before the
+        // snapshot is written.
+        repo.runtime().block_on(repo.backend().sync())?;
+    }
+
+    let mut summary = walker.summary;
+    summary.bytes_added = up.bytes_added.load(Ordering::Relaxed);
+    summary.chunks_added = up.chunks_added.load(Ordering::Relaxed);
+    summary.trees_added = up.trees_added.load(Ordering::Relaxed);
+    summary.duration_ms = start.elapsed().as_millis() as u64;
+
+    let now = jiff::ZonedDateTime::now();
+    let euid = nix::unistd::geteuid();
+    let snapshot = Snapshot {
+        version: SNAPSHOT_VERSION,
+        time: now.timestamp().display_with_offset(now.offset()).to_string(),
+        host,
+        user: OwnerNames::default().user(euid.as_raw()).unwrap_or_default(),
+        uid: euid.as_raw(),
+        gid: nix::unistd::getegid().as_raw(),
+        paths: path_strings,
+        tags: options.tags.clone(),
+        tree: root,
+        parent: parent_id,
+        host_sequence: host_previous.map_or(1, |(_, s)| s.host_sequence + 1),
+        host_previous: host_previous.map(|(id, _)| *id),
+        summary,
+        program_version: format!("coffer {}", crate::VERSION),
+    };
+    let snapshot_id = if options.dry_run { None } else { Some(repo.save_snapshot(&snapshot)?) };
+    Ok(BackupOutcome { snapshot_id, snapshot, parent: parent_id })
+}

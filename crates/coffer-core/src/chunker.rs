@@ -1,0 +1,299 @@
+//! Content-defined chunking: FastCDC 2020 with a gear table that comes from
+//! the repository's key.
+//!
+//! With the crate's public table, boundaries depend only on the content, so
+//! the sequence of object sizes fingerprints a known file. A secret table
+//! makes the boundaries secret too. The crate's own `seed` option only XORs
+//! one u64 into the public table, which leaves the table's structure public,
+//! so the whole table is derived from the key instead.
+
+use fastcdc::v2020;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Chunker parameters, stored in the repository's config.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkerParams {
+    /// The algorithm; only [`ChunkerParams::FASTCDC_KEYED`] exists today.
+    pub algorithm: String,
+    pub min_size: u32,
+    pub avg_size: u32,
+    pub max_size: u32,
+    /// FastCDC normalisation level, 0 to 3.
+    pub normalization: u8,
+}
+
+impl ChunkerParams {
+    pub const FASTCDC_KEYED: &'static str = "fastcdc2020-keyed-gear";
+
+    /// Largest chunk any repository may declare; decoders use it as the bound
+    /// on a chunk's plaintext.
+    pub const MAX_CHUNK: u32 = v2020::MAXIMUM_MAX as u32;
+
+    /// Checks the parameters before they are used. The crate only
+    /// debug-asserts them, and odd sizes silently shift boundaries.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |why: &str| Err(Error::InvalidInput(format!("chunker parameters {self:?}: {why}")));
+        if self.algorithm != Self::FASTCDC_KEYED {
+            return bad("unknown chunker algorithm (this repository needs a newer coffer)");
+        }
+        let (min, avg, max) = (self.min_size as usize, self.avg_size as usize, self.max_size as usize);
+        if min % 2 != 0 || avg % 2 != 0 || max % 2 != 0 {
+            return bad("sizes must be even");
+        }
+        if !(v2020::MINIMUM_MIN..=v2020::MINIMUM_MAX).contains(&min)
+            || !(v2020::AVERAGE_MIN..=v2020::AVERAGE_MAX).contains(&avg)
+            || !(v2020::MAXIMUM_MIN..=v2020::MAXIMUM_MAX).contains(&max)
+        {
+            return bad("sizes out of FastCDC's range");
+        }
+        if !(min < avg && avg < max) {
+            return bad("need min < avg < max");
+        }
+        if self.normalization > 3 {
+            return bad("normalization must be 0 to 3");
+        }
+        Ok(())
+    }
+}
+
+impl Default for ChunkerParams {
+    fn default() -> Self {
+        ChunkerParams {
+            algorithm: Self::FASTCDC_KEYED.to_string(),
+            min_size: 512 * 1024,
+            avg_size: 1024 * 1024,
+            max_size: 8 * 1024 * 1024,
+            normalization: 1,
+        }
+    }
+}
+
+/// Finds chunk boundaries.
+pub struct Chunker {
+    gear: Box<[u64; 256]>,
+    gear_ls: Box<[u64; 256]>,
+    min: usize,
+    avg: usize,
+    max: usize,
+    mask_s: u64,
+    mask_l: u64,
+}
+
+impl Chunker {
+    pub fn new(params: &ChunkerParams, gear: [u64; 256]) -> Result<Chunker> {
+        params.validate()?;
+        let level = match params.normalization {
+            0 => v2020::Normalization::Level0,
+            1 => v2020::Normalization::Level1,
+            2 => v2020::Normalization::Level2,
+            _ => v2020::Normalization::Level3,
+        };
+        let (mask_s, mask_l) = v2020::select_masks(params.avg_size as usize, level);
+        // The shifted table must be exactly `gear << 1`: FastCDC 2020 consumes
+        // two bytes per step, and any other relation makes the boundaries
+        // after an odd-length insertion differ from those before it.
+        let mut gear_ls = [0u64; 256];
+        for (ls, g) in gear_ls.iter_mut().zip(gear.iter()) {
+            *ls = g << 1;
+        }
+        Ok(Chunker {
+            gear: Box::new(gear),
+            gear_ls: Box::new(gear_ls),
+            min: params.min_size as usize,
+            avg: params.avg_size as usize,
+            max: params.max_size as usize,
+            mask_s,
+            mask_l,
+        })
+    }
+
+    pub fn max_size(&self) -> usize {
+        self.max
+    }
+
+    /// The length of the next chunk at the start of `data`.
+    ///
+    /// `data` must hold at least `max_size` bytes unless it is the end of the
+    /// stream, or the boundary found may not be the one the whole stream has.
+    pub fn next_boundary(&self, data: &[u8]) -> usize {
+        if data.is_empty() {
+            return 0;
+        }
+        let (_, len) = v2020::cut_gear(
+            data,
+            self.min,
+            self.avg,
+            self.max,
+            self.mask_s,
+            self.mask_l,
+            self.mask_s << 1,
+            self.mask_l << 1,
+            &self.gear[..],
+            &self.gear_ls[..],
+        );
+        len.max(1)
+    }
+
+    /// All chunk lengths of an in-memory buffer (used by tests and benches).
+    pub fn split<'a>(&'a self, mut data: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
+        std::iter::from_fn(move || {
+            if data.is_empty() {
+                return None;
+            }
+            let n = self.next_boundary(data);
+            let (head, tail) = data.split_at(n);
+            data = tail;
+            Some(head)
+        })
+    }
+}
+
+/// Reads a stream and yields its chunks, one buffer at a time.
+pub struct StreamChunker<'c, R> {
+    chunker: &'c Chunker,
+    reader: R,
+    buf: Vec<u8>,
+    eof: bool,
+}
+
+impl<'c, R: std::io::Read> StreamChunker<'c, R> {
+    pub fn new(chunker: &'c Chunker, reader: R) -> Self {
+        StreamChunker { chunker, reader, buf: Vec::with_capacity(2 * chunker.max), eof: false }
+    }
+
+    /// The next chunk, or `None` at the end of the stream.
+    pub fn next_chunk(&mut self) -> std::io::Result<Option<Vec<u8>>> {
+        let want = self.chunker.max;
+        while !self.eof && self.buf.len() < want {
+            let old = self.buf.len();
+            let target = want.max(old + 256 * 1024).min(2 * want);
+            self.buf.resize(target, 0);
+            match self.reader.read(&mut self.buf[old..]) {
+                Ok(0) => {
+                    self.buf.truncate(old);
+                    self.eof = true;
+                }
+                Ok(n) => self.buf.truncate(old + n),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => self.buf.truncate(old),
+                Err(e) => {
+                    self.buf.truncate(old);
+                    return Err(e);
+                }
+            }
+        }
+        if self.buf.is_empty() {
+            return Ok(None);
+        }
+        let n = self.chunker.next_boundary(&self.buf);
+        let rest = self.buf.split_off(n);
+        let chunk = std::mem::replace(&mut self.buf, rest);
+        if self.buf.capacity() < want {
+            self.buf.reserve(2 * want - self.buf.len());
+        }
+        Ok(Some(chunk))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    fn gear(seed: u64) -> [u64; 256] {
+        let bytes = pseudo_random(2048, seed);
+        let mut t = [0u64; 256];
+        for (i, c) in bytes.chunks_exact(8).enumerate() {
+            t[i] = u64::from_le_bytes(c.try_into().unwrap());
+        }
+        t
+    }
+
+    fn small() -> ChunkerParams {
+        ChunkerParams { min_size: 2048, avg_size: 8192, max_size: 65536, ..ChunkerParams::default() }
+    }
+
+    #[test]
+    fn rejects_bad_params() {
+        for p in [
+            ChunkerParams { min_size: 2049, ..small() },
+            ChunkerParams { min_size: 16384, ..small() },
+            ChunkerParams { max_size: 64 * 1024 * 1024, ..small() },
+            ChunkerParams { algorithm: "rabin".into(), ..small() },
+            ChunkerParams { normalization: 4, ..small() },
+        ] {
+            assert!(Chunker::new(&p, gear(1)).is_err(), "{p:?}");
+        }
+        assert!(ChunkerParams::default().validate().is_ok());
+    }
+
+    #[test]
+    fn chunks_respect_bounds_and_cover_input() {
+        let c = Chunker::new(&small(), gear(1)).unwrap();
+        let data = pseudo_random(1 << 20, 9);
+        let chunks: Vec<&[u8]> = c.split(&data).collect();
+        assert_eq!(chunks.concat(), data);
+        for ch in &chunks[..chunks.len() - 1] {
+            assert!(ch.len() >= 2048 && ch.len() <= 65536, "{}", ch.len());
+        }
+        assert!(chunks.len() > 40 && chunks.len() < 400, "{}", chunks.len());
+    }
+
+    #[test]
+    fn stream_matches_in_memory() {
+        let c = Chunker::new(&small(), gear(2)).unwrap();
+        let data = pseudo_random(700_001, 3);
+        let expect: Vec<Vec<u8>> = c.split(&data).map(|s| s.to_vec()).collect();
+        // A reader that returns odd-sized short reads.
+        struct Trickle<'a>(&'a [u8]);
+        impl std::io::Read for Trickle<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let n = buf.len().min(self.0.len()).min(7777);
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let mut s = StreamChunker::new(&c, Trickle(&data));
+        let mut got = Vec::new();
+        while let Some(ch) = s.next_chunk().unwrap() {
+            got.push(ch);
+        }
+        assert_eq!(got, expect);
+    }
+
+    #[test]
+    fn odd_insertion_resynchronises() {
+        let c = Chunker::new(&small(), gear(4)).unwrap();
+        let data = pseudo_random(1 << 20, 5);
+        let mut edited = data.clone();
+        let insert = pseudo_random(101, 6);
+        edited.splice(300_000..300_000, insert);
+        let a: std::collections::HashSet<&[u8]> = c.split(&data).collect();
+        let b: Vec<&[u8]> = c.split(&edited).collect();
+        let new = b.iter().filter(|ch| !a.contains(*ch)).count();
+        assert!(new <= 2, "{new} new chunks after a 101-byte insertion");
+    }
+
+    #[test]
+    fn different_tables_cut_differently() {
+        let data = pseudo_random(1 << 20, 7);
+        let c1 = Chunker::new(&small(), gear(10)).unwrap();
+        let c2 = Chunker::new(&small(), gear(11)).unwrap();
+        let l1: Vec<usize> = c1.split(&data).map(|c| c.len()).collect();
+        let l2: Vec<usize> = c2.split(&data).map(|c| c.len()).collect();
+        assert_ne!(l1, l2);
+    }
+}

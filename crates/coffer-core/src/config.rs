@@ -1,0 +1,160 @@
+//! The repository's `config` object.
+//!
+//! ```text
+//! config = magic "coffer\0\x01"(8) ‖ format version u32le ‖ 4 zero bytes ‖ repository id(32)
+//!          ‖ nonce(16) ‖ SIV( frame(MessagePack(ConfigBody)) )
+//! ```
+//!
+//! The first 48 bytes are plaintext so that a client can read the format
+//! version before it has a key, and say "needs a newer coffer" instead of
+//! "wrong password"; they are bound into the encrypted part as associated data.
+
+use serde::{Deserialize, Serialize};
+
+use crate::blob;
+use crate::chunker::ChunkerParams;
+use crate::crypto::{Keys, ObjectKind};
+use crate::error::{Error, Result};
+
+pub const MAGIC: &[u8; 8] = b"coffer\0\x01";
+/// The format version this library writes and the highest it reads.
+pub const FORMAT_VERSION: u32 = 1;
+pub const HEADER_LEN: usize = 48;
+/// The object's key in the repository.
+pub const NAME: &str = "config";
+const MAX_BODY: usize = 64 * 1024;
+
+/// The plaintext header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConfigHeader {
+    pub version: u32,
+    pub repo_id: [u8; 32],
+}
+
+impl ConfigHeader {
+    pub fn to_bytes(&self) -> [u8; HEADER_LEN] {
+        let mut out = [0u8; HEADER_LEN];
+        out[..8].copy_from_slice(MAGIC);
+        out[8..12].copy_from_slice(&self.version.to_le_bytes());
+        out[16..48].copy_from_slice(&self.repo_id);
+        out
+    }
+
+    /// Parses the header and checks that this library can read the format.
+    pub fn parse(stored: &[u8]) -> Result<ConfigHeader> {
+        if stored.len() < HEADER_LEN || &stored[..8] != MAGIC {
+            return Err(Error::corrupt("config", NAME, "not a coffer config object (bad magic)"));
+        }
+        let version = u32::from_le_bytes([stored[8], stored[9], stored[10], stored[11]]);
+        if version > FORMAT_VERSION || version == 0 {
+            return Err(Error::UnsupportedVersion { found: version, supported: FORMAT_VERSION });
+        }
+        let mut repo_id = [0u8; 32];
+        repo_id.copy_from_slice(&stored[16..48]);
+        Ok(ConfigHeader { version, repo_id })
+    }
+}
+
+/// The encrypted settings of a repository.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigBody {
+    pub version: u32,
+    pub chunker: ChunkerParams,
+    /// zstd level for chunks and trees; 0 stores everything raw.
+    pub compression_level: i32,
+    pub created: String,
+}
+
+impl ConfigBody {
+    pub fn new(chunker: ChunkerParams) -> ConfigBody {
+        ConfigBody {
+            version: FORMAT_VERSION,
+            chunker,
+            compression_level: 3,
+            created: jiff::Timestamp::now().to_string(),
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        self.chunker.validate()?;
+        if !(0..=19).contains(&self.compression_level) {
+            return Err(Error::corrupt(
+                "config",
+                NAME,
+                format!("compression level {} out of range", self.compression_level),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn encode(&self, keys: &Keys, header: &ConfigHeader) -> Vec<u8> {
+        let hdr = header.to_bytes();
+        let body = rmp_serde::to_vec_named(self).unwrap_or_default();
+        let sealed = blob::seal_random(keys, &header.repo_id, ObjectKind::Config, NAME, &hdr, &body);
+        let mut out = hdr.to_vec();
+        out.extend_from_slice(&sealed);
+        out
+    }
+
+    pub fn decode(keys: &Keys, stored: &[u8]) -> Result<(ConfigHeader, ConfigBody)> {
+        let header = ConfigHeader::parse(stored)?;
+        let body = blob::open_random(
+            keys,
+            &header.repo_id,
+            ObjectKind::Config,
+            NAME,
+            &stored[..HEADER_LEN],
+            &stored[HEADER_LEN..],
+            MAX_BODY,
+        )
+        .map_err(|_| {
+            Error::corrupt(
+                "config",
+                NAME,
+                "does not authenticate under this key: it was altered, or the key belongs to another repository",
+            )
+        })?;
+        let body: ConfigBody =
+            rmp_serde::from_slice(&body).map_err(|e| Error::corrupt("config", NAME, format!("does not parse: {e}")))?;
+        if body.version != header.version {
+            return Err(Error::corrupt("config", NAME, "encrypted version differs from the plaintext header"));
+        }
+        body.validate()?;
+        Ok((header, body))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn round_trip_and_version_check() {
+        let keys = Keys::from_master(&[9; 64]);
+        let header = ConfigHeader { version: FORMAT_VERSION, repo_id: [5; 32] };
+        let body = ConfigBody::new(ChunkerParams::default());
+        let bytes = body.encode(&keys, &header);
+        let (h, b) = ConfigBody::decode(&keys, &bytes).unwrap();
+        assert_eq!((h, b), (header, body));
+
+        let mut newer = bytes.clone();
+        newer[8] = 2;
+        assert!(matches!(ConfigBody::decode(&keys, &newer), Err(Error::UnsupportedVersion { found: 2, .. })));
+        let mut other_repo = bytes.clone();
+        other_repo[20] ^= 1;
+        assert!(matches!(ConfigBody::decode(&keys, &other_repo), Err(Error::Corrupt { .. })));
+        assert!(ConfigBody::decode(&Keys::from_master(&[8; 64]), &bytes).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn decode_never_panics(data in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let keys = Keys::from_master(&[9; 64]);
+            let _ = ConfigBody::decode(&keys, &data);
+            let mut with_magic = MAGIC.to_vec();
+            with_magic.extend_from_slice(&data);
+            let _ = ConfigBody::decode(&keys, &with_magic);
+        }
+    }
+}

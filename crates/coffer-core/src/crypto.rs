@@ -1,0 +1,249 @@
+//! Keys and the primitives built on them: subkey derivation, object ids and
+//! the two ways objects are sealed (deterministic and random-nonce SIV).
+//!
+//! Everything here is keyed by the 64-byte master key, which is generated once
+//! by `init`, stored only sealed under a password (see [`crate::key`]), and
+//! zeroized when dropped.
+
+use aes_siv::KeyInit;
+use aes_siv::siv::Aes256PmacSiv;
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+use crate::id::Id;
+
+/// Length of the master key.
+pub const MASTER_KEY_LEN: usize = 64;
+/// Length of an AES-256-PMAC-SIV key (two AES-256 keys).
+pub const AEAD_KEY_LEN: usize = 64;
+/// Length of the SIV tag that starts every sealed object.
+pub const TAG_LEN: usize = 16;
+/// Length of the random nonce of snapshots, config and locks.
+pub const NONCE_LEN: usize = 16;
+
+/// The BLAKE3 derive-key contexts, one per purpose. Changing any of them
+/// changes every id and key of every repository: they are part of the format.
+pub mod context {
+    pub const ID: &str = "coffer 2026-11-27 object id key v1";
+    pub const CHUNK: &str = "coffer 2026-11-27 chunk aead key v1";
+    pub const TREE: &str = "coffer 2026-11-27 tree aead key v1";
+    pub const SNAPSHOT: &str = "coffer 2026-11-27 snapshot aead key v1";
+    pub const CONFIG: &str = "coffer 2026-11-27 config aead key v1";
+    pub const LOCK: &str = "coffer 2026-11-27 lock aead key v1";
+    pub const GEAR: &str = "coffer 2026-11-27 chunker gear table v1";
+}
+
+/// Fills `buf` from the operating system's random number generator.
+///
+/// An OS without a working RNG cannot make keys at all, so failure aborts.
+pub fn fill_random(buf: &mut [u8]) {
+    if let Err(e) = getrandom::fill(buf) {
+        panic!("the operating system's random number generator failed: {e}");
+    }
+}
+
+/// Derives `out.len()` bytes for `context` from the master key, reading
+/// BLAKE3's extendable output.
+pub fn derive(master: &[u8; MASTER_KEY_LEN], context: &str, out: &mut [u8]) {
+    let mut hasher = blake3::Hasher::new_derive_key(context);
+    hasher.update(master);
+    hasher.finalize_xof().fill(out);
+}
+
+/// The kinds of sealed object; each has its own AEAD key and its own
+/// associated-data tag, so an object of one kind never decrypts as another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ObjectKind {
+    Chunk,
+    Tree,
+    Snapshot,
+    Config,
+    Lock,
+}
+
+impl ObjectKind {
+    /// The tag bound into every object of this kind as associated data.
+    pub fn tag(self) -> &'static [u8] {
+        match self {
+            ObjectKind::Chunk => b"chunk",
+            ObjectKind::Tree => b"tree",
+            ObjectKind::Snapshot => b"snapshot",
+            ObjectKind::Config => b"config",
+            ObjectKind::Lock => b"lock",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ObjectKind::Chunk => "chunk",
+            ObjectKind::Tree => "tree",
+            ObjectKind::Snapshot => "snapshot",
+            ObjectKind::Config => "config",
+            ObjectKind::Lock => "lock",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The master key and every subkey derived from it.
+#[derive(Zeroize, ZeroizeOnDrop)]
+pub struct Keys {
+    master: [u8; MASTER_KEY_LEN],
+    id_key: [u8; 32],
+    aead: [[u8; AEAD_KEY_LEN]; 5],
+    gear: [u8; 2048],
+}
+
+impl Keys {
+    /// A new random master key.
+    pub fn generate() -> Keys {
+        let mut master = [0u8; MASTER_KEY_LEN];
+        fill_random(&mut master);
+        let keys = Keys::from_master(&master);
+        master.zeroize();
+        keys
+    }
+
+    pub fn from_master(master: &[u8; MASTER_KEY_LEN]) -> Keys {
+        let mut keys = Keys { master: *master, id_key: [0; 32], aead: [[0; AEAD_KEY_LEN]; 5], gear: [0; 2048] };
+        derive(master, context::ID, &mut keys.id_key);
+        for (kind, ctx) in [
+            (ObjectKind::Chunk, context::CHUNK),
+            (ObjectKind::Tree, context::TREE),
+            (ObjectKind::Snapshot, context::SNAPSHOT),
+            (ObjectKind::Config, context::CONFIG),
+            (ObjectKind::Lock, context::LOCK),
+        ] {
+            derive(master, ctx, &mut keys.aead[kind.index()]);
+        }
+        derive(master, context::GEAR, &mut keys.gear);
+        keys
+    }
+
+    pub fn master(&self) -> &[u8; MASTER_KEY_LEN] {
+        &self.master
+    }
+
+    /// The chunker's 256-entry gear table, read as little-endian u64s.
+    pub fn gear_table(&self) -> [u64; 256] {
+        let mut table = [0u64; 256];
+        for (entry, bytes) in table.iter_mut().zip(self.gear.chunks_exact(8)) {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(bytes);
+            *entry = u64::from_le_bytes(b);
+        }
+        table
+    }
+
+    /// The id of a plaintext: keyed BLAKE3 under the id key.
+    pub fn id(&self, plaintext: &[u8]) -> Id {
+        Id(*blake3::keyed_hash(&self.id_key, plaintext).as_bytes())
+    }
+
+    fn cipher(&self, kind: ObjectKind) -> Aes256PmacSiv {
+        // The key has the right length by construction.
+        match Aes256PmacSiv::new_from_slice(&self.aead[kind.index()]) {
+            Ok(c) => c,
+            Err(_) => unreachable!("AEAD keys are 64 bytes"),
+        }
+    }
+
+    /// Encrypts `plaintext` deterministically, binding `headers` as
+    /// associated data. Returns `tag ‖ ciphertext`.
+    pub fn seal(&self, kind: ObjectKind, headers: &[&[u8]], plaintext: Vec<u8>) -> Vec<u8> {
+        let mut buf = plaintext;
+        buf.reserve(TAG_LEN);
+        let mut cipher = self.cipher(kind);
+        // Fails only with more than 126 headers; ours are fixed and short.
+        if cipher.encrypt_in_place(headers.iter(), &mut buf).is_err() {
+            unreachable!("at most a handful of associated-data headers");
+        }
+        buf
+    }
+
+    /// Reverses [`Keys::seal`]; `None` when the object does not authenticate.
+    pub fn open(&self, kind: ObjectKind, headers: &[&[u8]], sealed: &[u8]) -> Option<Vec<u8>> {
+        if sealed.len() < TAG_LEN {
+            return None;
+        }
+        let mut buf = sealed.to_vec();
+        let mut cipher = self.cipher(kind);
+        cipher.decrypt_in_place(headers.iter(), &mut buf).ok()?;
+        Some(buf)
+    }
+}
+
+/// Seals a key-encryption key's payload: used by [`crate::key`] with a key
+/// that came from the password rather than from the master key.
+pub fn seal_with(key: &[u8; AEAD_KEY_LEN], headers: &[&[u8]], plaintext: &[u8]) -> Vec<u8> {
+    let mut buf = plaintext.to_vec();
+    let mut cipher = match Aes256PmacSiv::new_from_slice(key) {
+        Ok(c) => c,
+        Err(_) => unreachable!("AEAD keys are 64 bytes"),
+    };
+    if cipher.encrypt_in_place(headers.iter(), &mut buf).is_err() {
+        unreachable!("at most a handful of associated-data headers");
+    }
+    buf
+}
+
+/// Reverses [`seal_with`].
+pub fn open_with(key: &[u8; AEAD_KEY_LEN], headers: &[&[u8]], sealed: &[u8]) -> Option<Vec<u8>> {
+    if sealed.len() < TAG_LEN {
+        return None;
+    }
+    let mut buf = sealed.to_vec();
+    let mut cipher = Aes256PmacSiv::new_from_slice(key).ok()?;
+    cipher.decrypt_in_place(headers.iter(), &mut buf).ok()?;
+    Some(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn test_master() -> [u8; 64] {
+        let mut m = [0u8; 64];
+        for (i, b) in m.iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        m
+    }
+
+    #[test]
+    fn subkeys_differ_per_purpose() {
+        let keys = Keys::from_master(&test_master());
+        let mut seen = std::collections::HashSet::new();
+        assert!(seen.insert(keys.id_key.to_vec()));
+        for k in &keys.aead {
+            assert!(seen.insert(k[..32].to_vec()));
+        }
+        assert!(seen.insert(keys.gear[..32].to_vec()));
+    }
+
+    #[test]
+    fn seal_is_deterministic_and_bound_to_headers() {
+        let keys = Keys::from_master(&test_master());
+        let a = keys.seal(ObjectKind::Chunk, &[b"chunk", b"x"], b"hello".to_vec());
+        let b = keys.seal(ObjectKind::Chunk, &[b"chunk", b"x"], b"hello".to_vec());
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 5 + TAG_LEN);
+        assert_eq!(keys.open(ObjectKind::Chunk, &[b"chunk", b"x"], &a).unwrap(), b"hello");
+        assert!(keys.open(ObjectKind::Chunk, &[b"chunk", b"y"], &a).is_none());
+        assert!(keys.open(ObjectKind::Tree, &[b"chunk", b"x"], &a).is_none(), "other kind's key");
+        let mut flipped = a.clone();
+        flipped[TAG_LEN] ^= 1;
+        assert!(keys.open(ObjectKind::Chunk, &[b"chunk", b"x"], &flipped).is_none());
+        assert!(keys.open(ObjectKind::Chunk, &[b"chunk", b"x"], &a[..3]).is_none());
+    }
+
+    #[test]
+    fn ids_are_keyed() {
+        let k1 = Keys::from_master(&test_master());
+        let k2 = Keys::generate();
+        assert_ne!(k1.id(b"photo"), k2.id(b"photo"));
+        assert_ne!(k1.id(b"photo").0, *blake3::hash(b"photo").as_bytes());
+    }
+}

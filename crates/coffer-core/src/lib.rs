@@ -1,0 +1,33 @@
+//! coffer-core: the repository format, its cryptography, and the backup and
+//! restore pipelines.
+//!
+//! The module names follow the repository format described in `docs/format.md`:
+//! [`blob`] encodes one stored object, [`tree`] and [`snapshot`] are the
+//! structures stored in them, [`backend`] is where the objects live, and
+//! [`repo`] ties them together. [`archiver`] and [`restorer`] are the two
+//! pipelines built on top.
+
+pub mod archiver;
+pub mod backend;
+pub mod blob;
+pub mod chunker;
+pub mod config;
+pub mod crypto;
+pub mod error;
+pub mod exclude;
+pub mod id;
+pub mod key;
+pub mod metadata;
+pub mod progress;
+pub mod repo;
+pub mod restorer;
+pub mod snapshot;
+pub mod tree;
+pub mod walk;
+
+pub use error::{Error, Result};
+pub use id::Id;
+pub use repo::Repository;
+
+/// The version of this library, recorded in every snapshot it writes.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

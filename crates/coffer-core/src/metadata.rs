@@ -1,0 +1,131 @@
+//! Reading file-system metadata into tree nodes, and applying it back on
+//! restore.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::Metadata;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+use std::sync::Mutex;
+
+use crate::tree::{Node, NodeKind, Timestamp};
+
+/// Caches uid and gid to name lookups, which otherwise cost a passwd/group
+/// file parse per entry.
+#[derive(Default)]
+pub struct OwnerNames {
+    users: Mutex<HashMap<u32, Option<String>>>,
+    groups: Mutex<HashMap<u32, Option<String>>>,
+}
+
+impl OwnerNames {
+    pub fn user(&self, uid: u32) -> Option<String> {
+        let mut cache = self.users.lock().ok()?;
+        cache
+            .entry(uid)
+            .or_insert_with(|| {
+                nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten().map(|u| u.name)
+            })
+            .clone()
+    }
+
+    pub fn group(&self, gid: u32) -> Option<String> {
+        let mut cache = self.groups.lock().ok()?;
+        cache
+            .entry(gid)
+            .or_insert_with(|| {
+                nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid)).ok().flatten().map(|g| g.name)
+            })
+            .clone()
+    }
+}
+
+pub fn kind_of(meta: &Metadata) -> NodeKind {
+    let ft = meta.file_type();
+    if ft.is_dir() {
+        NodeKind::Dir
+    } else if ft.is_symlink() {
+        NodeKind::Symlink
+    } else if ft.is_fifo() {
+        NodeKind::Fifo
+    } else if ft.is_socket() {
+        NodeKind::Socket
+    } else if ft.is_char_device() {
+        NodeKind::CharDevice
+    } else if ft.is_block_device() {
+        NodeKind::BlockDevice
+    } else {
+        NodeKind::File
+    }
+}
+
+/// A node describing `meta`; content, subtree and target are left empty.
+pub fn node_from_metadata(name: &OsStr, meta: &Metadata, owners: &OwnerNames) -> Node {
+    let kind = kind_of(meta);
+    let mut node = Node::new(name.as_bytes().to_vec(), kind);
+    node.mode = meta.mode() & 0o7777;
+    node.uid = meta.uid();
+    node.gid = meta.gid();
+    node.user = owners.user(meta.uid());
+    node.group = owners.group(meta.gid());
+    node.mtime = Timestamp { sec: meta.mtime(), nsec: meta.mtime_nsec().clamp(0, 999_999_999) as u32 };
+    node.ctime = Timestamp { sec: meta.ctime(), nsec: meta.ctime_nsec().clamp(0, 999_999_999) as u32 };
+    node.size = if kind == NodeKind::File { meta.len() } else { 0 };
+    node.inode = meta.ino();
+    node.device = meta.dev();
+    node.links = meta.nlink();
+    if matches!(kind, NodeKind::CharDevice | NodeKind::BlockDevice) {
+        node.rdev = meta.rdev();
+    }
+    node
+}
+
+/// True when this process may set any owner (it runs as root).
+pub fn can_chown() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Applies ownership, permissions and times to a restored entry. Ownership
+/// first, since changing the owner clears setuid and setgid bits.
+pub fn apply(path: &Path, node: &Node, chown: bool) -> std::io::Result<()> {
+    if chown {
+        nix::unistd::fchownat(
+            nix::fcntl::AT_FDCWD,
+            path,
+            Some(nix::unistd::Uid::from_raw(node.uid)),
+            Some(nix::unistd::Gid::from_raw(node.gid)),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(std::io::Error::from)?;
+    }
+    if node.kind != NodeKind::Symlink {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(node.mode))?;
+    }
+    let mtime = filetime::FileTime::from_unix_time(node.mtime.sec, node.mtime.nsec);
+    filetime::set_symlink_file_times(path, mtime, mtime)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_and_applies_metadata() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, b"abc").unwrap();
+        let meta = std::fs::symlink_metadata(&p).unwrap();
+        let owners = OwnerNames::default();
+        let mut node = node_from_metadata(OsStr::new("f"), &meta, &owners);
+        assert_eq!(node.kind, NodeKind::File);
+        assert_eq!(node.size, 3);
+        node.mode = 0o640;
+        node.mtime = Timestamp { sec: 1_000_000_000, nsec: 123_456_789 };
+        apply(&p, &node, false).unwrap();
+        let after = node_from_metadata(OsStr::new("f"), &std::fs::symlink_metadata(&p).unwrap(), &owners);
+        assert_eq!(after.mode, 0o640);
+        assert_eq!(after.mtime, node.mtime);
+    }
+}

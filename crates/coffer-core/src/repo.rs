@@ -1,0 +1,405 @@
+//! Opening, creating and reading a repository.
+//!
+//! [`Repository`] owns the backend, the keys and the async runtime that the
+//! backend runs on. Its methods are blocking; the pipelines in
+//! [`crate::archiver`] and [`crate::restorer`] use the runtime directly to
+//! keep many requests in flight.
+
+use std::sync::Arc;
+
+use crate::backend::{Backend, BackendError};
+use crate::blob::{self, Compression};
+use crate::chunker::{Chunker, ChunkerParams};
+use crate::config::{self, ConfigBody, ConfigHeader};
+use crate::crypto::{Keys, ObjectKind};
+use crate::error::{Error, Result};
+use crate::id::Id;
+use crate::key::{KdfParams, KeyEnvelope};
+use crate::snapshot::{MAX_SNAPSHOT_LEN, Snapshot};
+use crate::tree::Tree;
+
+/// Largest tree plaintext a client will decode (a directory of roughly a
+/// million entries).
+pub const MAX_TREE_LEN: usize = 256 * 1024 * 1024;
+
+/// Settings chosen when a repository is created.
+#[derive(Clone, Debug)]
+pub struct InitOptions {
+    pub kdf: KdfParams,
+    pub chunker: ChunkerParams,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions { kdf: KdfParams::DEFAULT, chunker: ChunkerParams::default() }
+    }
+}
+
+/// An open repository.
+pub struct Repository {
+    backend: Arc<dyn Backend>,
+    runtime: Arc<tokio::runtime::Runtime>,
+    keys: Arc<Keys>,
+    header: ConfigHeader,
+    config: ConfigBody,
+    key_name: String,
+}
+
+/// The key of an object in the store: `chunks/ab/ab12…`, `snapshots/ab12…`.
+pub fn object_key(kind: ObjectKind, id: &Id) -> String {
+    let hex = id.to_hex();
+    match kind {
+        ObjectKind::Chunk => format!("chunks/{}/{hex}", &hex[..2]),
+        ObjectKind::Tree => format!("trees/{}/{hex}", &hex[..2]),
+        ObjectKind::Snapshot => format!("snapshots/{hex}"),
+        ObjectKind::Lock => format!("locks/{hex}"),
+        ObjectKind::Config => config::NAME.to_string(),
+    }
+}
+
+/// Parses a listed key back into an id, if it is a well-formed name of that
+/// kind. Anything else (temporary files, truncated names, names in the
+/// wrong folder) is not an object.
+pub fn parse_object_key(kind: ObjectKind, key: &str) -> Option<Id> {
+    let (prefix, rest) = match kind {
+        ObjectKind::Chunk => ("chunks/", true),
+        ObjectKind::Tree => ("trees/", true),
+        ObjectKind::Snapshot => ("snapshots/", false),
+        ObjectKind::Lock => ("locks/", false),
+        ObjectKind::Config => return None,
+    };
+    let tail = key.strip_prefix(prefix)?;
+    let name = if rest {
+        let (dir, name) = tail.split_once('/')?;
+        if dir.len() != 2 || !name.starts_with(dir) {
+            return None;
+        }
+        name
+    } else {
+        tail
+    };
+    Id::from_hex(name)
+}
+
+/// A runtime for the backend: two workers are plenty, as the CPU-heavy work
+/// runs on rayon's pool and file I/O on tokio's blocking pool.
+pub fn new_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("coffer-io")
+        .enable_time()
+        .build()
+        .map_err(|e| Error::InvalidInput(format!("cannot start the I/O runtime: {e}")))
+}
+
+fn host_and_user() -> (String, String) {
+    let host = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default();
+    let user = nix::unistd::User::from_uid(nix::unistd::geteuid()).ok().flatten().map(|u| u.name).unwrap_or_default();
+    (host, user)
+}
+
+impl Repository {
+    /// Creates a new repository with one key for `password`.
+    pub fn init(backend: Arc<dyn Backend>, password: &[u8], options: &InitOptions) -> Result<Repository> {
+        let runtime = Arc::new(new_runtime()?);
+        let location = backend.location();
+        runtime.block_on(async {
+            match backend.get(config::NAME).await {
+                Ok(_) => {
+                    return Err(Error::RepositoryExists {
+                        location: location.clone(),
+                        reason: "a repository already exists there".into(),
+                    });
+                }
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e.into()),
+            }
+            let keys = backend.list("keys/").await?;
+            if !keys.is_empty() {
+                return Err(Error::RepositoryExists {
+                    location: location.clone(),
+                    reason: "it already holds keys".into(),
+                });
+            }
+            Ok(())
+        })?;
+        options.chunker.validate()?;
+
+        let keys = Keys::generate();
+        let mut repo_id = [0u8; 32];
+        crate::crypto::fill_random(&mut repo_id);
+        let header = ConfigHeader { version: config::FORMAT_VERSION, repo_id };
+        let config = ConfigBody::new(options.chunker.clone());
+        let (host, user) = host_and_user();
+        let envelope = KeyEnvelope::seal(&keys, password, options.kdf, &host, &user)?;
+        let key_name = KeyEnvelope::new_name();
+        let config_bytes = config.encode(&keys, &header);
+        runtime.block_on(async {
+            backend.create().await?;
+            backend.put(&key_name, envelope.to_bytes()).await?;
+            backend.sync().await?;
+            // The config goes last: its presence is what makes a repository.
+            backend.put(config::NAME, config_bytes).await?;
+            backend.sync().await
+        })?;
+        Ok(Repository { backend, runtime, keys: Arc::new(keys), header, config, key_name })
+    }
+
+    /// Opens an existing repository with a password.
+    pub fn open(backend: Arc<dyn Backend>, password: &[u8]) -> Result<Repository> {
+        Repository::open_with(backend, || Ok(zeroize::Zeroizing::new(password.to_vec())))
+    }
+
+    /// Opens an existing repository, asking for the password only once it is
+    /// known that there is a repository of a readable version to open.
+    pub fn open_with(
+        backend: Arc<dyn Backend>,
+        password: impl FnOnce() -> Result<zeroize::Zeroizing<Vec<u8>>>,
+    ) -> Result<Repository> {
+        let runtime = Arc::new(new_runtime()?);
+        let location = backend.location();
+        let (config_bytes, envelopes) = runtime.block_on(async {
+            let config_bytes = match backend.get(config::NAME).await {
+                Ok(b) => b,
+                Err(e) if e.is_not_found() => return Err(Error::NotARepository { location: location.clone() }),
+                Err(e) => return Err(e.into()),
+            };
+            // Check the version before spending time on the password.
+            ConfigHeader::parse(&config_bytes)?;
+            let mut envelopes = Vec::new();
+            let mut listed = backend.list("keys/").await?;
+            listed.sort_by(|a, b| a.key.cmp(&b.key));
+            for entry in listed {
+                match backend.get(&entry.key).await {
+                    Ok(b) => envelopes.push((entry.key, b)),
+                    Err(e) if e.is_not_found() => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Ok((config_bytes, envelopes))
+        })?;
+        if envelopes.is_empty() {
+            return Err(Error::corrupt("repository", location, "it has a config but no keys"));
+        }
+        let password = password()?;
+        let mut first_problem = None;
+        for (name, bytes) in &envelopes {
+            let opened = KeyEnvelope::from_bytes(name, bytes).and_then(|env| env.open(name, &password));
+            match opened {
+                Ok(Some(keys)) => {
+                    let (header, config) = ConfigBody::decode(&keys, &config_bytes)?;
+                    return Ok(Repository {
+                        backend,
+                        runtime,
+                        keys: Arc::new(keys),
+                        header,
+                        config,
+                        key_name: name.clone(),
+                    });
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!("skipping key {name}: {e}");
+                    first_problem.get_or_insert(e);
+                }
+            }
+        }
+        // Every key was readable and none opened: the password is wrong. If
+        // some keys could not even be tried, say why instead.
+        match first_problem {
+            Some(e) if envelopes.len() == 1 => Err(e),
+            _ => Err(Error::WrongPassword),
+        }
+    }
+
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    pub fn runtime(&self) -> &Arc<tokio::runtime::Runtime> {
+        &self.runtime
+    }
+
+    pub fn keys(&self) -> &Arc<Keys> {
+        &self.keys
+    }
+
+    pub fn repo_id(&self) -> &[u8; 32] {
+        &self.header.repo_id
+    }
+
+    pub fn config(&self) -> &ConfigBody {
+        &self.config
+    }
+
+    /// The name of the key this repository was opened with.
+    pub fn key_name(&self) -> &str {
+        &self.key_name
+    }
+
+    pub fn compression(&self) -> Compression {
+        Compression { level: self.config.compression_level }
+    }
+
+    pub fn chunker(&self) -> Result<Chunker> {
+        Chunker::new(&self.config.chunker, self.keys.gear_table())
+    }
+
+    /// The largest plaintext a chunk of this repository can have.
+    pub fn max_chunk_len(&self) -> usize {
+        self.config.chunker.max_size as usize
+    }
+
+    /// Ids of all stored objects of a kind, sorted, from a listing.
+    pub fn list_ids(&self, kind: ObjectKind) -> Result<Vec<Id>> {
+        let prefix = match kind {
+            ObjectKind::Chunk => "chunks/",
+            ObjectKind::Tree => "trees/",
+            ObjectKind::Snapshot => "snapshots/",
+            ObjectKind::Lock => "locks/",
+            ObjectKind::Config => return Ok(Vec::new()),
+        };
+        let entries = self.runtime.block_on(self.backend.list(prefix))?;
+        let mut ids: Vec<Id> =
+            entries.iter().filter(|e| e.size > 0).filter_map(|e| parse_object_key(kind, &e.key)).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    fn get(&self, kind: ObjectKind, id: &Id) -> Result<Vec<u8>> {
+        self.runtime.block_on(self.get_async(kind, id))
+    }
+
+    /// Fetches the stored bytes of an object; a missing object is
+    /// [`Error::Missing`].
+    pub async fn get_async(&self, kind: ObjectKind, id: &Id) -> Result<Vec<u8>> {
+        fetch(&*self.backend, kind, id).await
+    }
+
+    pub fn decode_tree(&self, id: &Id, stored: &[u8]) -> Result<Tree> {
+        let plain = blob::decode(&self.keys, self.repo_id(), ObjectKind::Tree, id, stored, MAX_TREE_LEN)?;
+        Tree::from_bytes(&id.to_hex(), &plain)
+    }
+
+    pub fn load_tree(&self, id: &Id) -> Result<Tree> {
+        let stored = self.get(ObjectKind::Tree, id)?;
+        self.decode_tree(id, &stored)
+    }
+
+    /// Encodes a tree; returns its id and stored bytes.
+    pub fn encode_tree(&self, tree: &Tree) -> (Id, Vec<u8>) {
+        let plain = tree.to_bytes();
+        let id = self.keys.id(&plain);
+        let stored = blob::encode(&self.keys, self.repo_id(), ObjectKind::Tree, &id, &plain, self.compression());
+        (id, stored)
+    }
+
+    pub fn decode_chunk(&self, id: &Id, stored: &[u8]) -> Result<Vec<u8>> {
+        blob::decode(&self.keys, self.repo_id(), ObjectKind::Chunk, id, stored, self.max_chunk_len())
+    }
+
+    pub fn load_chunk(&self, id: &Id) -> Result<Vec<u8>> {
+        let stored = self.get(ObjectKind::Chunk, id)?;
+        self.decode_chunk(id, &stored)
+    }
+
+    pub fn encode_chunk(&self, id: &Id, plaintext: &[u8]) -> Vec<u8> {
+        blob::encode(&self.keys, self.repo_id(), ObjectKind::Chunk, id, plaintext, self.compression())
+    }
+
+    pub fn load_snapshot(&self, id: &Id) -> Result<Snapshot> {
+        let name = object_key(ObjectKind::Snapshot, id);
+        let stored = self.get(ObjectKind::Snapshot, id)?;
+        let plain =
+            blob::open_random(&self.keys, self.repo_id(), ObjectKind::Snapshot, &name, b"", &stored, MAX_SNAPSHOT_LEN)?;
+        if self.keys.id(&plain) != *id {
+            return Err(Error::corrupt("snapshot", id.to_hex(), "content does not match its id"));
+        }
+        Snapshot::from_bytes(&id.to_hex(), &plain)
+    }
+
+    /// Writes a snapshot and makes it durable. Callers must have synced every
+    /// object it references first (see [`crate::archiver`]).
+    pub fn save_snapshot(&self, snapshot: &Snapshot) -> Result<Id> {
+        let plain = snapshot.to_bytes();
+        let id = self.keys.id(&plain);
+        let name = object_key(ObjectKind::Snapshot, &id);
+        let stored = blob::seal_random(&self.keys, self.repo_id(), ObjectKind::Snapshot, &name, b"", &plain);
+        self.runtime.block_on(async {
+            self.backend.put(&name, stored).await?;
+            self.backend.sync().await
+        })?;
+        Ok(id)
+    }
+
+    /// Every snapshot, oldest first. Damaged snapshots are an error: a
+    /// listing that silently skips one would hide data loss.
+    pub fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
+        let mut out = Vec::new();
+        for id in self.list_ids(ObjectKind::Snapshot)? {
+            out.push((id, self.load_snapshot(&id)?));
+        }
+        out.sort_by(|a, b| a.1.time_key().cmp(&b.1.time_key()).then(a.0.cmp(&b.0)));
+        Ok(out)
+    }
+
+    /// Finds a snapshot by `latest`, a full id or a unique id prefix.
+    pub fn find_snapshot(&self, spec: &str) -> Result<(Id, Snapshot)> {
+        self.find_snapshot_filtered(spec, |_| true)
+    }
+
+    /// Like [`Repository::find_snapshot`]; `latest` considers only snapshots
+    /// that pass `filter`.
+    pub fn find_snapshot_filtered(&self, spec: &str, filter: impl Fn(&Snapshot) -> bool) -> Result<(Id, Snapshot)> {
+        if spec == "latest" {
+            let mut all = self.snapshots()?;
+            all.retain(|(_, s)| filter(s));
+            return all.pop().ok_or_else(|| Error::InvalidInput("there is no snapshot yet".into()));
+        }
+        let prefix = spec.to_ascii_lowercase();
+        if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) || prefix.len() > 64 {
+            return Err(Error::InvalidInput(format!("{spec:?} is neither `latest` nor a snapshot id")));
+        }
+        let matches: Vec<Id> =
+            self.list_ids(ObjectKind::Snapshot)?.into_iter().filter(|id| id.to_hex().starts_with(&prefix)).collect();
+        match matches.as_slice() {
+            [id] => Ok((*id, self.load_snapshot(id)?)),
+            [] => Err(Error::InvalidInput(format!("no snapshot matches {spec:?}"))),
+            _ => Err(Error::InvalidInput(format!("{spec:?} matches {} snapshots; give more digits", matches.len()))),
+        }
+    }
+}
+
+/// Fetches an object's stored bytes from a backend.
+pub async fn fetch(backend: &dyn Backend, kind: ObjectKind, id: &Id) -> Result<Vec<u8>> {
+    match backend.get(&object_key(kind, id)).await {
+        Ok(b) => Ok(b),
+        Err(BackendError::NotFound { .. }) => Err(Error::Missing { kind: kind.name(), id: *id }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+impl Snapshot {
+    /// Sort key: the instant, falling back to the string if it does not parse.
+    fn time_key(&self) -> (Option<jiff::Timestamp>, &str) {
+        (self.timestamp().ok(), &self.time)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_keys_round_trip() {
+        let id = Id([0xcd; 32]);
+        for kind in [ObjectKind::Chunk, ObjectKind::Tree, ObjectKind::Snapshot, ObjectKind::Lock] {
+            assert_eq!(parse_object_key(kind, &object_key(kind, &id)), Some(id));
+        }
+        assert_eq!(object_key(ObjectKind::Chunk, &id), format!("chunks/cd/{}", id.to_hex()));
+        assert_eq!(parse_object_key(ObjectKind::Chunk, &format!("chunks/ab/{}", id.to_hex())), None, "wrong folder");
+        assert_eq!(parse_object_key(ObjectKind::Tree, &object_key(ObjectKind::Chunk, &id)), None);
+        assert_eq!(parse_object_key(ObjectKind::Chunk, &format!("chunks/cd/{}.tmp-1", id.to_hex())), None);
+    }
+}

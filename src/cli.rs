@@ -1,0 +1,129 @@
+//! Command-line syntax. Names follow restic's where it has one.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "coffer",
+    version,
+    about = "Encrypted, deduplicated backups to a local folder or S3",
+    max_term_width = 100
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug)]
+pub struct GlobalArgs {
+    /// Repository location: a folder path
+    #[arg(short = 'r', long = "repo", env = "COFFER_REPOSITORY", global = true, value_name = "LOCATION")]
+    pub repo: Option<String>,
+    /// Read the password from the first line of this file
+    #[arg(long, env = "COFFER_PASSWORD_FILE", global = true, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    /// Run this shell command and use the first line it prints as the password
+    #[arg(long, env = "COFFER_PASSWORD_COMMAND", global = true, value_name = "COMMAND")]
+    pub password_command: Option<String>,
+    /// Print machine-readable JSON instead of text
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Print only errors and warnings; no progress
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// More log output (-v, -vv)
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a new repository
+    Init(InitArgs),
+    /// Back up files and directories into a new snapshot
+    Backup(BackupArgs),
+    /// List snapshots
+    Snapshots(SnapshotsArgs),
+    /// List the files in a snapshot
+    Ls(LsArgs),
+    /// Restore a snapshot into a folder
+    Restore(RestoreArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// argon2id memory in KiB for the first key (default 65536)
+    #[arg(long, hide = true, value_name = "KIB")]
+    pub argon2_memory: Option<u32>,
+    /// argon2id passes for the first key (default 3)
+    #[arg(long, hide = true, value_name = "N")]
+    pub argon2_iterations: Option<u32>,
+    /// Average chunk size in bytes (min is half, max 8 times; default 1 MiB)
+    #[arg(long, hide = true, value_name = "BYTES")]
+    pub chunk_size: Option<u32>,
+}
+
+#[derive(Args, Debug)]
+pub struct BackupArgs {
+    /// Files and directories to back up
+    #[arg(value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// Add a tag to the snapshot (repeatable, or comma-separated)
+    #[arg(long = "tag", value_delimiter = ',', value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// Host name to record instead of this machine's
+    #[arg(long, value_name = "NAME")]
+    pub host: Option<String>,
+    /// Exclude entries matching a pattern (repeatable)
+    #[arg(short = 'e', long = "exclude", value_name = "PATTERN")]
+    pub excludes: Vec<String>,
+    /// Read exclude patterns from a file, one per line (repeatable)
+    #[arg(long = "exclude-file", value_name = "FILE")]
+    pub exclude_files: Vec<PathBuf>,
+    /// Compare with this snapshot instead of the latest of the same host and paths
+    #[arg(long, value_name = "SNAPSHOT")]
+    pub parent: Option<String>,
+    /// Read every file, even those unchanged since the parent snapshot
+    #[arg(long)]
+    pub force: bool,
+    /// Do everything but write to the repository
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SnapshotsArgs {
+    /// Only snapshots of this host
+    #[arg(long, value_name = "NAME")]
+    pub host: Option<String>,
+    /// Only snapshots with this tag
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct LsArgs {
+    /// Snapshot id (or a unique prefix), or `latest`
+    pub snapshot: String,
+    /// Only list below this path in the snapshot
+    pub path: Option<PathBuf>,
+    /// Show permissions, owner, size and modification time
+    #[arg(short, long)]
+    pub long: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// Snapshot id (or a unique prefix), or `latest`
+    pub snapshot: String,
+    /// Folder to restore into (created if missing)
+    #[arg(short, long, value_name = "DIR")]
+    pub target: PathBuf,
+    /// Restore only this path of the snapshot and what is below it (repeatable)
+    #[arg(short, long = "include", value_name = "PATH")]
+    pub includes: Vec<PathBuf>,
+}

@@ -1,0 +1,87 @@
+use std::time::Instant;
+
+use anyhow::Result;
+use coffer_core::archiver::{self, BackupOptions, ParentChoice};
+use coffer_core::exclude::Excludes;
+use serde::Serialize;
+
+use crate::cli::{BackupArgs, GlobalArgs};
+use crate::exit;
+use crate::output::{bytes, duration_ms};
+use crate::progress::Bar;
+
+#[derive(Serialize)]
+struct Report<'a> {
+    snapshot_id: Option<String>,
+    parent: Option<String>,
+    dry_run: bool,
+    #[serde(flatten)]
+    summary: &'a coffer_core::snapshot::Summary,
+}
+
+pub fn run(g: &GlobalArgs, a: &BackupArgs) -> Result<u8> {
+    // Check the sources before touching the repository.
+    archiver::resolve_paths(&a.paths)?;
+    let mut patterns = a.excludes.clone();
+    for f in &a.exclude_files {
+        patterns.extend(Excludes::read_file(f)?);
+    }
+    let excludes = Excludes::new(&patterns)?;
+    let repo = crate::repository::open(g)?;
+    let parent = if a.force {
+        ParentChoice::None
+    } else if let Some(spec) = &a.parent {
+        ParentChoice::Snapshot(repo.find_snapshot(spec)?.0)
+    } else {
+        ParentChoice::Auto
+    };
+    let options = BackupOptions {
+        paths: a.paths.clone(),
+        excludes,
+        tags: a.tags.iter().filter(|t| !t.is_empty()).cloned().collect(),
+        host: a.host.clone(),
+        parent,
+        dry_run: a.dry_run,
+        ..BackupOptions::default()
+    };
+    let start = Instant::now();
+    let bar = Bar::new(!g.quiet && !g.json, "backup");
+    let result = archiver::backup(&repo, &options, &bar);
+    bar.finish();
+    let outcome = result?;
+    let s = &outcome.snapshot.summary;
+    if g.json {
+        super::print_json(&Report {
+            snapshot_id: outcome.snapshot_id.map(|id| id.to_hex()),
+            parent: outcome.parent.map(|id| id.to_hex()),
+            dry_run: a.dry_run,
+            summary: s,
+        })?;
+    } else if !g.quiet {
+        if let Some(p) = outcome.parent {
+            println!("using parent snapshot {}", p.short());
+        }
+        println!("Files:       {} new, {} changed, {} unchanged", s.files_new, s.files_changed, s.files_unchanged);
+        println!("Dirs:        {}", s.dirs);
+        let secs = start.elapsed().as_secs_f64().max(0.001);
+        println!("Read:        {} ({}/s)", bytes(s.bytes_read), bytes((s.bytes_read as f64 / secs) as u64));
+        println!(
+            "Added:       {} to the repository ({} chunks, {} trees){}",
+            bytes(s.bytes_added),
+            s.chunks_added,
+            s.trees_added,
+            if a.dry_run { " [dry run: would add, before compression]" } else { "" }
+        );
+        println!("Total size:  {}", bytes(s.bytes_total));
+        println!("Duration:    {}", duration_ms(s.duration_ms));
+        match outcome.snapshot_id {
+            Some(id) => println!("snapshot {} saved", id.short()),
+            None => println!("dry run: no snapshot saved"),
+        }
+    }
+    if s.errors > 0 {
+        eprintln!("warning: {} entries could not be read and are missing from the snapshot", s.errors);
+        return Ok(exit::PARTIAL);
+    }
+    Ok(exit::OK)
+}

@@ -1,0 +1,28 @@
+//! One module per subcommand.
+
+mod backup;
+mod init;
+mod ls;
+mod restore;
+mod snapshots;
+
+use anyhow::Result;
+
+use crate::cli::{Cli, Command};
+
+pub fn run(args: Cli) -> Result<u8> {
+    let g = &args.global;
+    match &args.command {
+        Command::Init(a) => init::run(g, a),
+        Command::Backup(a) => backup::run(g, a),
+        Command::Snapshots(a) => snapshots::run(g, a),
+        Command::Ls(a) => ls::run(g, a),
+        Command::Restore(a) => restore::run(g, a),
+    }
+}
+
+/// Prints a value as pretty JSON on stdout.
+pub fn print_json(value: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
