@@ -1,1 +1,8 @@
+//! End-to-end tests of the `coffer` binary and of the library against real
+//! backends, linked into one test binary so that the suite builds once.
+//!
+//! Each area has its own module; shared fixtures live in `common`.
 
+mod common;
+
+mod smoke;

@@ -25,6 +25,9 @@ pub mod snapshot;
 pub mod tree;
 pub mod walk;
 
+#[cfg(test)]
+mod test_vectors;
+
 pub use error::{Error, Result};
 pub use id::Id;
 pub use repo::Repository;

@@ -1,0 +1,1 @@
+//! Key-derivation test vectors (see docs/format.md).

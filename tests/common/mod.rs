@@ -1,0 +1,107 @@
+//! Fixtures shared by the end-to-end tests.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use tempfile::TempDir;
+
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// A scratch folder with a repository location and a source folder in it.
+pub struct Env {
+    pub dir: TempDir,
+    pub repo: PathBuf,
+    pub src: PathBuf,
+}
+
+impl Env {
+    /// A new environment; the repository is not initialised yet.
+    pub fn new() -> Env {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let repo = dir.path().join("repo");
+        let src = dir.path().join("src");
+        std::fs::create_dir(&src).expect("create src");
+        Env { dir, repo, src }
+    }
+
+    /// A new environment with an initialised repository (cheap argon2id
+    /// parameters, so the suite stays fast; the format is the same).
+    pub fn init() -> Env {
+        let env = Env::new();
+        env.coffer().args(["init", "--argon2-memory", "64", "--argon2-iterations", "1"]).assert().success();
+        env
+    }
+
+    /// The binary, pointed at this repository with the password in the
+    /// environment and nothing inherited from the caller's environment.
+    pub fn coffer(&self) -> Command {
+        let mut cmd = Command::cargo_bin("coffer").expect("coffer binary");
+        for var in ["COFFER_PASSWORD_FILE", "COFFER_PASSWORD_COMMAND", "COFFER_LOG"] {
+            cmd.env_remove(var);
+        }
+        cmd.env("COFFER_REPOSITORY", &self.repo).env("COFFER_PASSWORD", PASSWORD);
+        cmd
+    }
+
+    /// A path under the scratch folder.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Writes a file below `src`, creating its folders.
+    pub fn write(&self, rel: &str, data: &[u8]) -> PathBuf {
+        let p = self.src.join(rel);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).expect("create parent");
+        }
+        std::fs::write(&p, data).expect("write file");
+        p
+    }
+
+    /// Runs `coffer backup --json` of `src` and returns the parsed report.
+    pub fn backup_json(&self, extra: &[&str]) -> serde_json::Value {
+        let out = self.coffer().arg("backup").arg("--json").args(extra).arg(&self.src).output().expect("run backup");
+        assert!(out.status.success(), "backup failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("backup JSON")
+    }
+
+    /// Where `src` lands inside a restore target (snapshots mirror absolute paths).
+    pub fn restored_src(&self, target: &Path) -> PathBuf {
+        target.join(self.src.strip_prefix("/").expect("absolute src"))
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift), incompressible like photos.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Every file below `dir`, recursively, as paths relative to it.
+pub fn files_below(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read dir") {
+            let e = e.expect("dir entry");
+            let ft = e.file_type().expect("file type");
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path().strip_prefix(dir).expect("below dir").to_path_buf());
+            }
+        }
+    }
+    out.sort();
+    out
+}
