@@ -247,7 +247,15 @@ mod tests {
         let f = frame(&text, Compression { level: 3 });
         assert_eq!(f[1], COMPRESSION_ZSTD);
         assert!(f.len() < text.len() / 10);
-        let noise: Vec<u8> = (0..10_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let noise: Vec<u8> = (0..10_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 32) as u8
+            })
+            .collect();
         let f = frame(&noise, Compression { level: 3 });
         assert_eq!(f[1], COMPRESSION_NONE);
         assert_eq!(unframe(&f, usize::MAX).unwrap(), noise);
