@@ -597,3 +597,84 @@ pub fn backup(repo: &Repository, options: &BackupOptions, progress: &dyn Progres
     let snapshot_id = if options.dry_run { None } else { Some(repo.save_snapshot(&snapshot)?) };
     Ok(BackupOutcome { snapshot_id, snapshot, parent: parent_id })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::local::LocalBackend;
+    use crate::key::KdfParams;
+    use crate::progress::NoProgress;
+    use crate::repo::InitOptions;
+
+    #[test]
+    fn byte_budget_blocks_until_released() {
+        let budget = Arc::new(ByteBudget { used: Mutex::new(0), freed: Condvar::new(), cap: 10 });
+        budget.acquire(8);
+        // An item larger than the cap passes only when nothing else is in flight.
+        let b2 = budget.clone();
+        let waiter = std::thread::spawn(move || {
+            b2.acquire(20);
+            b2.release(20);
+        });
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!waiter.is_finished(), "must wait for the first item");
+        budget.release(8);
+        waiter.join().unwrap();
+        assert_eq!(*budget.used.lock().unwrap(), 0);
+    }
+
+    #[test]
+    fn change_detection_compares_size_times_and_inode() {
+        let mut a = Node::new(b"f".to_vec(), NodeKind::File);
+        a.size = 10;
+        a.inode = 5;
+        let same = a.clone();
+        assert!(unchanged(&a, &same));
+        for change in [
+            |n: &mut Node| n.size = 11,
+            |n: &mut Node| n.mtime.nsec = 1,
+            |n: &mut Node| n.ctime.sec = 1,
+            |n: &mut Node| n.inode = 6,
+            |n: &mut Node| n.kind = NodeKind::Symlink,
+        ] {
+            let mut b = a.clone();
+            change(&mut b);
+            assert!(!unchanged(&a, &b));
+        }
+    }
+
+    #[test]
+    fn paths_are_checked_and_nested_ones_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        std::fs::create_dir_all(a.join("b")).unwrap();
+        std::os::unix::fs::symlink("a", dir.path().join("link")).unwrap();
+        let got = resolve_paths(&[a.join("b"), a.clone(), dir.path().join("link")]).unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        assert_eq!(got, vec![root.join("a"), root.join("link")], "the symlink itself, not its target");
+        assert!(matches!(resolve_paths(&[dir.path().join("missing")]), Err(Error::Io { .. })));
+        assert!(resolve_paths(&[]).is_err());
+    }
+
+    #[test]
+    fn failed_upload_leaves_no_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo_dir = dir.path().join("repo");
+        let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new(&repo_dir));
+        let options =
+            InitOptions { kdf: KdfParams { memory_kib: 64, iterations: 1, parallelism: 1 }, ..Default::default() };
+        let repo = Repository::init(backend, b"pw", &options).unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        std::fs::write(src.join("f"), vec![7u8; 100_000]).unwrap();
+        // Make every chunk folder unwritable by replacing it with a file.
+        for i in 0..=255u8 {
+            let d = repo_dir.join("chunks").join(format!("{i:02x}"));
+            std::fs::remove_dir(&d).unwrap();
+            std::fs::write(&d, b"").unwrap();
+        }
+        let err = backup(&repo, &BackupOptions { paths: vec![src], ..Default::default() }, &NoProgress).unwrap_err();
+        assert!(matches!(err, Error::Backend(_)), "{err}");
+        assert!(repo.list_ids(ObjectKind::Snapshot).unwrap().is_empty());
+    }
+}

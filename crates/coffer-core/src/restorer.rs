@@ -325,3 +325,25 @@ pub fn restore(
     }
     Ok(outcome)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn comps(p: &str) -> Vec<Vec<u8>> {
+        snapshot_components(Path::new(p)).unwrap()
+    }
+
+    #[test]
+    fn selection_restores_included_subtrees_and_their_parents() {
+        let all = Selection { includes: vec![] };
+        assert_eq!(all.check(&comps("/a/b")), (true, true));
+        let sel = Selection { includes: vec![comps("/home/ana/Pictures/2024")] };
+        assert_eq!(sel.check(&comps("/home")), (true, true), "ancestor: create and descend");
+        assert_eq!(sel.check(&comps("/home/ana/Pictures/2024")), (true, true));
+        assert_eq!(sel.check(&comps("/home/ana/Pictures/2024/x.jpg")), (true, true));
+        assert_eq!(sel.check(&comps("/home/ana/Pictures/2023")), (false, false));
+        assert_eq!(sel.check(&comps("/home/bob")), (false, false));
+        assert_eq!(sel.check(&comps("/home/ana/Pictures/20245")), (false, false), "component-wise, not string prefix");
+    }
+}
