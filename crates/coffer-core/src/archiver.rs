@@ -246,6 +246,8 @@ struct Walker<'a> {
     owners: OwnerNames,
     progress: &'a dyn Progress,
     summary: Summary,
+    /// The chunker's look-ahead buffer, kept from file to file.
+    buffer: Vec<u8>,
 }
 
 /// The backed-up paths arranged as a tree of path components, so that the
@@ -411,7 +413,8 @@ impl Walker<'_> {
                 return Ok(None);
             }
         };
-        let mut stream = StreamChunker::new(&self.chunker, file);
+        let buffer = std::mem::take(&mut self.buffer);
+        let mut stream = StreamChunker::with_buffer(&self.chunker, file, buffer, node.size as usize);
         let mut content = Vec::new();
         let mut size = 0u64;
         loop {
@@ -426,11 +429,13 @@ impl Walker<'_> {
                 }
                 Ok(None) => break,
                 Err(e) => {
+                    self.buffer = stream.into_buffer();
                     self.warn(path, format!("read failed after {size} bytes: {e}"));
                     return Ok(None);
                 }
             }
         }
+        self.buffer = stream.into_buffer();
         node.content = content;
         node.size = size;
         self.summary.bytes_read += size;
@@ -548,6 +553,7 @@ pub fn backup(repo: &Repository, options: &BackupOptions, progress: &dyn Progres
         owners: OwnerNames::default(),
         progress,
         summary: Summary::default(),
+        buffer: Vec::new(),
     };
 
     let mut trie = PathTrie::default();

@@ -161,12 +161,27 @@ pub struct StreamChunker<'c, R> {
     buf: Vec<u8>,
     /// Start of the unread data in `buf`.
     pos: usize,
+    /// Expected length of the stream, to size the first read.
+    size_hint: usize,
     eof: bool,
 }
 
 impl<'c, R: std::io::Read> StreamChunker<'c, R> {
     pub fn new(chunker: &'c Chunker, reader: R) -> Self {
-        StreamChunker { chunker, reader, buf: Vec::new(), pos: 0, eof: false }
+        Self::with_buffer(chunker, reader, Vec::new(), usize::MAX)
+    }
+
+    /// Reuses `buf`'s allocation (from [`StreamChunker::into_buffer`]), and
+    /// reads about `size_hint` bytes at first, so that a small file does not
+    /// cost a window-sized buffer fill.
+    pub fn with_buffer(chunker: &'c Chunker, reader: R, mut buf: Vec<u8>, size_hint: usize) -> Self {
+        buf.clear();
+        StreamChunker { chunker, reader, buf, pos: 0, size_hint, eof: false }
+    }
+
+    /// Gives the buffer back for the next stream.
+    pub fn into_buffer(self) -> Vec<u8> {
+        self.buf
     }
 
     /// The next chunk, or `None` at the end of the stream.
@@ -177,9 +192,12 @@ impl<'c, R: std::io::Read> StreamChunker<'c, R> {
             // window so that the next compaction is a chunk or more away.
             self.buf.drain(..self.pos);
             self.pos = 0;
-            let target = 2 * want;
+            let mut target = (2 * want).min(self.size_hint.saturating_add(1).max(64 * 1024));
             while !self.eof && self.buf.len() < want {
                 let old = self.buf.len();
+                if target <= old {
+                    target = (2 * old).max(old + 64 * 1024).min(2 * want);
+                }
                 self.buf.resize(target, 0);
                 match self.reader.read(&mut self.buf[old..]) {
                     Ok(0) => {
@@ -276,12 +294,17 @@ mod tests {
                 Ok(n)
             }
         }
-        let mut s = StreamChunker::new(&c, Trickle(&data));
-        let mut got = Vec::new();
-        while let Some(ch) = s.next_chunk().unwrap() {
-            got.push(ch);
+        let mut buf = Vec::new();
+        // Right, too small and too large size hints all give the same chunks.
+        for hint in [data.len(), 10, usize::MAX] {
+            let mut s = StreamChunker::with_buffer(&c, Trickle(&data), buf, hint);
+            let mut got = Vec::new();
+            while let Some(ch) = s.next_chunk().unwrap() {
+                got.push(ch);
+            }
+            assert_eq!(got, expect);
+            buf = s.into_buffer();
         }
-        assert_eq!(got, expect);
     }
 
     #[test]
