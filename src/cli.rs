@@ -100,8 +100,9 @@ pub struct SnapshotsArgs {
     /// Only snapshots of this host
     #[arg(long, value_name = "NAME")]
     pub host: Option<String>,
-    /// Only snapshots with this tag
-    #[arg(long = "tag", value_name = "TAG")]
+    /// Only snapshots with all of these comma-separated tags; repeat the
+    /// option to accept any of several such groups
+    #[arg(long = "tag", value_name = "TAG[,TAG...]")]
     pub tags: Vec<String>,
 }
 

@@ -275,7 +275,6 @@ impl Walker<'_> {
     fn warn(&mut self, path: &Path, message: impl std::fmt::Display) {
         self.summary.errors += 1;
         self.progress.warning(path, &message.to_string());
-        tracing::warn!("{}: {message}", path.display());
     }
 
     fn load_parent_tree(&mut self, parent: Option<&Node>, path: &Path) -> Option<Tree> {

@@ -65,14 +65,20 @@ impl FromStr for Id {
     }
 }
 
+/// Raw bytes in the stored (binary) format; hex in human-readable ones
+/// such as the JSON output of the CLI.
 impl Serialize for Id {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(&self.0)
+        if s.is_human_readable() { s.serialize_str(&self.to_hex()) } else { s.serialize_bytes(&self.0) }
     }
 }
 
 impl<'de> Deserialize<'de> for Id {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            let s = String::deserialize(d)?;
+            return Id::from_hex(&s).ok_or_else(|| serde::de::Error::custom("expected 64 lowercase hex digits"));
+        }
         let bytes: serde_bytes::ByteBuf = serde_bytes::ByteBuf::deserialize(d)?;
         let arr: [u8; 32] =
             bytes.as_slice().try_into().map_err(|_| serde::de::Error::invalid_length(bytes.len(), &"32 bytes"))?;
@@ -107,5 +113,13 @@ mod tests {
         assert_eq!(rmp_serde::from_slice::<Id>(&bytes).unwrap(), id);
         let short = rmp_serde::to_vec(&serde_bytes::ByteBuf::from(vec![1u8; 31])).unwrap();
         assert!(rmp_serde::from_slice::<Id>(&short).is_err());
+    }
+
+    #[test]
+    fn json_uses_hex() {
+        let id = Id([0x5a; 32]);
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(json, format!("\"{}\"", id.to_hex()));
+        assert_eq!(serde_json::from_str::<Id>(&json).unwrap(), id);
     }
 }

@@ -164,8 +164,13 @@ impl Repository {
                 Err(e) if e.is_not_found() => return Err(Error::NotARepository { location: location.clone() }),
                 Err(e) => return Err(e.into()),
             };
-            // Check the version before spending time on the password.
-            ConfigHeader::parse(&config_bytes)?;
+            // Check the version before spending time on the password. A
+            // `config` that is not coffer's means this is not a repository.
+            match ConfigHeader::parse(&config_bytes) {
+                Ok(_) => {}
+                Err(Error::Corrupt { .. }) => return Err(Error::NotARepository { location: location.clone() }),
+                Err(e) => return Err(e),
+            }
             let mut envelopes = Vec::new();
             let mut listed = backend.list("keys/").await?;
             listed.sort_by(|a, b| a.key.cmp(&b.key));
@@ -260,8 +265,15 @@ impl Repository {
             ObjectKind::Config => return Ok(Vec::new()),
         };
         let entries = self.runtime.block_on(self.backend.list(prefix))?;
-        let mut ids: Vec<Id> =
-            entries.iter().filter(|e| e.size > 0).filter_map(|e| parse_object_key(kind, &e.key)).collect();
+        // A zero-length chunk or tree is a truncated write: it counts as
+        // absent, so the next backup stores it again. A zero-length snapshot
+        // stays listed, so that reading it reports the damage.
+        let truncated_is_absent = matches!(kind, ObjectKind::Chunk | ObjectKind::Tree);
+        let mut ids: Vec<Id> = entries
+            .iter()
+            .filter(|e| e.size > 0 || !truncated_is_absent)
+            .filter_map(|e| parse_object_key(kind, &e.key))
+            .collect();
         ids.sort_unstable();
         ids.dedup();
         Ok(ids)

@@ -198,8 +198,12 @@ pub fn restore(
     options: &RestoreOptions,
     progress: &dyn Progress,
 ) -> Result<RestoreOutcome> {
-    std::fs::create_dir_all(&options.target).map_err(|e| Error::io(&options.target, e))?;
     let includes = options.includes.iter().map(|p| snapshot_components(p)).collect::<Result<Vec<_>>>()?;
+    // An include that names nothing is a typo, not a request for an empty restore.
+    for path in &options.includes {
+        crate::walk::find(repo, root, path)?;
+    }
+    std::fs::create_dir_all(&options.target).map_err(|e| Error::io(&options.target, e))?;
     let mut planner = Planner {
         repo,
         selection: Selection { includes },
