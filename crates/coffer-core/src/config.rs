@@ -46,7 +46,10 @@ impl ConfigHeader {
             return Err(Error::corrupt("config", NAME, "not a coffer config object (bad magic)"));
         }
         let version = u32::from_le_bytes([stored[8], stored[9], stored[10], stored[11]]);
-        if version > FORMAT_VERSION || version == 0 {
+        if version == 0 {
+            return Err(Error::corrupt("config", NAME, "format version 0 does not exist"));
+        }
+        if version > FORMAT_VERSION {
             return Err(Error::UnsupportedVersion { found: version, supported: FORMAT_VERSION });
         }
         let mut repo_id = [0u8; 32];

@@ -4,7 +4,6 @@
 //! path component and `**` spans several. An excluded directory is not
 //! descended into.
 
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
@@ -67,17 +66,11 @@ impl Excludes {
 
     /// Whether the entry at absolute path `path` is excluded.
     pub fn is_excluded(&self, path: &Path) -> bool {
-        if let (Some(set), Some(name)) = (&self.by_name, path.file_name()) {
-            if set.is_match(Path::new(std::ffi::OsStr::from_bytes(name.as_bytes()))) {
-                return true;
-            }
-        }
-        if let Some(set) = &self.by_path {
-            if set.is_match(path) {
-                return true;
-            }
-        }
-        false
+        let by_name = match (&self.by_name, path.file_name()) {
+            (Some(set), Some(name)) => set.is_match(Path::new(name)),
+            _ => false,
+        };
+        by_name || self.by_path.as_ref().is_some_and(|set| set.is_match(path))
     }
 }
 

@@ -34,8 +34,8 @@ impl KdfParams {
 
     /// Upper bounds applied to parameters read from an envelope, so that a
     /// tampered envelope cannot make a client allocate or spin without end.
-    pub const MAX_MEMORY_KIB: u32 = 4 * 1024 * 1024;
-    pub const MAX_ITERATIONS: u32 = 64;
+    pub const MAX_MEMORY_KIB: u32 = 1024 * 1024;
+    pub const MAX_ITERATIONS: u32 = 16;
     pub const MAX_PARALLELISM: u32 = 16;
 
     pub fn check(&self) -> std::result::Result<(), String> {
@@ -240,10 +240,12 @@ mod tests {
             let mut bytes = env.to_bytes();
             let i = pos % bytes.len();
             bytes[i] = val;
-            if let Ok(e) = KeyEnvelope::from_bytes("k", &bytes) {
-                if e.params.check().is_ok() && e.params.memory_kib <= 1024 && e.params.iterations <= 2 {
-                    let _ = e.open("k", b"pw");
-                }
+            if let Ok(e) = KeyEnvelope::from_bytes("k", &bytes)
+                && e.params.check().is_ok()
+                && e.params.memory_kib <= 1024
+                && e.params.iterations <= 2
+            {
+                let _ = e.open("k", b"pw");
             }
         }
     }

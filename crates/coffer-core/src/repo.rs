@@ -191,17 +191,24 @@ impl Repository {
         for (name, bytes) in &envelopes {
             let opened = KeyEnvelope::from_bytes(name, bytes).and_then(|env| env.open(name, &password));
             match opened {
-                Ok(Some(keys)) => {
-                    let (header, config) = ConfigBody::decode(&keys, &config_bytes)?;
-                    return Ok(Repository {
-                        backend,
-                        runtime,
-                        keys: Arc::new(keys),
-                        header,
-                        config,
-                        key_name: name.clone(),
-                    });
-                }
+                Ok(Some(keys)) => match ConfigBody::decode(&keys, &config_bytes) {
+                    Ok((header, config)) => {
+                        return Ok(Repository {
+                            backend,
+                            runtime,
+                            keys: Arc::new(keys),
+                            header,
+                            config,
+                            key_name: name.clone(),
+                        });
+                    }
+                    // A key from another repository with the same password:
+                    // keep looking, and report it only if nothing else opens.
+                    Err(e) => {
+                        tracing::warn!("key {name} opens with this password but not this repository's config");
+                        first_problem.get_or_insert(e);
+                    }
+                },
                 Ok(None) => {}
                 Err(e) => {
                     tracing::warn!("skipping key {name}: {e}");
@@ -209,10 +216,10 @@ impl Repository {
                 }
             }
         }
-        // Every key was readable and none opened: the password is wrong. If
-        // some keys could not even be tried, say why instead.
+        // No key opened: the password is wrong. If the only key could not
+        // even be tried, or opened but did not fit the config, say why.
         match first_problem {
-            Some(e) if envelopes.len() == 1 => Err(e),
+            Some(e) if envelopes.len() == 1 || matches!(e, Error::Corrupt { .. }) => Err(e),
             _ => Err(Error::WrongPassword),
         }
     }

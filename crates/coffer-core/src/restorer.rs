@@ -134,28 +134,19 @@ impl Planner<'_> {
     fn plan_node(&mut self, path: &Path, node: Node, descend: bool, comps: &mut Vec<Vec<u8>>) -> Result<()> {
         match node.kind {
             NodeKind::Dir => {
-                match std::fs::create_dir(path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => {}
-                    Err(e) => {
-                        self.problem(path, e);
-                        return Ok(());
-                    }
+                if let Err(e) = make_dir(path) {
+                    self.problem(path, e);
+                    return Ok(());
                 }
                 self.outcome.dirs += 1;
-                if descend {
-                    if let Some(sub) = node.subtree {
-                        self.plan_tree(&sub, path, comps)?;
-                    }
+                if let (true, Some(sub)) = (descend, node.subtree) {
+                    self.plan_tree(&sub, path, comps)?;
                 }
                 self.plan.others.push((path.to_path_buf(), node));
             }
             NodeKind::File => {
-                let created = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .open(path)
+                let created = remove_unless_file(path)
+                    .and_then(|()| open_no_follow(path, true))
                     .and_then(|f| f.set_len(node.size));
                 if let Err(e) = created {
                     self.problem(path, e);
@@ -183,12 +174,65 @@ impl Planner<'_> {
                 }
                 self.plan.others.push((path.to_path_buf(), node));
             }
-            NodeKind::Socket | NodeKind::CharDevice | NodeKind::BlockDevice => {
-                self.problem(path, format!("not restored: {:?} entries are recorded but not recreated", node.kind));
+            NodeKind::CharDevice | NodeKind::BlockDevice => {
+                let _ = std::fs::remove_file(path);
+                let kind = if node.kind == NodeKind::CharDevice {
+                    nix::sys::stat::SFlag::S_IFCHR
+                } else {
+                    nix::sys::stat::SFlag::S_IFBLK
+                };
+                let mode = nix::sys::stat::Mode::from_bits_truncate(node.mode);
+                if let Err(e) = nix::sys::stat::mknod(path, kind, mode, node.rdev as nix::libc::dev_t) {
+                    self.problem(path, format!("cannot create the device node: {e}"));
+                    return Ok(());
+                }
+                self.plan.others.push((path.to_path_buf(), node));
+            }
+            NodeKind::Socket => {
+                // A socket belongs to the process that made it; there is
+                // nothing to restore but a name no program listens on.
+                tracing::info!("{}: socket not restored", path.display());
             }
         }
         Ok(())
     }
+}
+
+/// Creates a directory, replacing whatever non-directory is in the way. An
+/// existing symlink is replaced, never followed: restore must not write
+/// outside its target, whatever the target already holds.
+fn make_dir(path: &Path) -> std::io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => return Ok(()),
+        Ok(_) => std::fs::remove_file(path)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::create_dir(path)
+}
+
+/// Removes a symlink or special file where a regular file is to be written.
+fn remove_unless_file(path: &Path) -> std::io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(m) if m.is_dir() => {
+            Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, "a directory is in the way of the file"))
+        }
+        Ok(_) => std::fs::remove_file(path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Opens a file for writing without following a symlink at its name.
+fn open_no_follow(path: &Path, create: bool) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(create)
+        .truncate(create)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
 }
 
 /// Restores the tree `root` (a snapshot's root tree) into `options.target`.
@@ -266,8 +310,7 @@ pub fn restore(
                                 ));
                             }
                             let path = &files2[fi].path;
-                            let f =
-                                std::fs::OpenOptions::new().write(true).open(path).map_err(|e| Error::io(path, e))?;
+                            let f = open_no_follow(path, false).map_err(|e| Error::io(path, e))?;
                             f.write_all_at(&data, offset).map_err(|e| Error::io(path, e))?;
                             Ok(())
                         })

@@ -61,10 +61,8 @@ pub fn walk(
     for node in &tree.nodes {
         let path: PathBuf = prefix.join(OsStr::from_bytes(&node.name));
         let descend = visit(&path, node)?;
-        if descend && node.kind == NodeKind::Dir {
-            if let Some(sub) = &node.subtree {
-                walk(repo, sub, &path, visit)?;
-            }
+        if let (true, NodeKind::Dir, Some(sub)) = (descend, node.kind, &node.subtree) {
+            walk(repo, sub, &path, visit)?;
         }
     }
     Ok(())
