@@ -5,4 +5,10 @@
 
 mod common;
 
+mod cli;
+mod crypto_objects;
+mod dedup;
+mod errors;
+mod privacy;
+mod roundtrip;
 mod smoke;

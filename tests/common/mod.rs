@@ -105,3 +105,67 @@ pub fn files_below(dir: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+/// Every entry below `dir` (folders, files, symlinks) with its kind, mode
+/// and full content or link target, for checking that a folder was left
+/// byte-for-byte unchanged. `None` when `dir` does not exist.
+pub fn dir_state(dir: &Path) -> Option<Vec<(PathBuf, String, Vec<u8>)>> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::symlink_metadata(dir).ok()?;
+    let mut out = vec![(PathBuf::new(), format!("root {:o}", meta.permissions().mode()), Vec::new())];
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read dir") {
+            let e = e.expect("dir entry");
+            let path = e.path();
+            let meta = std::fs::symlink_metadata(&path).expect("lstat");
+            let rel = path.strip_prefix(dir).expect("below dir").to_path_buf();
+            let mode = meta.permissions().mode();
+            if meta.is_dir() {
+                out.push((rel, format!("dir {mode:o}"), Vec::new()));
+                stack.push(path);
+            } else if meta.file_type().is_symlink() {
+                let target = std::fs::read_link(&path).expect("read link");
+                out.push((rel, "symlink".into(), target.as_os_str().as_bytes().to_vec()));
+            } else {
+                out.push((rel, format!("file {mode:o}"), std::fs::read(&path).expect("read file")));
+            }
+        }
+    }
+    out.sort();
+    Some(out)
+}
+
+/// Opens an environment's repository through the library.
+pub fn open_repo(env: &Env) -> coffer_core::Repository {
+    open_repo_at(&env.repo)
+}
+
+/// Opens the repository in `path` through the library, with [`PASSWORD`].
+pub fn open_repo_at(path: &Path) -> coffer_core::Repository {
+    let backend = std::sync::Arc::new(coffer_core::backend::local::LocalBackend::new(path));
+    coffer_core::Repository::open(backend, PASSWORD.as_bytes()).expect("open repository")
+}
+
+/// The node of the file-system path `path` (absolute, as backed up) in a
+/// snapshot (`latest`, an id or a prefix).
+pub fn snapshot_node(repo: &coffer_core::Repository, snapshot: &str, path: &Path) -> coffer_core::tree::Node {
+    let (_, snap) = repo.find_snapshot(snapshot).expect("find snapshot");
+    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    coffer_core::walk::find(repo, &snap.tree, &path)
+        .expect("walk snapshot")
+        .unwrap_or_else(|| panic!("{} is the snapshot root", path.display()))
+}
+
+/// Where an object is stored in a local repository folder.
+pub fn object_file(repo_dir: &Path, kind: coffer_core::crypto::ObjectKind, id: &coffer_core::Id) -> PathBuf {
+    repo_dir.join(coffer_core::repo::object_key(kind, id))
+}
+
+/// `coffer snapshots --json`, parsed.
+pub fn snapshots_json(env: &Env) -> Vec<serde_json::Value> {
+    let out = env.coffer().args(["snapshots", "--json"]).output().expect("run snapshots");
+    assert!(out.status.success(), "snapshots failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("snapshots JSON")
+}
