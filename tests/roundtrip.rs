@@ -434,3 +434,62 @@ fn diff_trees_reports_differences() {
         assert!(diff.contains(expect), "{expect:?} not in:\n{diff}");
     }
 }
+
+/// A second backup, made with the first as its parent, restores the tree as
+/// it is now: every kind of change since the parent is picked up, including
+/// a same-size edit with the old mtime put back (only ctime tells).
+#[test]
+fn incremental_backup_restores_the_current_state() {
+    let env = Env::init();
+    let meta = |mode, sec| Meta { mode, mtime: Times { sec, nsec: 42 }, owner: (1000, 1000) };
+    let file = |size, seed| Spec::File { size, content: Content::Random(seed), meta: meta(0o644, 1_600_000_000) };
+    let mut sub = BTreeMap::new();
+    sub.insert(Name(b"x".to_vec()), file(5000, 1));
+    let mut top = BTreeMap::new();
+    for (i, n) in ["same-size", "chmod", "chown", "becomes-dir", "deleted", "touched", "kept"].iter().enumerate() {
+        top.insert(Name(n.as_bytes().to_vec()), file(600_000 + i, i as u64 + 10));
+    }
+    top.insert(Name(b"becomes-link".to_vec()), Spec::Dir { children: sub, meta: meta(0o755, 1_500_000_000) });
+    top.insert(
+        Name(b"link".to_vec()),
+        Spec::Symlink { target: Name(b"kept".to_vec()), mtime: Times { sec: 7, nsec: 8 }, owner: (0, 0) },
+    );
+    build(&env.src, &top);
+    let first = env.backup_json(&[]);
+    assert_eq!(first["errors"], 0, "{first}");
+
+    let p = |n: &str| env.src.join(n);
+    let keep_mtime = |path: &Path| {
+        let m = std::fs::symlink_metadata(path).unwrap();
+        FileTime::from_last_modification_time(&m)
+    };
+    // Same size, same mtime, different bytes.
+    let t = keep_mtime(&p("same-size"));
+    let mut data = std::fs::read(p("same-size")).unwrap();
+    data[300_000] ^= 0xff;
+    std::fs::write(p("same-size"), &data).unwrap();
+    filetime::set_file_mtime(p("same-size"), t).unwrap();
+    std::fs::set_permissions(p("chmod"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    if is_root() {
+        std::os::unix::fs::lchown(p("chown"), Some(2000), Some(3000)).unwrap();
+    }
+    std::fs::remove_file(p("becomes-dir")).unwrap();
+    std::fs::create_dir(p("becomes-dir")).unwrap();
+    std::fs::write(p("becomes-dir/inner"), b"inner").unwrap();
+    std::fs::remove_dir_all(p("becomes-link")).unwrap();
+    std::os::unix::fs::symlink("/elsewhere", p("becomes-link")).unwrap();
+    std::fs::remove_file(p("deleted")).unwrap();
+    std::fs::write(p("added"), b"new file").unwrap();
+    filetime::set_file_mtime(p("touched"), FileTime::from_unix_time(1_700_000_000, 999)).unwrap();
+    std::fs::remove_file(p("link")).unwrap();
+    std::os::unix::fs::symlink("chmod", p("link")).unwrap();
+
+    let second = env.backup_json(&[]);
+    assert_eq!(second["parent"], first["snapshot_id"], "{second}");
+    // Only `kept` is unchanged (and `chown`, when the test cannot chown).
+    assert_eq!(second["files_unchanged"], if is_root() { 1 } else { 2 }, "{second}");
+    let target = env.path("out");
+    env.coffer().args(["restore", "latest", "--target"]).arg(&target).assert().success();
+    let diff = diff_trees(&env.src, &env.restored_src(&target));
+    assert!(diff.is_empty(), "the restored tree differs from the source:\n{diff}");
+}
