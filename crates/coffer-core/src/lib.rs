@@ -34,3 +34,6 @@ pub use repo::Repository;
 
 /// The version of this library, recorded in every snapshot it writes.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+#[cfg(test)]
+mod decoder_robustness;
