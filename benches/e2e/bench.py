@@ -1,0 +1,773 @@
+#!/usr/bin/env python3
+"""End-to-end benchmark of coffer against restic and borg on a synthetic photo library.
+
+    python3 benches/e2e/bench.py --scale 1.0 --install-peers
+
+Builds coffer (release), generates a deterministic photo library (generate.py), and then,
+phase by phase, runs every tool on the same data: init, first backup, unchanged
+re-backup, the "month of edits" (mutate.py, applied once), backup after the edits,
+restore of the latest snapshot (verified against the source, untimed), and check.
+For each step it records wall time, throughput of source data, peak RSS, and after each
+backup the repository's size on disk. Results go to stdout and to SCRATCH/results.md
+(and results.json). See README.md next to this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+sys.path.insert(0, str(HERE))
+
+import generate  # noqa: E402
+import mutate  # noqa: E402
+
+MiB = 1 << 20
+MARKER = ".coffer-bench-scratch"
+OWNED = ("data", "repos", "restore", "home", "logs")
+PASSWORD = "coffer-bench-password"
+PEERS = ("restic", "borg")
+
+PHASES = [
+    # key, label, how the peer comparison is made
+    ("init", "init", None),
+    ("backup1", "first backup", "throughput"),
+    ("backup2", "unchanged re-backup", "time"),
+    ("backup3", "backup after edits", "time"),
+    ("restore", "restore latest", "throughput"),
+    ("check", "check", "time"),
+]
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------ measuring
+
+
+class Run:
+    def __init__(self, cmd, rc, secs, rss_kib, out: Path, err: Path):
+        self.cmd, self.rc, self.secs, self.rss_kib, self.out, self.err = cmd, rc, secs, rss_kib, out, err
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0
+
+    def stdout(self) -> str:
+        return self.out.read_text(errors="replace")
+
+    def stderr_tail(self, n: int = 15) -> str:
+        return "\n".join(self.err.read_text(errors="replace").strip().splitlines()[-n:])
+
+
+GNU_TIME = "/usr/bin/time"
+
+
+def run_measured(cmd: list[str], env: dict, logbase: Path, cwd: Path | None = None) -> Run:
+    """Runs cmd under GNU time: wall time by time.monotonic, peak RSS from time's %M.
+
+    Not os.wait4 on our own child: Linux carries the RSS high-water mark of the forking
+    process into the child's ru_maxrss, so a child of this (large) Python process would
+    report at least the driver's own peak. GNU time is small, and forks the tool itself.
+    """
+    out, err, rss = logbase.with_suffix(".out"), logbase.with_suffix(".err"), logbase.with_suffix(".rss")
+    with open(out, "wb") as fo, open(err, "wb") as fe:
+        fe.write(("$ " + " ".join(cmd) + (f"   (in {cwd})" if cwd else "") + "\n").encode())
+        fe.flush()
+        t0 = time.monotonic()
+        p = subprocess.Popen([GNU_TIME, "-f", "%M", "-o", str(rss), "--", *cmd], env=env, cwd=cwd,
+                             stdin=subprocess.DEVNULL, stdout=fo, stderr=fe)
+        try:
+            rc = p.wait()
+        except BaseException:
+            p.kill()
+            p.wait()
+            raise
+        secs = time.monotonic() - t0
+    lines = rss.read_text(errors="replace").split()
+    rss_kib = int(lines[-1]) if lines and lines[-1].isdigit() else 0
+    return Run(cmd, rc, secs, rss_kib, out, err)
+
+
+def ensure_gnu_time() -> None:
+    if os.access(GNU_TIME, os.X_OK):
+        return
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        log("installing GNU time (apt-get install -y time) to measure peak RSS")
+        subprocess.run(["apt-get", "install", "-y", "time"], check=False)
+    if not os.access(GNU_TIME, os.X_OK):
+        sys.exit(f"bench: {GNU_TIME} (GNU time) is needed to measure peak RSS: apt-get install time")
+
+
+def tree_size(path: Path) -> tuple[int, int]:
+    """(sum of file sizes, number of files) below path."""
+    total = count = 0
+    for dirpath, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, f)).st_size
+                count += 1
+            except FileNotFoundError:
+                pass
+    return total, count
+
+
+def manifest(root: Path) -> dict[str, tuple[int, str]]:
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            full = os.path.join(dirpath, f)
+            h = hashlib.blake2b(digest_size=16)
+            with open(full, "rb") as fh:
+                while block := fh.read(4 * MiB):
+                    h.update(block)
+            out[os.path.relpath(full, root)] = (os.path.getsize(full), h.hexdigest())
+    return out
+
+
+def read_all(root: Path) -> None:
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            with open(os.path.join(dirpath, f), "rb") as fh:
+                while fh.read(8 * MiB):
+                    pass
+
+
+def sync() -> None:
+    os.sync()
+
+
+def drop_caches() -> None:
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def capture(cmd: list[str], env: dict | None = None) -> str:
+    try:
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+        return (r.stdout or r.stderr).strip()
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"unavailable ({e})"
+
+
+# ------------------------------------------------------------------ tools
+
+
+def clean_env() -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COFFER_", "RESTIC_", "BORG_"))}
+    env["LC_ALL"] = "C.UTF-8"
+    return env
+
+
+class Tool:
+    name = ""
+
+    def __init__(self, scratch: Path, args):
+        self.scratch = scratch
+        self.args = args
+        self.repo = scratch / "repos" / self.name
+        self.env = clean_env()
+        self.archives: list[str] = []
+
+    def version(self) -> str: ...
+    def settings(self) -> str: ...
+    def init_cmd(self) -> tuple[list[str], Path | None]: ...
+    def backup_cmd(self, data: Path, archive: str) -> tuple[list[str], Path | None]: ...
+    def restore_cmd(self, target: Path) -> tuple[list[str], Path | None]: ...
+    def check_cmd(self) -> tuple[list[str], Path | None] | None: ...
+
+    def added(self, run: Run) -> tuple[int | None, str]:
+        """Bytes added as the tool reports them, and what that number means."""
+        return None, ""
+
+    def details(self, run: Run) -> dict:
+        return {}
+
+
+class Coffer(Tool):
+    name = "coffer"
+
+    def __init__(self, scratch, args, binary: Path):
+        super().__init__(scratch, args)
+        self.bin = str(binary)
+        self.env["COFFER_PASSWORD"] = PASSWORD
+        h = subprocess.run([self.bin, "check", "--help"], env=self.env, capture_output=True, text=True)
+        self.has_check = h.returncode == 0
+        self.check_read_data = self.has_check and "--read-data" in h.stdout
+
+    def version(self):
+        return capture([self.bin, "--version"], self.env)
+
+    def settings(self):
+        return ("local repository, default settings: AES-256-PMAC-SIV, keyed BLAKE3 ids, FastCDC "
+                "512 KiB / 1 MiB / 8 MiB, zstd level 3 (kept only when it saves), Padmé padding, "
+                "argon2id m=64 MiB t=3 on every command")
+
+    def init_cmd(self):
+        return [self.bin, "-r", str(self.repo), "-q", "init"], None
+
+    def backup_cmd(self, data, archive):
+        return [self.bin, "-r", str(self.repo), "--json", "backup", str(data)], None
+
+    def restore_cmd(self, target):
+        return [self.bin, "-r", str(self.repo), "--json", "restore", "latest", "--target", str(target)], None
+
+    def check_cmd(self):
+        if not self.has_check:
+            return None
+        extra = ["--read-data"] if self.args.check_read_data and self.check_read_data else []
+        return [self.bin, "-r", str(self.repo), "check", *extra], None
+
+    def _json(self, run):
+        try:
+            return json.loads(run.stdout())
+        except ValueError:
+            return {}
+
+    def added(self, run):
+        return self._json(run).get("bytes_added"), "bytes_added: new objects after compression, padding, encryption"
+
+    def details(self, run):
+        j = self._json(run)
+        return {k: j[k] for k in ("files_new", "files_changed", "files_unchanged", "bytes_read", "bytes_added",
+                                  "chunks_added", "trees_added", "errors") if k in j}
+
+
+class Restic(Tool):
+    name = "restic"
+
+    def __init__(self, scratch, args):
+        super().__init__(scratch, args)
+        self.env["RESTIC_PASSWORD"] = PASSWORD
+        self.env["RESTIC_CACHE_DIR"] = str(scratch / "home" / "restic-cache")
+
+    def version(self):
+        return capture(["restic", "version"], self.env)
+
+    def settings(self):
+        return ("local repository, defaults: repository format 2, compression auto (zstd, about level 3), "
+                "AES-256-CTR + Poly1305-AES, SHA-256 ids, Rabin CDC 512 KiB / 1 MiB / 8 MiB, 16 MiB packs, "
+                f"cache in the scratch folder{', check --read-data' if self.args.check_read_data else ''}")
+
+    def init_cmd(self):
+        return ["restic", "-r", str(self.repo), "init"], None
+
+    def backup_cmd(self, data, archive):
+        return ["restic", "-r", str(self.repo), "backup", "--json", str(data)], None
+
+    def restore_cmd(self, target):
+        return ["restic", "-r", str(self.repo), "restore", "latest", "--target", str(target)], None
+
+    def check_cmd(self):
+        return ["restic", "-r", str(self.repo), "check", *(["--read-data"] if self.args.check_read_data else [])], None
+
+    def _summary(self, run):
+        for line in reversed(run.stdout().splitlines()):
+            try:
+                j = json.loads(line)
+            except ValueError:
+                continue
+            if j.get("message_type") == "summary":
+                return j
+        return {}
+
+    def added(self, run):
+        j = self._summary(run)
+        if "data_added_packed" in j:
+            return j["data_added_packed"], "data_added_packed: new blobs as stored (compressed)"
+        return j.get("data_added"), "data_added: new blobs before compression (restic < 0.17 has no packed size)"
+
+    def details(self, run):
+        j = self._summary(run)
+        return {k: j[k] for k in ("files_new", "files_changed", "files_unmodified", "data_added",
+                                  "total_bytes_processed") if k in j}
+
+
+class Borg(Tool):
+    name = "borg"
+
+    def __init__(self, scratch, args):
+        super().__init__(scratch, args)
+        self.env["BORG_PASSPHRASE"] = PASSWORD
+        self.env["BORG_BASE_DIR"] = str(scratch / "home" / "borg")
+        self.env["BORG_RELOCATED_REPO_ACCESS_IS_OK"] = "yes"
+        self.encryption = args.borg_encryption
+        if self.encryption == "auto":
+            # borg's own advice: HMAC-SHA256 when the CPU has SHA instructions, else BLAKE2b.
+            flags = Path("/proc/cpuinfo").read_text(errors="replace")
+            self.encryption = "repokey" if " sha_ni" in flags else "repokey-blake2"
+
+    def version(self):
+        return capture(["borg", "--version"], self.env)
+
+    def settings(self):
+        mac = "HMAC-SHA256" if self.encryption == "repokey" else "BLAKE2b" if "blake2" in self.encryption else "?"
+        return (f"local repository, `--encryption {self.encryption}` (AES-256-CTR + {mac}), "
+                f"`--compression {self.args.borg_compression}`, default chunker (buzhash 512 KiB / 2 MiB / 8 MiB), "
+                f"files cache in the scratch folder{', check --verify-data' if self.args.check_read_data else ''}")
+
+    def init_cmd(self):
+        return ["borg", "init", "--encryption", self.encryption, str(self.repo)], None
+
+    def backup_cmd(self, data, archive):
+        self.archives.append(archive)
+        return ["borg", "create", "--json", "--compression", self.args.borg_compression,
+                f"{self.repo}::{archive}", str(data)], None
+
+    def restore_cmd(self, target):
+        # borg extract writes into the current directory.
+        return ["borg", "extract", f"{self.repo}::{self.archives[-1]}"], target
+
+    def check_cmd(self):
+        return ["borg", "check", *(["--verify-data"] if self.args.check_read_data else []), str(self.repo)], None
+
+    def _stats(self, run):
+        try:
+            return json.loads(run.stdout())["archive"]["stats"]
+        except (ValueError, KeyError, TypeError):
+            return {}
+
+    def added(self, run):
+        return self._stats(run).get("deduplicated_size"), "deduplicated_size: new chunks as stored (compressed)"
+
+    def details(self, run):
+        return self._stats(run)
+
+
+# ------------------------------------------------------------------ setup
+
+
+def prepare_scratch(scratch: Path) -> None:
+    if scratch.exists() and any(scratch.iterdir()) and not (scratch / MARKER).exists():
+        sys.exit(f"bench: {scratch} exists, is not empty and was not made by this script "
+                 f"(no {MARKER}); choose another --scratch")
+    scratch.mkdir(parents=True, exist_ok=True)
+    (scratch / MARKER).write_text("scratch folder of benches/e2e/bench.py; everything here may be deleted\n")
+    for d in OWNED:
+        if (scratch / d).exists():
+            shutil.rmtree(scratch / d)
+        (scratch / d).mkdir()
+
+
+def cleanup(scratch: Path) -> None:
+    for d in ("data", "repos", "restore", "home"):
+        shutil.rmtree(scratch / d, ignore_errors=True)
+
+
+def build_coffer(root: Path) -> Path:
+    log("building coffer (cargo build --release --bin coffer)")
+    subprocess.run(["cargo", "build", "--release", "--bin", "coffer"], cwd=root, check=True)
+    meta = json.loads(subprocess.run(["cargo", "metadata", "--format-version", "1", "--no-deps"], cwd=root,
+                                     check=True, capture_output=True, text=True).stdout)
+    binary = Path(meta["target_directory"]) / "release" / "coffer"
+    if not binary.exists():
+        sys.exit(f"bench: built coffer but found no binary at {binary}")
+    return binary
+
+
+def install_peers() -> None:
+    cmd = ["apt-get", "install", "-y", "restic", "borgbackup"]
+    log("installing peers: " + " ".join(cmd))
+    if subprocess.run(cmd).returncode != 0:
+        log("apt-get install failed; trying apt-get update first")
+        subprocess.run(["apt-get", "update"], check=False)
+        subprocess.run(cmd, check=True)
+
+
+def machine_info(scratch: Path) -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = "unknown"
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem = f"{int(line.split()[1]) / (1 << 20):.1f} GiB"
+    except OSError:
+        pass
+    fs = capture(["df", "--output=fstype,source", str(scratch)]).splitlines()
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "memory": mem,
+        "kernel": platform.release(),
+        "os": capture(["sh", "-c", ". /etc/os-release && echo \"$PRETTY_NAME\""]),
+        "scratch filesystem": fs[-1].strip() if fs else "unknown",
+        "python": platform.python_version(),
+        "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
+
+
+# ------------------------------------------------------------------ report
+
+
+def fmt_mib(n: float | None) -> str:
+    return "–" if n is None else f"{n / MiB:,.1f}"
+
+
+def step_cell(r: dict | None) -> list[str]:
+    if r is None:
+        return ["–", "–", "–"]
+    if r.get("na"):
+        return ["n/a", "n/a", "n/a"]
+    if not r["ok"]:
+        return [f"FAILED rc={r['rc']}", "–", f"{r['rss_mib']:.0f}"]
+    mibs = "–" if r.get("mib_s") is None else f"{r['mib_s']:.0f}"
+    return [f"{r['secs']:.2f}", mibs, f"{r['rss_mib']:.0f}"]
+
+
+def ratio(results: dict, phase: str, kind: str | None, tools: list[str]) -> tuple[float | None, str]:
+    c = results[phase].get("coffer")
+    peers = [results[phase][t] for t in tools if t != "coffer" and results[phase].get(t)
+             and results[phase][t].get("ok")]
+    if not kind or not c or not c.get("ok") or not peers:
+        return None, "–"
+    if kind == "throughput":
+        best = max(p["mib_s"] for p in peers)
+        v = c["mib_s"] / best if best else None
+        return v, "–" if v is None else f"{v:.2f}× throughput"
+    best = min(p["secs"] for p in peers)
+    v = c["secs"] / best if best else None
+    return v, "–" if v is None else f"{v:.2f}× time"
+
+
+def render(ctx: dict) -> str:
+    tools, res = ctx["tools"], ctx["results"]
+    L = []
+    L.append(f"# coffer end-to-end benchmark ({time.strftime('%Y-%m-%d %H:%M:%S %Z')})")
+    L.append("")
+    L.append(f"Scale {ctx['scale']} (seed {ctx['seed']}): {ctx['gen']['files']} files, "
+             f"{fmt_mib(ctx['gen']['bytes'])} MiB; after the month of edits {ctx['mut']['library_files_after'] if ctx['mut'] else '?'} "
+             f"files, {fmt_mib(ctx['mut']['library_bytes_after']) if ctx['mut'] else '?'} MiB. "
+             f"Page cache: **{ctx['cache']}**. Every step is preceded by `sync`; tools run one after another, "
+             f"in the order {', '.join(tools)}, on identical data.")
+    L.append("")
+    L.append("## Steps")
+    L.append("")
+    head = ["step", "data MiB"]
+    for t in tools:
+        head += [f"{t} s", f"{t} MiB/s", f"{t} RSS MiB"]
+    peers_present = [t for t in tools if t != "coffer"]
+    if peers_present and "coffer" in tools:
+        head.append("coffer ÷ fastest peer")
+    L.append("| " + " | ".join(head) + " |")
+    L.append("|" + "|".join(["---"] + ["--:"] * (len(head) - 1)) + "|")
+    for key, label, kind in PHASES:
+        row = [label, fmt_mib(ctx["phase_bytes"].get(key))]
+        for t in tools:
+            row += step_cell(res[key].get(t))
+        if peers_present and "coffer" in tools:
+            row.append(ratio(res, key, kind, tools)[1])
+        L.append("| " + " | ".join(row) + " |")
+    L.append("")
+    L.append("MiB/s is source data (the library, or the restored library) divided by wall time; "
+             "for the unchanged re-backup and check it is nominal. RSS is the peak resident set of the "
+             "tool's process (GNU time's %M). Ratios: coffer's MiB/s over the best peer's for the first "
+             "backup and the restore (higher is better); coffer's time over the best peer's for the others "
+             "(lower is better).")
+    L.append("")
+    L.append("## Repository")
+    L.append("")
+    L.append("| | " + " | ".join(tools) + " |")
+    L.append("|---|" + "|".join(["--:"] * len(tools)) + "|")
+    rep = ctx["repo"]
+    new = ctx["mut"]["genuinely_new_bytes"] if ctx["mut"] else None
+    for key, label in (("backup1", "size after first backup, MiB"), ("backup2", "size after unchanged re-backup, MiB"),
+                       ("backup3", "size after backup after edits, MiB")):
+        L.append(f"| {label} | " + " | ".join(fmt_mib(rep[t].get(key)) for t in tools) + " |")
+    L.append("| size ÷ source data, first backup | " + " | ".join(
+        f"{rep[t]['backup1'] / ctx['gen']['bytes']:.3f}" if rep[t].get("backup1") else "–" for t in tools) + " |")
+    growth = {t: (rep[t]["backup3"] - rep[t]["backup2"]) if rep[t].get("backup3") is not None
+              and rep[t].get("backup2") is not None else None for t in tools}
+    L.append("| growth from backup after edits, MiB | " + " | ".join(fmt_mib(growth[t]) for t in tools) + " |")
+    L.append(f"| growth ÷ genuinely new ({fmt_mib(new)} MiB) | " + " | ".join(
+        f"{growth[t] / new:.3f}" if growth[t] is not None and new else "–" for t in tools) + " |")
+    added = ctx["added"]
+    L.append("| added by backup after edits as reported, MiB | " + " | ".join(
+        fmt_mib(added[t][0]) if t in added else "–" for t in tools) + " |")
+    L.append("| reported ÷ genuinely new | " + " | ".join(
+        f"{added[t][0] / new:.3f}" if t in added and added[t][0] is not None and new else "–" for t in tools) + " |")
+    L.append("| restore verified against source | " + " | ".join(ctx["verify"].get(t, "–") for t in tools) + " |")
+    L.append("")
+    L.append("What each tool reports as added: " + "; ".join(
+        f"{t}: {added[t][1]}" for t in tools if t in added) + ". Growth is the change in the sum of file sizes "
+             "in the repository folder.")
+    L.append("")
+    if "coffer" in tools:
+        L.append("## coffer's own numbers")
+        L.append("")
+        for key, label, _ in PHASES:
+            d = ctx["details"].get(key, {}).get("coffer")
+            if d:
+                L.append(f"- {label}: " + ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}"
+                                                   for k, v in d.items()))
+        L.append("")
+    L.append("## Targets of issue 3")
+    L.append("")
+    L.append("| target | measured | met |")
+    L.append("|---|---|---|")
+    for line in targets(ctx):
+        L.append(line)
+    L.append("")
+    L.append("## The data")
+    L.append("")
+    g = ctx["gen"]
+    L.append(f"- library: {g['jpeg_files']} JPEG-like ({fmt_mib(g['jpeg_bytes'])} MiB), {g['raw_files']} RAW-like "
+             f"({fmt_mib(g['raw_bytes'])} MiB), {g['xmp_files']} XMP sidecars ({fmt_mib(g['xmp_bytes'])} MiB), "
+             f"exact duplicates: {g['duplicate_files']} files ({fmt_mib(g['duplicate_bytes'])} MiB); generated in {g['seconds']} s")
+    if ctx["mut"]:
+        m = ctx["mut"]
+        L.append(f"- month of edits: {m['new_photos']} new photos + sidecars ({fmt_mib(m['new_bytes'])} MiB) in 2026/01; "
+                 f"{m['header_edited_files']} header edits ({m['header_edited_jpegs']} JPEG, {m['header_edited_raws']} RAW) "
+                 f"inserting {m['inserted_bytes']:,} bytes; folder {m['renamed_folder'][0]!r} renamed to "
+                 f"{m['renamed_folder'][1]!r} ({m['renamed_files']} files, {fmt_mib(m['renamed_bytes'])} MiB); "
+                 f"{m['deleted_files']} files deleted; {m['xmp_edited_files']} sidecars edited "
+                 f"({m['xmp_edited_bytes']:,} bytes). Genuinely new: {m['genuinely_new_bytes']:,} bytes "
+                 f"({fmt_mib(m['genuinely_new_bytes'])} MiB)")
+    L.append("")
+    L.append("## Settings and machine")
+    L.append("")
+    for t in tools:
+        L.append(f"- {t}: {ctx['versions'][t]} — {ctx['settings'][t]}")
+    for k, v in ctx["machine"].items():
+        L.append(f"- {k}: {v}")
+    L.append(f"- load average at end: {ctx.get('load_end', '?')}")
+    if ctx["notes"]:
+        L.append("")
+        L.append("## Notes and problems")
+        L.append("")
+        for n in ctx["notes"]:
+            L.append(f"- {n}")
+    L.append("")
+    return "\n".join(L)
+
+
+def targets(ctx: dict) -> list[str]:
+    tools, res = ctx["tools"], ctx["results"]
+    out = []
+    if "coffer" not in tools:
+        return out
+    peers = [t for t in tools if t != "coffer"]
+
+    def row(name, measured, ok):
+        out.append(f"| {name} | {measured} | {'–' if ok is None else ('yes' if ok else '**no**')} |")
+
+    if peers:
+        v, s = ratio(res, "backup1", "throughput", tools)
+        row("first backup ≥ 2× the fastest peer's throughput", s, None if v is None else v >= 2)
+        v, s = ratio(res, "restore", "throughput", tools)
+        row("restore ≥ 1.5× the fastest peer's throughput", s, None if v is None else v >= 1.5)
+        for key, label in (("backup2", "unchanged re-backup"), ("backup3", "backup after edits")):
+            v, s = ratio(res, key, "time", tools)
+            row(f"{label} faster than every peer", s, None if v is None else v < 1)
+        if "borg" in tools:
+            def peak(t):
+                vals = [res[k][t]["rss_mib"] for k, _, _ in PHASES if res[k].get(t) and not res[k][t].get("na")]
+                return max(vals) if vals else None
+            c, b = peak("coffer"), peak("borg")
+            row("peak RSS ≤ borg's (max over all steps)",
+                f"coffer {c:.0f} MiB, borg {b:.0f} MiB" if c and b else "–", None if not (c and b) else c <= b)
+    else:
+        row("comparisons with restic and borg", "no peer installed (use --install-peers)", None)
+    new = ctx["mut"]["genuinely_new_bytes"] if ctx["mut"] else None
+    a = ctx["added"].get("coffer", (None, ""))[0]
+    if new and a is not None:
+        row("bytes added by the month of edits ≤ 1.2× genuinely new", f"{a / new:.3f}× ({fmt_mib(a)} / {fmt_mib(new)} MiB)",
+            a / new <= 1.2)
+    row("peak RSS flat as the data set grows", "compare runs at two --scale values", None)
+    return out
+
+
+# ------------------------------------------------------------------ main
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scale", type=float, default=1.0, help="library size; 1.0 is about 1.5 GiB (default 1.0)")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--scratch", type=Path, default=Path("/var/tmp/coffer-bench"),
+                    help="scratch folder for data, repositories, restores and results (default /var/tmp/coffer-bench)")
+    ap.add_argument("--out", type=Path, default=None, help="Markdown results (default SCRATCH/results.md)")
+    ap.add_argument("--tools", default="coffer,restic,borg", help="comma-separated subset of coffer,restic,borg")
+    ap.add_argument("--install-peers", action="store_true", help="apt-get install -y restic borgbackup first")
+    ap.add_argument("--drop-caches", action="store_true",
+                    help="sync and drop the page cache before every timed step (root only); default: warm cache")
+    ap.add_argument("--coffer-bin", type=Path, default=None, help="use this coffer binary instead of building one")
+    ap.add_argument("--check-read-data", action="store_true",
+                    help="check reads all data: restic --read-data, borg --verify-data, coffer --read-data")
+    ap.add_argument("--borg-compression", default="lz4",
+                    help="borg --compression (default lz4, borg's default; zstd,3 matches coffer's algorithm and level)")
+    ap.add_argument("--borg-encryption", default="auto",
+                    help="borg init --encryption (default auto: repokey on CPUs with SHA instructions, else repokey-blake2)")
+    ap.add_argument("--no-verify", action="store_true", help="do not compare restored files with the source")
+    ap.add_argument("--keep", action="store_true", help="keep data, repositories and caches at the end")
+    ap.add_argument("--jobs", type=int, default=None, help="processes for generating data (default: all CPUs)")
+    args = ap.parse_args()
+
+    scratch = args.scratch.resolve()
+    out_md = args.out or scratch / "results.md"
+    wanted = [t.strip() for t in args.tools.split(",") if t.strip()]
+    for t in wanted:
+        if t not in ("coffer", *PEERS):
+            sys.exit(f"bench: unknown tool {t!r}")
+    notes: list[str] = []
+
+    if args.drop_caches:
+        if os.geteuid() != 0:
+            sys.exit("bench: --drop-caches needs root")
+        try:
+            drop_caches()
+        except OSError as e:
+            sys.exit(f"bench: cannot drop caches: {e}")
+    if args.install_peers:
+        install_peers()
+    ensure_gnu_time()
+
+    repo_root = HERE.parent.parent
+    coffer_bin = None
+    if "coffer" in wanted:
+        coffer_bin = args.coffer_bin.resolve() if args.coffer_bin else build_coffer(repo_root)
+
+    prepare_scratch(scratch)
+    # Rough space check: data + edits, three repositories, one restore at a time.
+    need = int(1.6 * 1024 * MiB * args.scale * 6)
+    free = shutil.disk_usage(scratch).free
+    if free < need:
+        sys.exit(f"bench: {scratch} has {free / MiB:,.0f} MiB free; this scale needs about {need / MiB:,.0f} MiB")
+
+    tools: list[Tool] = []
+    for t in wanted:
+        if t == "coffer":
+            tools.append(Coffer(scratch, args, coffer_bin))
+        elif shutil.which(t):
+            tools.append(Restic(scratch, args) if t == "restic" else Borg(scratch, args))
+        else:
+            notes.append(f"{t} is not installed: skipped (`--install-peers` installs restic and borgbackup)")
+            log(notes[-1])
+    names = [t.name for t in tools]
+    for t in tools:
+        t.repo.parent.mkdir(parents=True, exist_ok=True)
+    ctx = {
+        "scale": args.scale, "seed": args.seed, "tools": names,
+        "cache": "dropped before every timed step" if args.drop_caches else
+                 "warm (not dropped; the data set fits in memory, so reads come from the page cache)",
+        "results": {k: {} for k, _, _ in PHASES}, "repo": {t: {} for t in names}, "added": {},
+        "details": {}, "verify": {}, "phase_bytes": {}, "notes": notes, "mut": None,
+        "machine": machine_info(scratch),
+        "versions": {t.name: t.version() for t in tools},
+        "settings": {t.name: t.settings() for t in tools},
+    }
+    coffer = next((t for t in tools if t.name == "coffer"), None)
+    if coffer and not coffer.has_check:
+        notes.append("coffer has no `check` command yet (`coffer check --help` fails): check is n/a for coffer")
+
+    data = scratch / "data" / "Pictures"
+    logs = scratch / "logs"
+    log(f"generating the library (scale {args.scale}, seed {args.seed}) in {data}")
+    ctx["gen"] = generate.generate(str(data), args.seed, args.scale, args.jobs)
+    log(f"generated {ctx['gen']['files']} files, {fmt_mib(ctx['gen']['bytes'])} MiB in {ctx['gen']['seconds']} s")
+    sync()
+    if not args.drop_caches:
+        read_all(data)  # warm: every tool, the first included, reads from the page cache
+
+    def step(phase: str, tool: Tool, cmd_cwd, data_bytes: int | None) -> Run | None:
+        if cmd_cwd is None:
+            ctx["results"][phase][tool.name] = {"na": True}
+            return None
+        cmd, cwd = cmd_cwd
+        sync()
+        if args.drop_caches:
+            drop_caches()
+        log(f"{phase}: {tool.name}")
+        r = run_measured(cmd, tool.env, logs / f"{phase}-{tool.name}", cwd)
+        rec = {"ok": r.ok, "rc": r.rc, "secs": r.secs, "rss_mib": r.rss_kib / 1024,
+               "mib_s": (data_bytes / MiB / r.secs) if data_bytes and r.secs > 0 else None}
+        ctx["results"][phase][tool.name] = rec
+        if not r.ok:
+            notes.append(f"{tool.name} {phase} failed (exit {r.rc}): `{' '.join(cmd)}`; stderr ends: "
+                         + r.stderr_tail(5).replace("\n", " ⏎ "))
+            log(notes[-1])
+        ctx["details"].setdefault(phase, {})[tool.name] = tool.details(r)
+        return r
+
+    try:
+        for t in tools:
+            step("init", t, t.init_cmd(), None)
+        for phase in ("backup1", "backup2"):
+            ctx["phase_bytes"][phase] = ctx["gen"]["bytes"]
+            for t in tools:
+                step(phase, t, t.backup_cmd(data, phase), ctx["gen"]["bytes"])
+                ctx["repo"][t.name][phase] = tree_size(t.repo)[0]
+        log("applying the month of edits")
+        ctx["mut"] = mutate.mutate(str(data), args.seed, args.scale)
+        sync()
+        if not args.drop_caches:
+            read_all(data)
+        after = ctx["mut"]["library_bytes_after"]
+        ctx["phase_bytes"]["backup3"] = after
+        for t in tools:
+            r = step("backup3", t, t.backup_cmd(data, "backup3"), after)
+            ctx["repo"][t.name]["backup3"] = tree_size(t.repo)[0]
+            if r is not None and r.ok:
+                ctx["added"][t.name] = t.added(r)
+        ctx["phase_bytes"]["restore"] = after
+        source = None if args.no_verify else manifest(data)
+        for t in tools:
+            target = scratch / "restore" / t.name
+            target.mkdir(parents=True, exist_ok=True)
+            r = step("restore", t, t.restore_cmd(target), after)
+            if r is not None and r.ok and source is not None:
+                restored = target / str(data).lstrip("/")
+                got = manifest(restored) if restored.exists() else {}
+                if got == source:
+                    ctx["verify"][t.name] = "identical"
+                else:
+                    missing = len(set(source) - set(got))
+                    extra = len(set(got) - set(source))
+                    differ = sum(1 for k in set(source) & set(got) if source[k] != got[k])
+                    ctx["verify"][t.name] = f"**differs** ({missing} missing, {extra} extra, {differ} different)"
+                    notes.append(f"{t.name}: restored tree in {restored} differs from the source: "
+                                 f"{missing} missing, {extra} extra, {differ} different files")
+            shutil.rmtree(target, ignore_errors=True)
+        ctx["phase_bytes"]["check"] = after
+        for t in tools:
+            step("check", t, t.check_cmd(), after)
+    except KeyboardInterrupt:
+        notes.append("interrupted")
+        log("interrupted; writing what was measured")
+    finally:
+        ctx["load_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        if ctx.get("gen"):
+            text = render(ctx)
+            out_md.parent.mkdir(parents=True, exist_ok=True)
+            out_md.write_text(text)
+            (out_md.with_suffix(".json")).write_text(json.dumps(ctx, indent=2, default=str))
+            print(text)
+            log(f"results written to {out_md} and {out_md.with_suffix('.json')}; logs in {logs}")
+        if not args.keep:
+            cleanup(scratch)
+    failed = any(not r.get("ok", True) for p in ctx["results"].values() for r in p.values() if not r.get("na"))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    sys.exit(main())
