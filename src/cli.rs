@@ -52,6 +52,8 @@ pub enum Command {
     Ls(LsArgs),
     /// Restore a snapshot into a folder
     Restore(RestoreArgs),
+    /// Write a file of a snapshot to standard output, or a folder as a tar archive
+    Dump(DumpArgs),
 }
 
 #[derive(Args, Debug)]
@@ -84,6 +86,31 @@ pub struct BackupArgs {
     /// Read exclude patterns from a file, one per line (repeatable)
     #[arg(long = "exclude-file", value_name = "FILE")]
     pub exclude_files: Vec<PathBuf>,
+    /// Like --exclude, ignoring case (repeatable)
+    #[arg(long = "iexclude", value_name = "PATTERN")]
+    pub iexcludes: Vec<String>,
+    /// Leave out directories that hold a CACHEDIR.TAG (bford.info/cachedir)
+    #[arg(long)]
+    pub exclude_caches: bool,
+    /// Leave out directories that contain a file of this name; with
+    /// NAME:HEADER, only if the file starts with HEADER (repeatable)
+    #[arg(long = "exclude-if-present", value_name = "NAME[:HEADER]")]
+    pub exclude_if_present: Vec<String>,
+    /// Leave out files larger than SIZE (e.g. 500M, 2G)
+    #[arg(long, value_name = "SIZE")]
+    pub exclude_larger_than: Option<String>,
+    /// Read paths to back up from a file, one per line (`#` starts a comment; repeatable)
+    #[arg(long = "files-from", value_name = "FILE")]
+    pub files_from: Vec<PathBuf>,
+    /// Stay on the file system of each path named (mount points are kept, empty)
+    #[arg(short = 'x', long)]
+    pub one_file_system: bool,
+    /// Do not use inode numbers to detect changes (for network, FUSE and removable file systems)
+    #[arg(long)]
+    pub ignore_inode: bool,
+    /// Do not use ctime to detect changes (for file systems where it churns)
+    #[arg(long)]
+    pub ignore_ctime: bool,
     /// Compare with this snapshot instead of the latest of the same host and paths
     #[arg(long, value_name = "SNAPSHOT")]
     pub parent: Option<String>,
@@ -127,4 +154,30 @@ pub struct RestoreArgs {
     /// Restore only this path of the snapshot and what is below it (repeatable)
     #[arg(short, long = "include", value_name = "PATH")]
     pub includes: Vec<PathBuf>,
+    /// What to do with files already in the target: always rewrite them; if-changed: keep those whose
+    /// size, mtime and content (re-hashed) already match the snapshot; never: keep whatever is there
+    #[arg(long, value_enum, default_value_t = OverwriteArg::Always, value_name = "WHEN")]
+    pub overwrite: OverwriteArg,
+    /// Read every restored file back and compare it with the snapshot; exit 1 on any difference
+    #[arg(long)]
+    pub verify: bool,
+}
+
+/// `restore --overwrite`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OverwriteArg {
+    Always,
+    IfChanged,
+    Never,
+}
+
+#[derive(Args, Debug)]
+pub struct DumpArgs {
+    /// Snapshot id (or a unique prefix), or `latest`
+    pub snapshot: String,
+    /// Path in the snapshot: a file, a folder, or `/` for the whole snapshot
+    pub path: PathBuf,
+    /// Write to this file instead of standard output
+    #[arg(short, long, value_name = "FILE")]
+    pub target: Option<PathBuf>,
 }

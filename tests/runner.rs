@@ -5,10 +5,13 @@
 
 mod common;
 
+mod backup_options;
 mod cli;
 mod crypto_objects;
 mod dedup;
+mod dump;
 mod errors;
 mod privacy;
+mod restore_options;
 mod roundtrip;
 mod smoke;

@@ -1,7 +1,10 @@
 use std::time::Instant;
 
 use anyhow::Result;
-use coffer_core::archiver::{self, BackupOptions, ParentChoice};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use coffer_core::archiver::{self, BackupOptions, ChangeDetection, ParentChoice};
 use coffer_core::exclude::Excludes;
 use serde::Serialize;
 
@@ -20,13 +23,26 @@ struct Report<'a> {
 }
 
 pub fn run(g: &GlobalArgs, a: &BackupArgs) -> Result<u8> {
+    let mut paths = a.paths.clone();
+    for list in &a.files_from {
+        paths.extend(read_path_list(list)?);
+    }
     // Check the sources before touching the repository.
-    archiver::resolve_paths(&a.paths)?;
+    archiver::resolve_paths(&paths)?;
     let mut patterns = a.excludes.clone();
     for f in &a.exclude_files {
         patterns.extend(Excludes::read_file(f)?);
     }
-    let excludes = Excludes::new(&patterns)?;
+    let mut excludes = Excludes::new(&patterns)?.case_insensitive(&a.iexcludes)?;
+    if a.exclude_caches {
+        excludes = excludes.caches();
+    }
+    for spec in &a.exclude_if_present {
+        excludes = excludes.if_present(spec)?;
+    }
+    if let Some(size) = &a.exclude_larger_than {
+        excludes = excludes.larger_than(coffer_core::exclude::parse_size(size)?);
+    }
     let repo = crate::repository::open(g)?;
     let parent = if a.force {
         ParentChoice::None
@@ -36,7 +52,9 @@ pub fn run(g: &GlobalArgs, a: &BackupArgs) -> Result<u8> {
         ParentChoice::Auto
     };
     let options = BackupOptions {
-        paths: a.paths.clone(),
+        paths,
+        change: ChangeDetection { ignore_inode: a.ignore_inode, ignore_ctime: a.ignore_ctime },
+        one_file_system: a.one_file_system,
         excludes,
         tags: a.tags.iter().filter(|t| !t.is_empty()).cloned().collect(),
         host: a.host.clone(),
@@ -84,4 +102,18 @@ pub fn run(g: &GlobalArgs, a: &BackupArgs) -> Result<u8> {
         return Ok(exit::PARTIAL);
     }
     Ok(exit::OK)
+}
+
+/// Reads a `--files-from` list: one path per line; blank lines and lines
+/// starting with `#` are skipped. Paths are taken verbatim (no trimming), so
+/// names with leading or trailing spaces survive.
+fn read_path_list(file: &Path) -> Result<Vec<PathBuf>> {
+    use std::os::unix::ffi::OsStrExt;
+    let data = std::fs::read(file).with_context(|| format!("reading the path list {}", file.display()))?;
+    Ok(data
+        .split(|&b| b == b'\n')
+        .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
+        .filter(|line| !line.is_empty() && !line.starts_with(b"#"))
+        .map(|line| PathBuf::from(std::ffi::OsStr::from_bytes(line)))
+        .collect())
 }

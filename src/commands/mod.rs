@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 mod backup;
+mod dump;
 mod init;
 mod ls;
 mod restore;
@@ -18,6 +19,7 @@ pub fn run(args: Cli) -> Result<u8> {
         Command::Snapshots(a) => snapshots::run(g, a),
         Command::Ls(a) => ls::run(g, a),
         Command::Restore(a) => restore::run(g, a),
+        Command::Dump(a) => dump::run(g, a),
     }
 }
 

@@ -51,12 +51,20 @@ impl Env {
     }
 
     /// Writes a file below `src`, creating its folders.
+    ///
+    /// The file's mtime is set 10 s in the past, as for any file that was not
+    /// being edited while the backup ran: a file modified within the file
+    /// system's timestamp granularity (2 s) of a backup is always read again
+    /// by the next one, which would defeat tests of unchanged-file handling.
+    /// Each call still gets a distinct mtime, so a rewrite is a change.
     pub fn write(&self, rel: &str, data: &[u8]) -> PathBuf {
         let p = self.src.join(rel);
         if let Some(parent) = p.parent() {
             std::fs::create_dir_all(parent).expect("create parent");
         }
         std::fs::write(&p, data).expect("write file");
+        let past = std::time::SystemTime::now() - std::time::Duration::from_secs(10);
+        filetime::set_file_mtime(&p, filetime::FileTime::from_system_time(past)).expect("set mtime");
         p
     }
 

@@ -17,7 +17,7 @@
 //! budget of chunks between the reader and the backend
 //! ([`BackupOptions::bytes_in_flight`]), not by the size of the data set.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fs::Metadata;
 use std::os::unix::ffi::OsStrExt;
@@ -28,7 +28,7 @@ use std::time::Instant;
 
 use crate::backend::Backend;
 use crate::blob::{self, Compression};
-use crate::chunker::{Chunker, StreamChunker};
+use crate::chunker::{Chunker, StreamChunker, is_zero};
 use crate::crypto::{Keys, ObjectKind};
 use crate::error::{Error, Result};
 use crate::exclude::Excludes;
@@ -37,7 +37,7 @@ use crate::metadata::{self, OwnerNames};
 use crate::progress::Progress;
 use crate::repo::{Repository, object_key};
 use crate::snapshot::{SNAPSHOT_VERSION, Snapshot, Summary};
-use crate::tree::{ChunkRef, Node, NodeKind, Tree};
+use crate::tree::{ChunkRef, Node, NodeKind, Timestamp, Tree};
 
 /// Which earlier snapshot to compare against.
 #[derive(Clone, Debug, Default)]
@@ -63,7 +63,26 @@ pub struct BackupOptions {
     pub dry_run: bool,
     /// Plaintext bytes of chunks allowed between the reader and the backend.
     pub bytes_in_flight: usize,
+    pub change: ChangeDetection,
+    /// Do not descend into directories on other file systems (mount points
+    /// are kept, empty).
+    pub one_file_system: bool,
 }
+
+/// Which file attributes tell that a file changed since the parent snapshot.
+/// Size and mtime always count; inode and ctime churn on some file systems
+/// (network shares, FUSE, removable media) and can be ignored there.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ChangeDetection {
+    pub ignore_inode: bool,
+    pub ignore_ctime: bool,
+}
+
+/// Coarsest timestamp granularity of the file systems coffer expects to
+/// read (FAT's 2 s). A file whose mtime is this close to the start of the
+/// parent backup may have changed again within the same timestamp tick after
+/// it was read, so it is read again rather than trusted.
+pub const TIMESTAMP_GRANULARITY_S: i64 = 2;
 
 impl Default for BackupOptions {
     fn default() -> Self {
@@ -75,6 +94,8 @@ impl Default for BackupOptions {
             parent: ParentChoice::Auto,
             dry_run: false,
             bytes_in_flight: 64 * 1024 * 1024,
+            change: ChangeDetection::default(),
+            one_file_system: false,
         }
     }
 }
@@ -248,6 +269,19 @@ struct Walker<'a> {
     summary: Summary,
     /// The chunker's look-ahead buffer, kept from file to file.
     buffer: Vec<u8>,
+    change: ChangeDetection,
+    /// Files of the parent with an mtime at or after this instant are read
+    /// again (see [`TIMESTAMP_GRANULARITY_S`]).
+    racy_since: Option<Timestamp>,
+    one_file_system: bool,
+    /// The device of the backed-up path being walked.
+    device: u64,
+    /// Content of multiply-linked files already read in this backup, by
+    /// (device, inode): a hard link is read once.
+    hard_links: HashMap<(u64, u64), (Vec<ChunkRef>, u64)>,
+    /// Ids of all-zero chunks by length: holes of sparse files are neither
+    /// scanned nor hashed twice.
+    zero_ids: HashMap<usize, Id>,
 }
 
 /// The backed-up paths arranged as a tree of path components, so that the
@@ -311,6 +345,7 @@ impl Walker<'_> {
                 }
             };
             if child.target {
+                self.device = std::os::unix::fs::MetadataExt::dev(&meta);
                 if let Some(node) = self.archive_entry(&path, name_os, &meta, parent_node)? {
                     nodes.push(node);
                 }
@@ -338,9 +373,18 @@ impl Walker<'_> {
             return Err(self.up.inflight.wait().err().unwrap_or_else(|| Error::InvalidInput("upload failed".into())));
         }
         let mut node = metadata::node_from_metadata(name, meta, &self.owners);
+        match metadata::read_xattrs(path) {
+            Ok(x) => node.xattrs = x,
+            Err(e) => self.warn(path, format!("extended attributes not read: {e}")),
+        }
         match node.kind {
             NodeKind::Dir => {
                 self.summary.dirs += 1;
+                if self.one_file_system && node.device != self.device {
+                    // A mount point: kept, but not entered.
+                    node.subtree = Some(self.store_tree(&Tree::new(Vec::new())));
+                    return Ok(Some(node));
+                }
                 let ptree = self.load_parent_tree(parent, path);
                 node.subtree = Some(self.archive_dir(path, ptree.as_ref())?);
             }
@@ -383,6 +427,11 @@ impl Walker<'_> {
                     continue;
                 }
             };
+            if (meta.is_dir() && self.excludes.is_tagged_dir(&child))
+                || (meta.is_file() && self.excludes.is_too_large(meta.len()))
+            {
+                continue;
+            }
             let parent_node = parent.and_then(|t| t.find(name.as_bytes()));
             if let Some(node) = self.archive_entry(&child, &name, &meta, parent_node)? {
                 nodes.push(node);
@@ -392,7 +441,7 @@ impl Walker<'_> {
     }
 
     fn archive_file(&mut self, path: &Path, mut node: Node, parent: Option<&Node>) -> Result<Option<Node>> {
-        if let Some(p) = parent.filter(|p| unchanged(p, &node)) {
+        if let Some(p) = parent.filter(|p| self.unchanged(p, &node)) {
             // Invariant 4: reuse the parent's chunk list only if every chunk
             // it names is still in the repository.
             if p.content.iter().all(|c| self.up.has_chunk(&c.0)) {
@@ -403,6 +452,16 @@ impl Walker<'_> {
                 return Ok(Some(node));
             }
             tracing::info!("{}: a chunk of the parent's copy is missing; reading the file again", path.display());
+        }
+        let link_key = (node.device, node.inode);
+        if node.links > 1
+            && let Some((content, size)) = self.hard_links.get(&link_key)
+        {
+            node.content = content.clone();
+            node.size = *size;
+            self.summary.files_unchanged += 1;
+            self.summary.bytes_total += node.size;
+            return Ok(Some(node));
         }
         self.progress.file_started(path);
         let file = match std::fs::File::open(path) {
@@ -419,8 +478,13 @@ impl Walker<'_> {
         loop {
             match stream.next_chunk() {
                 Ok(Some(chunk)) => {
-                    let id = self.repo.keys().id(&chunk);
                     let len = chunk.len();
+                    let id = if is_zero(&chunk) {
+                        let keys = self.repo.keys();
+                        *self.zero_ids.entry(len).or_insert_with(|| keys.id(&chunk))
+                    } else {
+                        self.repo.keys().id(&chunk)
+                    };
                     content.push(ChunkRef(id, len as u32));
                     size += len as u64;
                     self.up.store(ObjectKind::Chunk, id, chunk);
@@ -435,6 +499,9 @@ impl Walker<'_> {
             }
         }
         self.buffer = stream.into_buffer();
+        if node.links > 1 {
+            self.hard_links.insert(link_key, (content.clone(), size));
+        }
         node.content = content;
         node.size = size;
         self.summary.bytes_read += size;
@@ -448,14 +515,21 @@ impl Walker<'_> {
     }
 }
 
-/// Whether a file looks unchanged since the parent snapshot.
-fn unchanged(parent: &Node, now: &Node) -> bool {
+impl Walker<'_> {
+    /// Whether a file looks unchanged since the parent snapshot.
+    fn unchanged(&self, parent: &Node, now: &Node) -> bool {
+        unchanged(parent, now, self.change, self.racy_since)
+    }
+}
+
+fn unchanged(parent: &Node, now: &Node, change: ChangeDetection, racy_since: Option<Timestamp>) -> bool {
     parent.kind == NodeKind::File
         && now.kind == NodeKind::File
         && parent.size == now.size
         && parent.mtime == now.mtime
-        && parent.ctime == now.ctime
-        && parent.inode == now.inode
+        && (change.ignore_ctime || parent.ctime == now.ctime)
+        && (change.ignore_inode || parent.inode == now.inode)
+        && racy_since.is_none_or(|since| parent.mtime < since)
 }
 
 /// Makes `path` absolute without resolving a symlink at its end, so that a
@@ -499,6 +573,9 @@ fn host_name() -> String {
 /// Runs a backup and, unless it is a dry run, writes the snapshot.
 pub fn backup(repo: &Repository, options: &BackupOptions, progress: &dyn Progress) -> Result<BackupOutcome> {
     let start = Instant::now();
+    // The snapshot's time is when the backup started: every file was read
+    // after it, which is what the next backup's racy-timestamp check needs.
+    let started_at = jiff::ZonedDateTime::now();
     let paths = resolve_paths(&options.paths)?;
     let path_strings: Vec<String> = paths.iter().map(|p| p.to_string_lossy().into_owned()).collect();
     let host = options.host.clone().unwrap_or_else(host_name);
@@ -511,15 +588,19 @@ pub fn backup(repo: &Repository, options: &BackupOptions, progress: &dyn Progres
             snapshots.iter().rev().find(|(_, s)| s.host == host && s.paths == path_strings).map(|(id, _)| *id)
         }
     };
-    let parent_tree = match parent_id {
+    let (parent_tree, racy_since) = match parent_id {
         Some(id) => {
             let snap = match snapshots.iter().find(|(sid, _)| *sid == id) {
                 Some((_, s)) => s.clone(),
                 None => repo.load_snapshot(&id)?,
             };
-            Some(repo.load_tree(&snap.tree)?)
+            let since = snap.timestamp().ok().map(|t| Timestamp {
+                sec: t.as_second().saturating_sub(TIMESTAMP_GRANULARITY_S),
+                nsec: t.subsec_nanosecond().max(0) as u32,
+            });
+            (Some(repo.load_tree(&snap.tree)?), since)
         }
-        None => None,
+        None => (None, None),
     };
     let host_previous = snapshots.iter().rev().find(|(_, s)| s.host == host);
 
@@ -553,6 +634,12 @@ pub fn backup(repo: &Repository, options: &BackupOptions, progress: &dyn Progres
         progress,
         summary: Summary::default(),
         buffer: Vec::new(),
+        change: options.change,
+        racy_since,
+        one_file_system: options.one_file_system,
+        device: 0,
+        hard_links: HashMap::new(),
+        zero_ids: HashMap::new(),
     };
 
     let mut trie = PathTrie::default();
@@ -561,6 +648,7 @@ pub fn backup(repo: &Repository, options: &BackupOptions, progress: &dyn Progres
     }
     let walked = if trie.target {
         // `/` itself was named: the root tree is the file system's root.
+        walker.device = std::fs::symlink_metadata("/").map(|m| std::os::unix::fs::MetadataExt::dev(&m)).unwrap_or(0);
         walker.archive_dir(Path::new("/"), parent_tree.as_ref())
     } else {
         walker.archive_trie(&trie, Path::new("/"), parent_tree.as_ref())
@@ -581,7 +669,7 @@ pub fn backup(repo: &Repository, options: &BackupOptions, progress: &dyn Progres
     summary.trees_added = up.trees_added.load(Ordering::Relaxed);
     summary.duration_ms = start.elapsed().as_millis() as u64;
 
-    let now = jiff::ZonedDateTime::now();
+    let now = started_at;
     let euid = nix::unistd::geteuid();
     let snapshot = Snapshot {
         version: SNAPSHOT_VERSION,
@@ -634,7 +722,8 @@ mod tests {
         a.size = 10;
         a.inode = 5;
         let same = a.clone();
-        assert!(unchanged(&a, &same));
+        let strict = ChangeDetection::default();
+        assert!(unchanged(&a, &same, strict, None));
         for change in [
             |n: &mut Node| n.size = 11,
             |n: &mut Node| n.mtime.nsec = 1,
@@ -644,8 +733,18 @@ mod tests {
         ] {
             let mut b = a.clone();
             change(&mut b);
-            assert!(!unchanged(&a, &b));
+            assert!(!unchanged(&a, &b, strict, None));
         }
+        let mut moved = a.clone();
+        moved.inode = 99;
+        moved.ctime.sec = 99;
+        assert!(unchanged(&a, &moved, ChangeDetection { ignore_inode: true, ignore_ctime: true }, None));
+        assert!(!unchanged(&a, &moved, ChangeDetection { ignore_inode: true, ignore_ctime: false }, None));
+        // Modified within the timestamp granularity of the parent backup: read again.
+        let mut recent = a.clone();
+        recent.mtime = Timestamp { sec: 1000, nsec: 0 };
+        assert!(!unchanged(&recent, &recent, strict, Some(Timestamp { sec: 1000, nsec: 0 })));
+        assert!(unchanged(&recent, &recent, strict, Some(Timestamp { sec: 1000, nsec: 1 })));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 use std::sync::Mutex;
 
-use crate::tree::{Node, NodeKind, Timestamp};
+use crate::tree::{Node, NodeKind, Timestamp, Xattr};
 
 /// Caches uid and gid to name lookups, which otherwise cost a passwd/group
 /// file parse per entry.
@@ -81,6 +81,29 @@ pub fn node_from_metadata(name: &OsStr, meta: &Metadata, owners: &OwnerNames) ->
     node
 }
 
+/// Reads the extended attributes of an entry (of a symlink itself, not its
+/// target). A file system without extended attributes gives none.
+pub fn read_xattrs(path: &Path) -> std::io::Result<Vec<Xattr>> {
+    let names = match xattr::list(path) {
+        Ok(names) => names,
+        Err(e) if unsupported(&e) => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for name in names {
+        // An attribute removed between list and get is simply gone.
+        if let Some(value) = xattr::get(path, &name)? {
+            out.push(Xattr { name: name.as_bytes().to_vec(), value });
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+fn unsupported(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::Unsupported || e.raw_os_error() == Some(nix::libc::ENOTSUP)
+}
+
 /// True when this process may set any owner (it runs as root).
 pub fn can_chown() -> bool {
     nix::unistd::geteuid().is_root()
@@ -98,6 +121,20 @@ pub fn apply(path: &Path, node: &Node, chown: bool) -> std::io::Result<()> {
             nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
         )
         .map_err(std::io::Error::from)?;
+    }
+    for x in &node.xattrs {
+        let name = OsStr::from_bytes(&x.name);
+        match xattr::set(path, name, &x.value) {
+            Ok(()) => {}
+            // Restoring to a file system without them loses nothing else.
+            Err(e) if unsupported(&e) => break,
+            Err(e) => {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("extended attribute {}: {e}", String::from_utf8_lossy(&x.name)),
+                ));
+            }
+        }
     }
     if node.kind != NodeKind::Symlink {
         use std::os::unix::fs::PermissionsExt;
@@ -122,10 +159,13 @@ mod tests {
         assert_eq!(node.kind, NodeKind::File);
         assert_eq!(node.size, 3);
         node.mode = 0o640;
+        node.xattrs = vec![Xattr { name: b"user.coffer.test".to_vec(), value: b"\x00\xffvalue".to_vec() }];
         node.mtime = Timestamp { sec: 1_000_000_000, nsec: 123_456_789 };
         apply(&p, &node, false).unwrap();
         let after = node_from_metadata(OsStr::new("f"), &std::fs::symlink_metadata(&p).unwrap(), &owners);
         assert_eq!(after.mode, 0o640);
+        // ext4, xfs, btrfs and tmpfs (Linux 6.6+) all keep user attributes.
+        assert_eq!(read_xattrs(&p).unwrap(), node.xattrs);
         assert_eq!(after.mtime, node.mtime);
     }
 }

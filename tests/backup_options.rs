@@ -1,0 +1,283 @@
+//! Backup of awkward file-system content (hard links, sparse files, extended
+//! attributes, special files), change detection for awkward sources, and
+//! the exclude family.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::common::{Env, open_repo, random_bytes, snapshot_node};
+
+fn n(report: &Value, field: &str) -> u64 {
+    report[field].as_u64().unwrap_or_else(|| panic!("{field} missing from {report}"))
+}
+
+fn listed(env: &Env) -> Vec<String> {
+    let out = env.coffer().args(["ls", "latest"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().lines().map(str::to_string).collect()
+}
+
+fn has(listing: &[String], path: &Path) -> bool {
+    listing.iter().any(|l| Path::new(l) == path)
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+#[test]
+fn hard_links_are_recorded_and_read_once() {
+    let env = Env::init();
+    let a = env.write("a.bin", &random_bytes(3 << 20, 1));
+    std::fs::hard_link(&a, env.src.join("b.bin")).unwrap();
+    let report = env.backup_json(&[]);
+    assert_eq!(n(&report, "bytes_read"), 3 << 20, "the second name of the file is not read again");
+    let repo = open_repo(&env);
+    let na = snapshot_node(&repo, "latest", &env.src.join("a.bin"));
+    let nb = snapshot_node(&repo, "latest", &env.src.join("b.bin"));
+    assert_eq!((na.inode, na.device, na.links), (nb.inode, nb.device, 2));
+    assert_eq!(na.content, nb.content);
+}
+
+#[test]
+fn sparse_file_backs_up_as_its_data() {
+    let env = Env::init();
+    let path = env.src.join("disk.img");
+    let f = std::fs::File::create(&path).unwrap();
+    let size: u64 = 2 << 30;
+    f.set_len(size).unwrap();
+    let tail = random_bytes(1 << 20, 9);
+    std::os::unix::fs::FileExt::write_all_at(&f, &tail, size - tail.len() as u64).unwrap();
+    drop(f);
+    let report = env.backup_json(&[]);
+    assert_eq!(n(&report, "bytes_read"), size);
+    // 2 GiB of zeros become a handful of identical chunks, stored once.
+    assert!(n(&report, "bytes_added") < 16 << 20, "{report}");
+    assert!(n(&report, "chunks_added") < 10, "{report}");
+    let node = snapshot_node(&open_repo(&env), "latest", &path);
+    assert_eq!(node.size, size);
+    assert_eq!(node.content.iter().map(|c| u64::from(c.1)).sum::<u64>(), size);
+}
+
+#[test]
+fn extended_attributes_round_trip() {
+    let env = Env::init();
+    let f = env.write("photo.jpg", b"jpeg");
+    xattr_set(&f, "user.xdg.tags", b"holiday,2024");
+    xattr_set(&f, "user.binary", &[0, 255, 1]);
+    env.backup_json(&[]);
+    let node = snapshot_node(&open_repo(&env), "latest", &f);
+    let names: Vec<&[u8]> = node.xattrs.iter().map(|x| x.name.as_slice()).collect();
+    assert_eq!(names, [b"user.binary".as_slice(), b"user.xdg.tags"]);
+    let target = env.path("out");
+    env.coffer().args(["restore", "latest", "--target"]).arg(&target).assert().success();
+    let back = env.restored_src(&target).join("photo.jpg");
+    assert_eq!(xattr_get(&back, "user.xdg.tags"), b"holiday,2024");
+    assert_eq!(xattr_get(&back, "user.binary"), [0, 255, 1]);
+}
+
+fn xattr_set(path: &Path, name: &str, value: &[u8]) {
+    xattr::set(path, name, value).expect("the test folder's file system keeps user attributes");
+}
+
+fn xattr_get(path: &Path, name: &str) -> Vec<u8> {
+    xattr::get(path, name).unwrap().unwrap_or_else(|| panic!("{name} missing on {}", path.display()))
+}
+
+#[test]
+fn special_files_are_recorded_without_hanging() {
+    let env = Env::init();
+    env.write("regular", b"x");
+    nix::unistd::mkfifo(&env.src.join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o640)).unwrap();
+    // A listening socket: nothing will ever connect to it during the backup.
+    let _socket = std::os::unix::net::UnixListener::bind(env.src.join("socket")).unwrap();
+    if is_root() {
+        nix::sys::stat::mknod(
+            &env.src.join("null"),
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o666),
+            nix::sys::stat::makedev(1, 3),
+        )
+        .unwrap();
+    }
+    let report = env.backup_json(&[]);
+    assert_eq!(n(&report, "errors"), 0);
+    let repo = open_repo(&env);
+    use coffer_core::tree::NodeKind;
+    assert_eq!(snapshot_node(&repo, "latest", &env.src.join("fifo")).kind, NodeKind::Fifo);
+    assert_eq!(snapshot_node(&repo, "latest", &env.src.join("socket")).kind, NodeKind::Socket);
+    let target = env.path("out");
+    env.coffer().args(["restore", "latest", "--target"]).arg(&target).assert().success();
+    let back = env.restored_src(&target);
+    let ft = std::fs::symlink_metadata(back.join("fifo")).unwrap();
+    assert!(std::os::unix::fs::FileTypeExt::is_fifo(&ft.file_type()));
+    assert_eq!(ft.mode() & 0o7777, 0o640);
+    if is_root() {
+        let node = snapshot_node(&repo, "latest", &env.src.join("null"));
+        assert_eq!(node.kind, NodeKind::CharDevice);
+        assert_eq!(node.rdev, nix::sys::stat::makedev(1, 3));
+        let m = std::fs::symlink_metadata(back.join("null")).unwrap();
+        assert!(std::os::unix::fs::FileTypeExt::is_char_device(&m.file_type()));
+        assert_eq!(m.rdev(), nix::sys::stat::makedev(1, 3));
+    }
+}
+
+#[test]
+fn ignore_inode_and_ctime_for_churning_sources() {
+    let env = Env::init();
+    // Old mtimes: files modified just before a backup are always read again
+    // (see the timestamp-granularity test below).
+    for (name, seed) in [("a.jpg", 2), ("b.jpg", 3)] {
+        let f = env.write(name, &random_bytes(200_000, seed));
+        filetime::set_file_mtime(&f, filetime::FileTime::from_unix_time(1_600_000_000, 0)).unwrap();
+    }
+    // Back up a copy that will be replaced by a fresh copy with the same
+    // contents and mtimes: new inodes and new ctimes, as a re-mounted network
+    // share or a re-inserted card shows them.
+    let copy = env.path("copy");
+    let copy_tree = |dst: &Path| {
+        let status = std::process::Command::new("cp").arg("-a").arg(&env.src).arg(dst).status().unwrap();
+        assert!(status.success());
+    };
+    copy_tree(&copy);
+    let backup = |extra: &[&str]| -> Value {
+        let out = env.coffer().args(["backup", "--json"]).args(extra).arg(&copy).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    backup(&[]);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::remove_dir_all(&copy).unwrap();
+    copy_tree(&copy);
+    let strict = backup(&[]);
+    assert_eq!(n(&strict, "files_unchanged"), 0, "new inodes and ctimes: read again");
+    std::fs::remove_dir_all(&copy).unwrap();
+    copy_tree(&copy);
+    let relaxed = backup(&["--ignore-inode", "--ignore-ctime"]);
+    assert_eq!(n(&relaxed, "files_unchanged"), 2);
+    assert_eq!(n(&relaxed, "bytes_read"), 0);
+    // Ignoring only the inode still notices the new ctime.
+    std::fs::remove_dir_all(&copy).unwrap();
+    copy_tree(&copy);
+    let inode_only = backup(&["--ignore-inode"]);
+    assert_eq!(n(&inode_only, "files_unchanged"), 0);
+}
+
+#[test]
+fn modification_within_timestamp_granularity_is_not_missed() {
+    // Simulates a FAT/exFAT card (2 s mtime granularity, ctime not usable):
+    // a file written just before the backup started is edited again after
+    // the backup read it, within the same 2-second tick, without changing
+    // its size. Its mtime and size look unchanged to the next backup.
+    let env = Env::init();
+    let tick = filetime::FileTime::from_unix_time(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64 & !1,
+        0,
+    );
+    let recent = env.write("recent.jpg", &random_bytes(100_000, 4));
+    filetime::set_file_mtime(&recent, tick).unwrap();
+    let old = env.write("old.jpg", &random_bytes(100_000, 5));
+    filetime::set_file_mtime(&old, filetime::FileTime::from_unix_time(1_600_000_000, 0)).unwrap();
+    env.backup_json(&["--ignore-ctime"]);
+
+    let edited = random_bytes(100_000, 6);
+    std::fs::write(&recent, &edited).unwrap();
+    filetime::set_file_mtime(&recent, tick).unwrap();
+    let report = env.backup_json(&["--ignore-ctime"]);
+    assert_eq!(n(&report, "files_changed"), 1, "{report}");
+    assert_eq!(n(&report, "files_unchanged"), 1, "the old file is still trusted: {report}");
+    assert_eq!(n(&report, "bytes_read"), 100_000);
+    let target = env.path("out");
+    env.coffer().args(["restore", "latest", "--target"]).arg(&target).assert().success();
+    assert_eq!(std::fs::read(env.restored_src(&target).join("recent.jpg")).unwrap(), edited);
+}
+
+#[test]
+fn exclude_family() {
+    let env = Env::init();
+    env.write("keep/photo.jpg", b"photo");
+    env.write("keep/PHOTO.TMP", b"tmp");
+    env.write(
+        "cache/CACHEDIR.TAG",
+        b"Signature: 8a477f597d28d172789f06886806bc55\n# This file is a cache directory tag.\n",
+    );
+    env.write("cache/thumb.jpg", b"thumb");
+    env.write("fakecache/CACHEDIR.TAG", b"not a real tag");
+    env.write("fakecache/kept.jpg", b"kept");
+    env.write("private/.nobackup", b"");
+    env.write("private/diary.txt", b"diary");
+    env.write("big/video.mp4", &vec![1u8; 300_000]);
+    env.write("big/small.jpg", &vec![2u8; 1000]);
+    env.backup_json(&[
+        "--exclude-caches",
+        "--exclude-if-present",
+        ".nobackup",
+        "--exclude-larger-than",
+        "100K",
+        "--iexclude",
+        "*.tmp",
+    ]);
+    let l = listed(&env);
+    let s = |rel: &str| env.src.join(rel);
+    assert!(has(&l, &s("keep/photo.jpg")));
+    assert!(!has(&l, &s("keep/PHOTO.TMP")), "--iexclude ignores case");
+    assert!(!has(&l, &s("cache")) && !has(&l, &s("cache/thumb.jpg")), "tagged cache left out");
+    assert!(has(&l, &s("fakecache/kept.jpg")), "an invalid CACHEDIR.TAG does not count");
+    assert!(!has(&l, &s("private/diary.txt")) && !has(&l, &s("private")));
+    assert!(!has(&l, &s("big/video.mp4")) && has(&l, &s("big/small.jpg")));
+}
+
+#[test]
+fn files_from_lists_the_paths() {
+    let env = Env::init();
+    env.write("a/1.jpg", b"1");
+    env.write("b/2.jpg", b"2");
+    env.write("c/3.jpg", b"3");
+    let list = env.path("list.txt");
+    std::fs::write(
+        &list,
+        format!("# photos\n{}\n\n{}\n", env.src.join("a").display(), env.src.join("c/3.jpg").display()),
+    )
+    .unwrap();
+    let out = env.coffer().args(["backup", "--json", "--files-from"]).arg(&list).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let l = listed(&env);
+    assert!(has(&l, &env.src.join("a/1.jpg")) && has(&l, &env.src.join("c/3.jpg")));
+    assert!(!has(&l, &env.src.join("b")));
+    let missing = env.path("missing.txt");
+    std::fs::write(&missing, "/no/such/path\n").unwrap();
+    let out = env.coffer().args(["backup", "--files-from"]).arg(&missing).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/path"));
+}
+
+#[test]
+fn one_file_system_keeps_mount_points_empty() {
+    if !is_root() {
+        eprintln!("one_file_system_keeps_mount_points_empty needs root to mount a tmpfs; not run");
+        return;
+    }
+    let env = Env::init();
+    env.write("photo.jpg", b"photo");
+    let mnt = env.src.join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let status = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"]).arg(&mnt).status();
+    assert!(status.is_ok_and(|s| s.success()), "mounting a tmpfs as root");
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _guard = Unmount(&mnt);
+    std::fs::write(mnt.join("other-fs.txt"), b"elsewhere").unwrap();
+    env.backup_json(&["--one-file-system"]);
+    let l = listed(&env);
+    assert!(has(&l, &env.src.join("photo.jpg")));
+    assert!(has(&l, &mnt), "the mount point itself is kept");
+    assert!(!has(&l, &mnt.join("other-fs.txt")));
+    env.backup_json(&[]);
+    assert!(has(&listed(&env), &mnt.join("other-fs.txt")), "without the option the mount is crossed");
+}
