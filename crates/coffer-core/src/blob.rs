@@ -51,42 +51,70 @@ impl Compression {
     /// about 3%); below that, decompressing costs more than the bytes saved.
     const MIN_SAVING_DIVISOR: usize = 32;
 
-    fn compress(self, plaintext: &[u8]) -> Option<Vec<u8>> {
+    /// Compresses `plaintext` onto the end of `out` (after its current
+    /// length). Returns the compressed length, or `None` (with `out`
+    /// unchanged) when compression is off or does not save enough.
+    fn compress_onto(self, plaintext: &[u8], out: &mut Vec<u8>) -> Option<usize> {
         if self.level == 0 || plaintext.len() < 64 {
             return None;
         }
         let limit = plaintext.len() - plaintext.len() / Self::MIN_SAVING_DIVISOR;
-        // Compressing into a buffer of `limit` bytes fails as soon as the
-        // output would not save enough, which is cheap on incompressible data.
-        let mut out = vec![0u8; limit];
-        match zstd::bulk::compress_to_buffer(plaintext, &mut out[..], self.level) {
-            Ok(n) if n < limit => {
-                out.truncate(n);
-                Some(out)
+        let start = out.len();
+        out.reserve(limit);
+        // One compression context per thread: creating one per chunk costs
+        // an allocation and a table reset each time.
+        thread_local! {
+            static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+                const { std::cell::RefCell::new(None) };
+        }
+        let written = COMPRESSOR.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            if slot.as_ref().is_none_or(|(level, _)| *level != self.level) {
+                *slot = Some((self.level, zstd::bulk::Compressor::new(self.level).ok()?));
             }
-            _ => None,
+            let (_, compressor) = slot.as_mut()?;
+            // Writes into `out`'s spare capacity, after `start`, without
+            // zero-filling it first.
+            let mut cursor = std::io::Cursor::new(&mut *out);
+            cursor.set_position(start as u64);
+            compressor.compress_to_buffer(plaintext, &mut cursor).ok()
+        });
+        match written {
+            Some(n) if n < limit && out.len() == start + n => Some(n),
+            _ => {
+                out.truncate(start);
+                None
+            }
         }
     }
 }
 
 /// Builds the frame of a plaintext (header, payload, padding).
 pub fn frame(plaintext: &[u8], compression: Compression) -> Vec<u8> {
-    let (method, compressed) = match compression.compress(plaintext) {
-        Some(c) => (COMPRESSION_ZSTD, Some(c)),
-        None => (COMPRESSION_NONE, None),
+    frame_after(plaintext, compression, 0)
+}
+
+/// Builds the frame after `headroom` zero bytes, so that the caller can
+/// seal it in place with the tag in front, without moving the frame.
+fn frame_after(plaintext: &[u8], compression: Compression, headroom: usize) -> Vec<u8> {
+    let payload_at = headroom + HEADER_LEN;
+    // Room for the largest result: the raw plaintext, padded.
+    let mut out = Vec::with_capacity(headroom + padme((HEADER_LEN + plaintext.len()) as u64) as usize);
+    out.resize(payload_at, 0);
+    let (method, payload_len) = match compression.compress_onto(plaintext, &mut out) {
+        Some(n) => (COMPRESSION_ZSTD, n),
+        None => {
+            out.extend_from_slice(plaintext);
+            (COMPRESSION_NONE, plaintext.len())
+        }
     };
-    let payload: &[u8] = compressed.as_deref().unwrap_or(plaintext);
-    let unpadded = (HEADER_LEN + payload.len()) as u64;
-    let total = padme(unpadded) as usize;
-    let mut out = Vec::with_capacity(total + TAG_LEN);
-    out.push(FRAME_VERSION);
-    out.push(method);
-    out.extend_from_slice(&[0, 0]);
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&(plaintext.len() as u32).to_le_bytes());
-    out.extend_from_slice(&[0, 0, 0, 0]);
-    out.extend_from_slice(payload);
-    out.resize(total, 0);
+    let header = &mut out[headroom..payload_at];
+    header[0] = FRAME_VERSION;
+    header[1] = method;
+    header[4..8].copy_from_slice(&(payload_len as u32).to_le_bytes());
+    header[8..12].copy_from_slice(&(plaintext.len() as u32).to_le_bytes());
+    let total = padme((HEADER_LEN + payload_len) as u64) as usize;
+    out.resize(headroom + total, 0);
     out
 }
 
@@ -148,8 +176,9 @@ pub fn encode(
     plaintext: &[u8],
     compression: Compression,
 ) -> Vec<u8> {
-    let framed = frame(plaintext, compression);
-    keys.seal(kind, &deterministic_headers(kind, id, repo_id), framed)
+    let mut sealed = frame_after(plaintext, compression, TAG_LEN);
+    keys.seal_in_place(kind, &deterministic_headers(kind, id, repo_id), &mut sealed);
+    sealed
 }
 
 /// Decodes a chunk or tree stored under `id`: authenticates it, unframes it,

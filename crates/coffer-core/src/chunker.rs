@@ -7,6 +7,8 @@
 //! one u64 into the public table, which leaves the table's structure public,
 //! so the whole table is derived from the key instead.
 
+use std::io::Read;
+
 use fastcdc::v2020;
 use serde::{Deserialize, Serialize};
 
@@ -223,18 +225,12 @@ impl<'c, R: std::io::Read> StreamChunker<'c, R> {
                 if target <= old {
                     target = (2 * old).max(old + 64 * 1024).min(2 * want);
                 }
-                self.buf.resize(target, 0);
-                match self.reader.read(&mut self.buf[old..]) {
-                    Ok(0) => {
-                        self.buf.truncate(old);
-                        self.eof = true;
-                    }
-                    Ok(n) => self.buf.truncate(old + n),
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => self.buf.truncate(old),
-                    Err(e) => {
-                        self.buf.truncate(old);
-                        return Err(e);
-                    }
+                // `read_to_end` fills spare capacity without zeroing it first,
+                // and stops only at the limit or at the end of the stream.
+                self.buf.reserve_exact(target - old);
+                (&mut self.reader).take((target - old) as u64).read_to_end(&mut self.buf)?;
+                if self.buf.len() < target {
+                    self.eof = true;
                 }
             }
         }

@@ -73,7 +73,7 @@ impl ConfigBody {
         ConfigBody {
             version: FORMAT_VERSION,
             chunker,
-            compression_level: 3,
+            compression_level: 2,
             created: jiff::Timestamp::now().to_string(),
         }
     }

@@ -153,24 +153,33 @@ impl Keys {
     /// Encrypts `plaintext` deterministically, binding `headers` as
     /// associated data. Returns `tag ‖ ciphertext`.
     pub fn seal(&self, kind: ObjectKind, headers: &[&[u8]], plaintext: Vec<u8>) -> Vec<u8> {
-        let mut buf = plaintext;
-        buf.reserve(TAG_LEN);
+        let mut buf = Vec::with_capacity(TAG_LEN + plaintext.len());
+        buf.extend_from_slice(&[0u8; TAG_LEN]);
+        buf.extend_from_slice(&plaintext);
+        self.seal_in_place(kind, headers, &mut buf);
+        buf
+    }
+
+    /// Like [`Keys::seal`], for a buffer whose first [`TAG_LEN`] bytes are
+    /// room for the tag and the rest the plaintext: the plaintext is
+    /// encrypted where it lies, and the tag written in front of it.
+    pub fn seal_in_place(&self, kind: ObjectKind, headers: &[&[u8]], buf: &mut [u8]) {
+        let (tag_room, plaintext) = buf.split_at_mut(TAG_LEN);
         let mut cipher = self.cipher(kind);
         // Fails only with more than 126 headers; ours are fixed and short.
-        if cipher.encrypt_in_place(headers.iter(), &mut buf).is_err() {
-            unreachable!("at most a handful of associated-data headers");
+        match cipher.encrypt_inout_detached(headers.iter(), plaintext.into()) {
+            Ok(tag) => tag_room.copy_from_slice(&tag),
+            Err(_) => unreachable!("at most a handful of associated-data headers"),
         }
-        buf
     }
 
     /// Reverses [`Keys::seal`]; `None` when the object does not authenticate.
     pub fn open(&self, kind: ObjectKind, headers: &[&[u8]], sealed: &[u8]) -> Option<Vec<u8>> {
-        if sealed.len() < TAG_LEN {
-            return None;
-        }
-        let mut buf = sealed.to_vec();
+        let (tag, ciphertext) = sealed.split_at_checked(TAG_LEN)?;
+        let tag = aes_siv::Tag::try_from(tag).ok()?;
+        let mut buf = ciphertext.to_vec();
         let mut cipher = self.cipher(kind);
-        cipher.decrypt_in_place(headers.iter(), &mut buf).ok()?;
+        cipher.decrypt_inout_detached(headers.iter(), buf.as_mut_slice().into(), &tag).ok()?;
         Some(buf)
     }
 }
