@@ -118,8 +118,15 @@ fn frame_after(plaintext: &[u8], compression: Compression, headroom: usize) -> V
     out
 }
 
-/// Reverses [`frame`], refusing plaintexts longer than `max_len`.
-pub fn unframe(frame: &[u8], max_len: usize) -> std::result::Result<Vec<u8>, String> {
+/// What a validated frame holds.
+struct FrameInfo {
+    method: u8,
+    payload: std::ops::Range<usize>,
+    plain_len: usize,
+}
+
+/// Checks a frame's header, padding and limits before anything is allocated.
+fn check_frame(frame: &[u8], max_len: usize) -> std::result::Result<FrameInfo, String> {
     if frame.len() < HEADER_LEN {
         return Err(format!("frame of {} bytes is shorter than its header", frame.len()));
     }
@@ -132,33 +139,71 @@ pub fn unframe(frame: &[u8], max_len: usize) -> std::result::Result<Vec<u8>, Str
     }
     let payload_len = u32_at(4);
     let plain_len = u32_at(8);
-    let payload = frame
-        .get(HEADER_LEN..HEADER_LEN + payload_len)
-        .ok_or_else(|| format!("payload length {payload_len} runs past the end of the object"))?;
-    if frame[HEADER_LEN + payload_len..].iter().any(|&b| b != 0) {
+    let payload = HEADER_LEN..HEADER_LEN + payload_len;
+    if payload.end > frame.len() {
+        return Err(format!("payload length {payload_len} runs past the end of the object"));
+    }
+    if frame[payload.end..].iter().any(|&b| b != 0) {
         return Err("padding is not zero".into());
     }
-    if padme((HEADER_LEN + payload_len) as u64) != frame.len() as u64 {
+    if padme(payload.end as u64) != frame.len() as u64 {
         return Err("padding length is wrong".into());
     }
-    if plain_len > max_len.min(MAX_PLAINTEXT) {
-        return Err(format!("plaintext of {plain_len} bytes exceeds the limit of {max_len}"));
+    let limit = max_len.min(MAX_PLAINTEXT);
+    if plain_len > limit {
+        return Err(format!("plaintext of {plain_len} bytes exceeds the limit of {limit}"));
     }
     match frame[1] {
-        COMPRESSION_NONE => {
-            if payload_len != plain_len {
-                return Err("raw payload length differs from plaintext length".into());
-            }
-            Ok(payload.to_vec())
-        }
-        COMPRESSION_ZSTD => {
-            let out = zstd::bulk::decompress(payload, plain_len).map_err(|e| format!("zstd: {e}"))?;
-            if out.len() != plain_len {
-                return Err(format!("decompressed to {} bytes, header says {plain_len}", out.len()));
-            }
-            Ok(out)
-        }
+        COMPRESSION_NONE if payload_len != plain_len => Err("raw payload length differs from plaintext length".into()),
+        COMPRESSION_NONE | COMPRESSION_ZSTD => Ok(FrameInfo { method: frame[1], payload, plain_len }),
         m => Err(format!("unknown compression method {m}")),
+    }
+}
+
+/// Decompresses a zstd payload whose plaintext length is already checked.
+fn decompress(payload: &[u8], plain_len: usize) -> std::result::Result<Vec<u8>, String> {
+    thread_local! {
+        static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let out = DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new().map_err(|e| format!("zstd: {e}"))?);
+        }
+        match slot.as_mut() {
+            Some(d) => d.decompress(payload, plain_len).map_err(|e| format!("zstd: {e}")),
+            None => Err("zstd: no decompression context".to_string()),
+        }
+    })?;
+    if out.len() != plain_len {
+        return Err(format!("decompressed to {} bytes, header says {plain_len}", out.len()));
+    }
+    Ok(out)
+}
+
+/// Reverses [`frame`], refusing plaintexts longer than `max_len`.
+pub fn unframe(frame: &[u8], max_len: usize) -> std::result::Result<Vec<u8>, String> {
+    let info = check_frame(frame, max_len)?;
+    let payload = &frame[info.payload];
+    match info.method {
+        COMPRESSION_NONE => Ok(payload.to_vec()),
+        _ => decompress(payload, info.plain_len),
+    }
+}
+
+/// Like [`unframe`] for a frame that starts at `start` in a buffer the
+/// caller gives up: a raw payload is moved to the front of that buffer
+/// instead of being copied into a new one.
+fn unframe_in(mut buf: Vec<u8>, start: usize, max_len: usize) -> std::result::Result<Vec<u8>, String> {
+    let info = check_frame(&buf[start..], max_len)?;
+    match info.method {
+        COMPRESSION_NONE => {
+            buf.copy_within(start + info.payload.start..start + info.payload.end, 0);
+            buf.truncate(info.plain_len);
+            Ok(buf)
+        }
+        _ => decompress(&buf[start + info.payload.start..start + info.payload.end], info.plain_len),
     }
 }
 
@@ -191,14 +236,27 @@ pub fn decode(
     stored: &[u8],
     max_len: usize,
 ) -> Result<Vec<u8>> {
-    let framed = keys.open(kind, &deterministic_headers(kind, id, repo_id), stored).ok_or_else(|| {
-        Error::corrupt(
+    decode_owned(keys, repo_id, kind, id, stored.to_vec(), max_len)
+}
+
+/// Like [`decode`], taking the stored bytes by value: they are decrypted
+/// where they lie, which saves a copy of every chunk on restore.
+pub fn decode_owned(
+    keys: &Keys,
+    repo_id: &[u8; 32],
+    kind: ObjectKind,
+    id: &Id,
+    mut stored: Vec<u8>,
+    max_len: usize,
+) -> Result<Vec<u8>> {
+    if !keys.open_in_place(kind, &deterministic_headers(kind, id, repo_id), &mut stored) {
+        return Err(Error::corrupt(
             kind.name(),
             id.to_hex(),
             "does not authenticate (altered, truncated, or stored under the wrong name)",
-        )
-    })?;
-    let plaintext = unframe(&framed, max_len).map_err(|r| Error::corrupt(kind.name(), id.to_hex(), r))?;
+        ));
+    }
+    let plaintext = unframe_in(stored, TAG_LEN, max_len).map_err(|r| Error::corrupt(kind.name(), id.to_hex(), r))?;
     if keys.id(&plaintext) != *id {
         return Err(Error::corrupt(kind.name(), id.to_hex(), "content does not match its id"));
     }

@@ -173,6 +173,16 @@ impl Keys {
         }
     }
 
+    /// Reverses [`Keys::seal_in_place`]: decrypts `buf[TAG_LEN..]` where it
+    /// lies. False (and the buffer's contents unspecified) when the object
+    /// does not authenticate.
+    pub fn open_in_place(&self, kind: ObjectKind, headers: &[&[u8]], buf: &mut [u8]) -> bool {
+        let Some((tag, ciphertext)) = buf.split_at_mut_checked(TAG_LEN) else { return false };
+        let Ok(tag) = aes_siv::Tag::try_from(&tag[..]) else { return false };
+        let mut cipher = self.cipher(kind);
+        cipher.decrypt_inout_detached(headers.iter(), ciphertext.into(), &tag).is_ok()
+    }
+
     /// Reverses [`Keys::seal`]; `None` when the object does not authenticate.
     pub fn open(&self, kind: ObjectKind, headers: &[&[u8]], sealed: &[u8]) -> Option<Vec<u8>> {
         let (tag, ciphertext) = sealed.split_at_checked(TAG_LEN)?;

@@ -651,9 +651,14 @@ pub fn restore(
                         let stored = fetch(&*backend, ObjectKind::Chunk, &chunk.0).await?;
                         let (keys, files) = (keys.clone(), files.clone());
                         let zero = tokio::task::spawn_blocking(move || -> Result<bool> {
-                            let data =
-                                crate::blob::decode(&keys, &repo_id, ObjectKind::Chunk, &chunk.0, &stored, max_len)?;
-                            drop(stored);
+                            let data = crate::blob::decode_owned(
+                                &keys,
+                                &repo_id,
+                                ObjectKind::Chunk,
+                                &chunk.0,
+                                stored,
+                                max_len,
+                            )?;
                             if data.len() != chunk.1 as usize {
                                 return Err(Error::corrupt(
                                     "chunk",
