@@ -323,11 +323,21 @@ impl Walker<'_> {
         }
     }
 
-    fn store_tree(&mut self, tree: &Tree) -> Id {
+    /// Stores a directory's listing. A listing larger than any client will
+    /// read back is refused here, so no snapshot can reference one.
+    fn store_tree(&mut self, tree: &Tree, path: &Path) -> Result<Id> {
         let plain = tree.to_bytes();
+        if plain.len() > crate::repo::MAX_TREE_LEN {
+            return Err(Error::InvalidInput(format!(
+                "{}: the directory's listing takes {} bytes, more than the {} a tree may hold",
+                path.display(),
+                plain.len(),
+                crate::repo::MAX_TREE_LEN
+            )));
+        }
         let id = self.repo.keys().id(&plain);
         self.up.store(ObjectKind::Tree, id, plain);
-        id
+        Ok(id)
     }
 
     /// Builds the tree for one level of the path trie.
@@ -357,7 +367,7 @@ impl Walker<'_> {
                 nodes.push(node);
             }
         }
-        Ok(self.store_tree(&Tree::new(nodes)))
+        self.store_tree(&Tree::new(nodes), fs_path)
     }
 
     /// Archives one entry; `None` when it could not be read (a warning was
@@ -382,7 +392,7 @@ impl Walker<'_> {
                 self.summary.dirs += 1;
                 if self.one_file_system && node.device != self.device {
                     // A mount point: kept, but not entered.
-                    node.subtree = Some(self.store_tree(&Tree::new(Vec::new())));
+                    node.subtree = Some(self.store_tree(&Tree::new(Vec::new()), path)?);
                     return Ok(Some(node));
                 }
                 let ptree = self.load_parent_tree(parent, path);
@@ -437,7 +447,7 @@ impl Walker<'_> {
                 nodes.push(node);
             }
         }
-        Ok(self.store_tree(&Tree::new(nodes)))
+        self.store_tree(&Tree::new(nodes), path)
     }
 
     fn archive_file(&mut self, path: &Path, mut node: Node, parent: Option<&Node>) -> Result<Option<Node>> {

@@ -342,6 +342,12 @@ impl Repository {
     /// object it references first (see [`crate::archiver`]).
     pub fn save_snapshot(&self, snapshot: &Snapshot) -> Result<Id> {
         let plain = snapshot.to_bytes();
+        if plain.len() > MAX_SNAPSHOT_LEN {
+            return Err(Error::InvalidInput(format!(
+                "the snapshot takes {} bytes, more than the {MAX_SNAPSHOT_LEN} any client reads (too many paths or tags)",
+                plain.len()
+            )));
+        }
         let id = self.keys.id(&plain);
         let name = object_key(ObjectKind::Snapshot, &id);
         let stored = blob::seal_random(&self.keys, self.repo_id(), ObjectKind::Snapshot, &name, b"", &plain);
