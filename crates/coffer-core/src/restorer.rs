@@ -650,33 +650,39 @@ pub fn restore(
                         let _guard = InFlight { counter: in_flight, len, _permit: permit };
                         let stored = fetch(&*backend, ObjectKind::Chunk, &chunk.0).await?;
                         let (keys, files) = (keys.clone(), files.clone());
-                        let zero = tokio::task::spawn_blocking(move || -> Result<bool> {
-                            let data = crate::blob::decode_owned(
-                                &keys,
-                                &repo_id,
-                                ObjectKind::Chunk,
-                                &chunk.0,
-                                stored,
-                                max_len,
-                            )?;
-                            if data.len() != chunk.1 as usize {
-                                return Err(Error::corrupt(
-                                    "chunk",
-                                    chunk.0.to_hex(),
-                                    "length differs from the tree's record",
-                                ));
-                            }
-                            if is_all_zero(&data) {
-                                // The file was pre-sized: the range is a hole already.
-                                return Ok(true);
-                            }
-                            let job = &files[fi];
-                            let f = job.handle().map_err(|e| Error::io(&job.path, e))?;
-                            write_sparse(&f, &data, offset).map_err(|e| Error::io(&job.path, e))?;
-                            Ok(false)
-                        })
-                        .await
-                        .map_err(|e| Error::InvalidInput(format!("restore task failed: {e}")))??;
+                        // Decoding is CPU work: it runs on rayon's pool, one thread
+                        // per core, rather than on tokio's blocking pool, whose
+                        // dozens of threads would only contend for the same cores.
+                        let (done, decoded) = tokio::sync::oneshot::channel();
+                        rayon::spawn(move || {
+                            let _ = done.send((move || -> Result<bool> {
+                                let data = crate::blob::decode_owned(
+                                    &keys,
+                                    &repo_id,
+                                    ObjectKind::Chunk,
+                                    &chunk.0,
+                                    stored,
+                                    max_len,
+                                )?;
+                                if data.len() != chunk.1 as usize {
+                                    return Err(Error::corrupt(
+                                        "chunk",
+                                        chunk.0.to_hex(),
+                                        "length differs from the tree's record",
+                                    ));
+                                }
+                                if is_all_zero(&data) {
+                                    // The file was pre-sized: the range is a hole already.
+                                    return Ok(true);
+                                }
+                                let job = &files[fi];
+                                let f = job.handle().map_err(|e| Error::io(&job.path, e))?;
+                                write_sparse(&f, &data, offset).map_err(|e| Error::io(&job.path, e))?;
+                                Ok(false)
+                            })());
+                        });
+                        let zero =
+                            decoded.await.map_err(|e| Error::InvalidInput(format!("restore task failed: {e}")))??;
                         if zero && let Ok(mut z) = zero_chunks.lock() {
                             z.insert(chunk.0);
                         }
