@@ -20,7 +20,8 @@ pub struct Cli {
 
 #[derive(Args, Debug)]
 pub struct GlobalArgs {
-    /// Repository location: a folder path
+    /// Repository location: a folder path, `s3:BUCKET[/PREFIX]` (AWS), or
+    /// `s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX]` (S3-compatible store, path style)
     #[arg(short = 'r', long = "repo", env = "COFFER_REPOSITORY", global = true, value_name = "LOCATION")]
     pub repo: Option<String>,
     /// Read the password from the first line of this file
@@ -38,6 +39,22 @@ pub struct GlobalArgs {
     /// More log output (-v, -vv)
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// S3 region (default: from AWS_REGION or the AWS profile)
+    #[arg(long, env = "COFFER_S3_REGION", global = true, value_name = "REGION")]
+    pub s3_region: Option<String>,
+    /// Use path-style S3 addressing (HOST/BUCKET/KEY); always on with an http(s):// endpoint
+    #[arg(long, global = true)]
+    pub s3_path_style: bool,
+    /// S3 requests in flight at once
+    #[arg(long, global = true, value_name = "N", default_value_t = coffer_core::backend::s3::DEFAULT_CONNECTIONS)]
+    pub s3_connections: usize,
+    /// S3 storage class for file chunks only (e.g. STANDARD_IA, INTELLIGENT_TIERING)
+    #[arg(long, env = "COFFER_S3_STORAGE_CLASS", global = true, value_name = "CLASS")]
+    pub s3_storage_class: Option<String>,
+    /// Attempts per S3 request before giving up
+    #[arg(long, hide = true, env = "COFFER_S3_MAX_ATTEMPTS", global = true, value_name = "N",
+          default_value_t = coffer_core::backend::s3::DEFAULT_MAX_ATTEMPTS)]
+    pub s3_max_attempts: u32,
 }
 
 #[derive(Subcommand, Debug)]
@@ -67,6 +84,9 @@ pub struct InitArgs {
     /// Average chunk size in bytes (min is half, max 8 times; default 1 MiB)
     #[arg(long, hide = true, value_name = "BYTES")]
     pub chunk_size: Option<u32>,
+    /// Create the S3 bucket if it does not exist
+    #[arg(long)]
+    pub create_bucket: bool,
 }
 
 #[derive(Args, Debug)]

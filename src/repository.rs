@@ -6,10 +6,17 @@ use anyhow::{Result, bail};
 use coffer_core::Repository;
 use coffer_core::backend::Backend;
 use coffer_core::backend::local::LocalBackend;
+use coffer_core::backend::s3::{S3Backend, S3Config};
 
 use crate::cli::GlobalArgs;
 
 pub fn backend(global: &GlobalArgs) -> Result<Arc<dyn Backend>> {
+    backend_for(global, false)
+}
+
+/// The backend for the location; `create_bucket` lets an S3 backend create
+/// its bucket (only `init --create-bucket` asks for that).
+pub fn backend_for(global: &GlobalArgs, create_bucket: bool) -> Result<Arc<dyn Backend>> {
     let Some(location) = global.repo.as_deref() else {
         bail!("no repository given: use --repo LOCATION or set COFFER_REPOSITORY");
     };
@@ -19,10 +26,60 @@ pub fn backend(global: &GlobalArgs) -> Result<Arc<dyn Backend>> {
     if let Some(rest) = location.strip_prefix("local:") {
         return Ok(Arc::new(LocalBackend::new(rest)));
     }
-    if location.starts_with("s3:") {
-        bail!("S3 repositories are not supported by this build yet: {location}");
+    if let Some(rest) = location.strip_prefix("s3:") {
+        let parsed = parse_s3(rest)?;
+        let mut config = S3Config::new(parsed.bucket, parsed.prefix);
+        // An explicit endpoint is an S3-compatible store: those want path style.
+        config.path_style = global.s3_path_style || parsed.endpoint.is_some();
+        config.endpoint = parsed.endpoint;
+        config.region = global.s3_region.clone();
+        config.connections = global.s3_connections;
+        config.storage_class = global.s3_storage_class.clone();
+        config.max_attempts = global.s3_max_attempts;
+        config.create_bucket = create_bucket;
+        return Ok(Arc::new(S3Backend::new(config)?));
     }
     Ok(Arc::new(LocalBackend::new(location)))
+}
+
+/// The parts of an `s3:` location.
+#[derive(Debug, PartialEq, Eq)]
+pub struct S3Location {
+    /// `http(s)://host[:port]` for an S3-compatible store; `None` for AWS.
+    pub endpoint: Option<String>,
+    pub bucket: String,
+    /// Without leading or trailing `/`; may be empty.
+    pub prefix: String,
+}
+
+/// Parses what follows `s3:`: `BUCKET[/PREFIX]` (AWS; `//BUCKET/PREFIX` as
+/// in `s3://bucket/prefix` is accepted too) or
+/// `http(s)://HOST[:PORT]/BUCKET[/PREFIX]`.
+pub fn parse_s3(rest: &str) -> Result<S3Location> {
+    let syntax = "expected s3:BUCKET[/PREFIX] or s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX]";
+    let (endpoint, path) = match rest.split_once("://") {
+        Some((scheme @ ("http" | "https"), after)) => {
+            let (host, path) = after.split_once('/').unwrap_or((after, ""));
+            if host.is_empty() {
+                bail!("s3:{rest}: the endpoint has no host; {syntax}");
+            }
+            (Some(format!("{scheme}://{host}")), path)
+        }
+        Some((scheme, _)) if !scheme.contains('/') => {
+            bail!("s3:{rest}: unsupported scheme {scheme:?}; {syntax}")
+        }
+        _ => (None, rest.strip_prefix("//").unwrap_or(rest)),
+    };
+    let path = path.trim_matches('/');
+    let (bucket, prefix) = path.split_once('/').unwrap_or((path, ""));
+    if bucket.is_empty() {
+        bail!("s3:{rest}: no bucket named; {syntax}");
+    }
+    let prefix = prefix.trim_matches('/');
+    if prefix.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") && !prefix.is_empty() {
+        bail!("s3:{rest}: the prefix {prefix:?} has an empty, `.` or `..` component");
+    }
+    Ok(S3Location { endpoint, bucket: bucket.to_string(), prefix: prefix.to_string() })
 }
 
 /// Opens the repository named by the global arguments, asking for the password.
@@ -36,4 +93,43 @@ pub fn open(global: &GlobalArgs) -> Result<Repository> {
     })?;
     tracing::debug!("opened {location} with {}", repo.key_name());
     Ok(repo)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loc(endpoint: Option<&str>, bucket: &str, prefix: &str) -> S3Location {
+        S3Location { endpoint: endpoint.map(str::to_string), bucket: bucket.into(), prefix: prefix.into() }
+    }
+
+    #[test]
+    fn aws_locations() {
+        assert_eq!(parse_s3("photos").unwrap(), loc(None, "photos", ""));
+        assert_eq!(parse_s3("photos/").unwrap(), loc(None, "photos", ""));
+        assert_eq!(parse_s3("photos/coffer").unwrap(), loc(None, "photos", "coffer"));
+        assert_eq!(parse_s3("photos/a/b/").unwrap(), loc(None, "photos", "a/b"));
+        assert_eq!(parse_s3("//photos/a").unwrap(), loc(None, "photos", "a"));
+    }
+
+    #[test]
+    fn endpoint_locations() {
+        assert_eq!(parse_s3("http://127.0.0.1:9000/b1").unwrap(), loc(Some("http://127.0.0.1:9000"), "b1", ""));
+        assert_eq!(
+            parse_s3("https://s3.example.com/bucket/x/y").unwrap(),
+            loc(Some("https://s3.example.com"), "bucket", "x/y")
+        );
+        assert_eq!(parse_s3("http://[::1]:9000/b/p/").unwrap(), loc(Some("http://[::1]:9000"), "b", "p"));
+    }
+
+    #[test]
+    fn bad_locations() {
+        for bad in
+            ["", "/", "http://", "http:///bucket", "http://host", "http://host/", "ftp://host/b", "b/x//y", "b/../y"]
+        {
+            assert!(parse_s3(bad).is_err(), "{bad:?} was accepted");
+        }
+        let err = parse_s3("http://host:9000").unwrap_err().to_string();
+        assert!(err.contains("no bucket"), "{err}");
+    }
 }

@@ -14,4 +14,5 @@ mod errors;
 mod privacy;
 mod restore_options;
 mod roundtrip;
+mod s3;
 mod smoke;

@@ -14,7 +14,7 @@ struct Created {
 }
 
 pub fn run(g: &GlobalArgs, a: &InitArgs) -> Result<u8> {
-    let backend = crate::repository::backend(g)?;
+    let backend = crate::repository::backend_for(g, a.create_bucket)?;
     let location = backend.location();
     // A local folder must be new or empty: never mix a repository into
     // someone's files.

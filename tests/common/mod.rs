@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod s3;
+
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
@@ -176,4 +178,22 @@ pub fn snapshots_json(env: &Env) -> Vec<serde_json::Value> {
     let out = env.coffer().args(["snapshots", "--json"]).output().expect("run snapshots");
     assert!(out.status.success(), "snapshots failed: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).expect("snapshots JSON")
+}
+
+/// Like [`files_below`], but an empty list for a folder that does not exist
+/// (yet), and no panic for entries that vanish while it is read.
+pub fn files_below_or_empty(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            match e.file_type() {
+                Ok(ft) if ft.is_dir() => stack.push(e.path()),
+                Ok(_) => out.push(e.path()),
+                Err(_) => {}
+            }
+        }
+    }
+    out
 }

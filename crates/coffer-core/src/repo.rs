@@ -82,12 +82,13 @@ pub fn parse_object_key(kind: ObjectKind, key: &str) -> Option<Id> {
 }
 
 /// A runtime for the backend: two workers are plenty, as the CPU-heavy work
-/// runs on rayon's pool and file I/O on tokio's blocking pool.
+/// runs on rayon's pool and file I/O on tokio's blocking pool. Sockets (S3)
+/// need its I/O driver, retries and timeouts its timer.
 pub fn new_runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("coffer-io")
-        .enable_time()
+        .enable_all()
         .build()
         .map_err(|e| Error::InvalidInput(format!("cannot start the I/O runtime: {e}")))
 }

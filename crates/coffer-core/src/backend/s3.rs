@@ -1,0 +1,494 @@
+//! A repository in an S3 bucket (AWS, or any S3-compatible store: Garage,
+//! MinIO, Ceph, Backblaze B2, Wasabi).
+//!
+//! Objects live under `PREFIX/<key>` in the bucket. An S3 PUT is atomic (a
+//! reader sees the whole object or none) and durable when it returns, so
+//! [`Backend::sync`] has nothing to do, and there are no temporary names.
+//!
+//! Credentials come only from the standard AWS chain (environment variables,
+//! `~/.aws/credentials` and `~/.aws/config` profiles, `AWS_PROFILE`, web
+//! identity, container and instance roles): coffer never stores a cloud
+//! secret of its own.
+//!
+//! The SDK client is built lazily, on the first request, inside the runtime
+//! that runs the requests: its connection pool and timers belong to that
+//! runtime, and building it needs no runtime of its own.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{BehaviorVersion, Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::StorageClass;
+
+use super::{Backend, BackendError, BackendResult, Entry};
+
+/// Requests in flight by default: enough that a link with 20-50 ms per
+/// request still moves data at full speed. The bytes in flight are capped by
+/// the pipelines, not by this number.
+pub const DEFAULT_CONNECTIONS: usize = 32;
+
+/// Attempts per request by default (the first try and five retries), with
+/// exponential backoff and jitter between them.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 6;
+
+/// Storage classes that cannot be read without first restoring the object
+/// (hours, and a fee). A repository is read by every backup (trees), restore,
+/// check and prune, so chunks there would make it unusable.
+const ARCHIVE_CLASSES: [&str; 2] = ["GLACIER", "DEEP_ARCHIVE"];
+
+/// Where and how to reach the bucket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct S3Config {
+    pub bucket: String,
+    /// Folder inside the bucket, without leading or trailing `/`; may be empty.
+    pub prefix: String,
+    /// `http(s)://host[:port]` of an S3-compatible store; `None` for AWS.
+    pub endpoint: Option<String>,
+    /// Region; `None` takes it from the usual AWS configuration.
+    pub region: Option<String>,
+    /// Path-style addressing (`host/bucket/key`): what most S3-compatible
+    /// stores need. AWS uses virtual-host style (`bucket.host/key`).
+    pub path_style: bool,
+    /// Requests worth having in flight at once.
+    pub connections: usize,
+    /// Storage class for `chunks/` objects only: everything else must stay
+    /// readable at once, and is small.
+    pub storage_class: Option<String>,
+    /// Attempts per request before giving up.
+    pub max_attempts: u32,
+    /// Base delay of the exponential backoff between attempts.
+    pub initial_backoff: Duration,
+    /// Create the bucket on first use if it does not exist (`init --create-bucket`).
+    pub create_bucket: bool,
+    /// Fixed credentials in place of the AWS chain: for tests and programs
+    /// that embed the library. The command line never sets them, so a
+    /// secret is never typed on a command line or stored by coffer.
+    pub credentials: Option<StaticCredentials>,
+}
+
+/// An access key and its secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StaticCredentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+impl std::fmt::Debug for StaticCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StaticCredentials").field("access_key_id", &self.access_key_id).finish_non_exhaustive()
+    }
+}
+
+impl S3Config {
+    /// The defaults for a bucket: AWS, region from the environment.
+    pub fn new(bucket: impl Into<String>, prefix: impl Into<String>) -> S3Config {
+        S3Config {
+            bucket: bucket.into(),
+            prefix: prefix.into().trim_matches('/').to_string(),
+            endpoint: None,
+            region: None,
+            path_style: false,
+            connections: DEFAULT_CONNECTIONS,
+            storage_class: None,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            initial_backoff: Duration::from_millis(500),
+            create_bucket: false,
+            credentials: None,
+        }
+    }
+
+    /// Checks what can be checked without a request, so that a typo is
+    /// reported before anything is read or written.
+    pub fn validate(&self) -> BackendResult<()> {
+        let bad = |message: String| BackendError::Unavailable { location: self.location(), message };
+        if !valid_bucket_name(&self.bucket) {
+            return Err(bad(format!(
+                "{:?} is not a valid bucket name (3-63 characters: lowercase letters, digits, '.', '-', '_')",
+                self.bucket
+            )));
+        }
+        if self.connections == 0 {
+            return Err(bad("the number of S3 connections must be at least 1".into()));
+        }
+        if self.max_attempts == 0 {
+            return Err(bad("the number of S3 attempts must be at least 1".into()));
+        }
+        if let Some(endpoint) = &self.endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            return Err(bad(format!("the endpoint {endpoint:?} must start with http:// or https://")));
+        }
+        if let Some(class) = &self.storage_class {
+            let upper = class.to_ascii_uppercase();
+            if ARCHIVE_CLASSES.contains(&upper.as_str()) {
+                return Err(bad(format!(
+                    "storage class {upper} archives objects: they cannot be read without a restore request \
+                     that takes hours, but backup, restore, check and prune read chunks. Use STANDARD, \
+                     STANDARD_IA, INTELLIGENT_TIERING or GLACIER_IR"
+                )));
+            }
+            if upper.is_empty() || !upper.bytes().all(|b| b.is_ascii_uppercase() || b == b'_') {
+                return Err(bad(format!("{class:?} is not a storage class")));
+            }
+        }
+        Ok(())
+    }
+
+    /// `s3:BUCKET/PREFIX` or `s3:http://HOST:PORT/BUCKET/PREFIX`, as typed.
+    pub fn location(&self) -> String {
+        let mut out = String::from("s3:");
+        if let Some(endpoint) = &self.endpoint {
+            out.push_str(endpoint.trim_end_matches('/'));
+            out.push('/');
+        }
+        out.push_str(&self.bucket);
+        if !self.prefix.is_empty() {
+            out.push('/');
+            out.push_str(&self.prefix);
+        }
+        out
+    }
+}
+
+/// S3's bucket naming rules, loosely (S3-compatible stores accept a few
+/// more, such as `_`): enough to catch a path typed in place of a bucket.
+fn valid_bucket_name(name: &str) -> bool {
+    (3..=63).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_'))
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+}
+
+pub struct S3Backend {
+    config: S3Config,
+    client: tokio::sync::OnceCell<Client>,
+}
+
+impl S3Backend {
+    /// A backend for the bucket; nothing is contacted until the first request.
+    pub fn new(config: S3Config) -> BackendResult<S3Backend> {
+        config.validate()?;
+        Ok(S3Backend { config, client: tokio::sync::OnceCell::new() })
+    }
+
+    pub fn config(&self) -> &S3Config {
+        &self.config
+    }
+
+    /// The object key in the bucket.
+    fn full_key(&self, key: &str) -> String {
+        if self.config.prefix.is_empty() { key.to_string() } else { format!("{}/{key}", self.config.prefix) }
+    }
+
+    async fn client(&self) -> BackendResult<&Client> {
+        self.client.get_or_try_init(|| self.connect()).await
+    }
+
+    /// Builds the client, and checks the bucket: a missing bucket, wrong
+    /// credentials or an unreachable endpoint are reported once, clearly,
+    /// before the first object is read or written.
+    async fn connect(&self) -> BackendResult<Client> {
+        let c = &self.config;
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+            ))
+            .build_https();
+        let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http);
+        if let Some(region) = &c.region {
+            loader = loader.region(Region::new(region.clone()));
+        }
+        if let Some(creds) = &c.credentials {
+            loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
+                creds.access_key_id.clone(),
+                creds.secret_access_key.clone(),
+                None,
+                None,
+                "coffer-static",
+            ));
+        }
+        let shared = loader.load().await;
+        let mut b = aws_sdk_s3::config::Builder::from(&shared)
+            .retry_config(
+                RetryConfig::standard()
+                    .with_max_attempts(c.max_attempts)
+                    .with_initial_backoff(c.initial_backoff)
+                    .with_max_backoff(Duration::from_secs(20)),
+            )
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(10))
+                    .read_timeout(Duration::from_secs(120))
+                    .operation_attempt_timeout(Duration::from_secs(300))
+                    .build(),
+            )
+            .force_path_style(c.path_style);
+        if let Some(endpoint) = &c.endpoint {
+            b = b
+                .endpoint_url(endpoint.trim_end_matches('/'))
+                // Several S3-compatible stores reject the SDK's default
+                // streaming checksums (aws-chunked bodies with trailers).
+                // Every object is authenticated by its AEAD tag anyway.
+                .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+                .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+            if shared.region().is_none() {
+                // Most S3-compatible stores ignore the region; SigV4 still needs one.
+                b = b.region(Region::new("us-east-1"));
+            }
+        } else if shared.region().is_none() {
+            return Err(self.unavailable(
+                "no AWS region is configured: set AWS_REGION, a region in ~/.aws/config, or --s3-region".into(),
+            ));
+        }
+        let client = Client::from_conf(b.build());
+        self.check_bucket(&client).await?;
+        Ok(client)
+    }
+
+    async fn check_bucket(&self, client: &Client) -> BackendResult<()> {
+        let bucket = &self.config.bucket;
+        match client.head_bucket().bucket(bucket).send().await {
+            Ok(_) => Ok(()),
+            Err(e) if status(&e) == Some(404) || e.as_service_error().is_some_and(|s| s.is_not_found()) => {
+                if self.config.create_bucket {
+                    self.create_bucket(client).await
+                } else {
+                    Err(self.unavailable(format!(
+                        "bucket {bucket} does not exist (create it, or run `coffer init --create-bucket`)"
+                    )))
+                }
+            }
+            Err(e) => Err(self.error("HEAD bucket", bucket, e)),
+        }
+    }
+
+    async fn create_bucket(&self, client: &Client) -> BackendResult<()> {
+        use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
+        let bucket = &self.config.bucket;
+        let mut req = client.create_bucket().bucket(bucket);
+        // AWS wants the region named, except for us-east-1 where naming it is an error.
+        if self.config.endpoint.is_none()
+            && let Some(region) = client.config().region().map(|r| r.as_ref().to_string())
+            && region != "us-east-1"
+        {
+            req = req.create_bucket_configuration(
+                CreateBucketConfiguration::builder()
+                    .location_constraint(BucketLocationConstraint::from(region.as_str()))
+                    .build(),
+            );
+        }
+        match req.send().await {
+            Ok(_) => {
+                tracing::info!("created bucket {bucket}");
+                Ok(())
+            }
+            Err(e) if matches!(code(&e), Some("BucketAlreadyOwnedByYou")) => Ok(()),
+            Err(e) => Err(self.error("create bucket", bucket, e)),
+        }
+    }
+
+    fn unavailable(&self, message: String) -> BackendError {
+        BackendError::Unavailable { location: self.config.location(), message }
+    }
+
+    /// Turns an SDK error into a message that says what happened, naming the
+    /// operation and the object key.
+    fn error<E>(&self, op: &str, key: &str, err: SdkError<E, aws_smithy_runtime_api::http::Response>) -> BackendError
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let what = format!("{op} {key}");
+        let bucket = &self.config.bucket;
+        let message = match &err {
+            SdkError::DispatchFailure(d) => {
+                let target = self.config.endpoint.as_deref().unwrap_or("AWS S3");
+                if d.is_timeout() {
+                    format!("{what}: timed out connecting to {target}")
+                } else if d.is_io() {
+                    format!("{what}: cannot connect to {target}: {}", DisplayErrorContext(&err))
+                } else {
+                    format!("{what}: request to {target} failed: {}", DisplayErrorContext(&err))
+                }
+            }
+            SdkError::TimeoutError(_) => format!("{what}: timed out after {} attempts", self.config.max_attempts),
+            _ => {
+                let code = code(&err).unwrap_or("");
+                let status = status(&err);
+                let detail = err.meta().message().map(|m| format!(" ({m})")).unwrap_or_default();
+                match (code, status) {
+                    ("NoSuchBucket", _) => format!("{what}: bucket {bucket} does not exist"),
+                    ("SignatureDoesNotMatch", _) => {
+                        format!("{what}: access denied: the signature does not match (wrong secret key?){detail}")
+                    }
+                    ("InvalidAccessKeyId", _) => {
+                        format!("{what}: access denied: the access key id is not known to the store{detail}")
+                    }
+                    ("AccessDenied", _) | (_, Some(403)) => format!(
+                        "{what}: access denied / signature does not match: the credentials are wrong or \
+                         not allowed this operation{detail}"
+                    ),
+                    ("PermanentRedirect" | "AuthorizationHeaderMalformed", _) | (_, Some(301)) => format!(
+                        "{what}: bucket {bucket} is in another region than the one configured; set it \
+                         with --s3-region or AWS_REGION{detail}"
+                    ),
+                    ("", Some(s)) => format!("{what}: the store answered HTTP {s}{detail}"),
+                    (code, _) if !code.is_empty() => format!("{what}: {code}{detail}"),
+                    _ => format!("{what}: {}", DisplayErrorContext(&err)),
+                }
+            }
+        };
+        self.unavailable(message)
+    }
+}
+
+fn status<E>(err: &SdkError<E, aws_smithy_runtime_api::http::Response>) -> Option<u16> {
+    err.raw_response().map(|r| r.status().as_u16())
+}
+
+fn code<E: ProvideErrorMetadata>(err: &SdkError<E, aws_smithy_runtime_api::http::Response>) -> Option<&str> {
+    match err {
+        SdkError::ServiceError(s) => s.err().code(),
+        _ => None,
+    }
+}
+
+#[async_trait]
+impl Backend for S3Backend {
+    fn location(&self) -> String {
+        self.config.location()
+    }
+
+    fn concurrency(&self) -> usize {
+        self.config.connections
+    }
+
+    async fn put(&self, key: &str, data: Vec<u8>) -> BackendResult<()> {
+        let client = self.client().await?;
+        let mut req = client.put_object().bucket(&self.config.bucket).key(self.full_key(key));
+        if let Some(class) = &self.config.storage_class
+            && key.starts_with("chunks/")
+        {
+            req = req.storage_class(StorageClass::from(class.to_ascii_uppercase().as_str()));
+        }
+        // The body is in memory, so the SDK can resend it on a retry.
+        req.body(ByteStream::from(data)).send().await.map_err(|e| self.error("PUT", key, e))?;
+        Ok(())
+    }
+
+    async fn get(&self, key: &str) -> BackendResult<Vec<u8>> {
+        let client = self.client().await?;
+        let full = self.full_key(key);
+        // The SDK retries the request, but not a connection dropped while the
+        // body streams in: that is retried here.
+        let mut attempt = 1;
+        loop {
+            let resp = match client.get_object().bucket(&self.config.bucket).key(&full).send().await {
+                Ok(resp) => resp,
+                Err(e) => {
+                    let not_found = e.as_service_error().is_some_and(|s| s.is_no_such_key())
+                        || (status(&e) == Some(404) && code(&e) != Some("NoSuchBucket"));
+                    if not_found {
+                        return Err(BackendError::NotFound { key: key.to_string() });
+                    }
+                    return Err(self.error("GET", key, e));
+                }
+            };
+            match resp.body.collect().await {
+                Ok(body) => return Ok(body.into_bytes().to_vec()),
+                Err(e) if attempt < self.config.max_attempts => {
+                    tracing::debug!("GET {key}: body interrupted ({e}); retrying");
+                    tokio::time::sleep(self.config.initial_backoff * attempt).await;
+                    attempt += 1;
+                }
+                Err(e) => {
+                    return Err(self.unavailable(format!(
+                        "GET {key}: the connection broke while reading the object, {attempt} times: {e}"
+                    )));
+                }
+            }
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> BackendResult<Vec<Entry>> {
+        let client = self.client().await?;
+        let strip = if self.config.prefix.is_empty() { 0 } else { self.config.prefix.len() + 1 };
+        let mut pages =
+            client.list_objects_v2().bucket(&self.config.bucket).prefix(self.full_key(prefix)).into_paginator().send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.error("LIST", prefix, e))?;
+            for obj in page.contents() {
+                let Some(full) = obj.key() else { continue };
+                // Only keys under our prefix are ours; a store that answered
+                // with anything else is not trusted with it.
+                let Some(key) = full.get(strip..).filter(|k| k.starts_with(prefix) && full.len() > strip) else {
+                    continue;
+                };
+                let size = obj.size().and_then(|s| u64::try_from(s).ok()).unwrap_or(0);
+                out.push(Entry { key: key.to_string(), size });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn delete(&self, key: &str) -> BackendResult<()> {
+        let client = self.client().await?;
+        match client.delete_object().bucket(&self.config.bucket).key(self.full_key(key)).send().await {
+            Ok(_) => Ok(()),
+            Err(e) if status(&e) == Some(404) && code(&e) != Some("NoSuchBucket") => Ok(()),
+            Err(e) => Err(self.error("DELETE", key, e)),
+        }
+    }
+
+    async fn sync(&self) -> BackendResult<()> {
+        // An S3 PUT is durable when it returns.
+        Ok(())
+    }
+
+    async fn create(&self) -> BackendResult<()> {
+        // S3 has no folders to make; connecting checks (or creates) the bucket.
+        self.client().await.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_and_keys() {
+        let c = S3Config::new("photos", "/coffer/main/");
+        assert_eq!(c.prefix, "coffer/main");
+        assert_eq!(c.location(), "s3:photos/coffer/main");
+        let b = S3Backend::new(c).unwrap();
+        assert_eq!(b.full_key("config"), "coffer/main/config");
+        let mut c = S3Config::new("photos", "");
+        c.endpoint = Some("http://127.0.0.1:9000".into());
+        assert_eq!(c.location(), "s3:http://127.0.0.1:9000/photos");
+        assert_eq!(S3Backend::new(c).unwrap().full_key("keys/ab"), "keys/ab");
+    }
+
+    #[test]
+    fn validation() {
+        let ok = S3Config::new("my-bucket", "");
+        assert!(ok.validate().is_ok());
+        for bad in ["", "ab", "My_Bucket", "-bucket", "a/b"] {
+            assert!(S3Config::new(bad, "").validate().is_err(), "{bad}");
+        }
+        let mut c = ok.clone();
+        c.storage_class = Some("deep_archive".into());
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("DEEP_ARCHIVE") && err.contains("restore"), "{err}");
+        c.storage_class = Some("STANDARD_IA".into());
+        assert!(c.validate().is_ok());
+        c.connections = 0;
+        assert!(c.validate().is_err());
+        let mut c = ok;
+        c.endpoint = Some("ftp://x".into());
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,177 @@
+//! A real S3-protocol server for the tests: `s3s-fs` serving a temporary
+//! folder over HTTP on 127.0.0.1, with SigV4 signatures checked against a
+//! fixed access key and secret. It runs on its own thread and runtime, so
+//! the binary under test and the library talk to it over real sockets.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use tempfile::TempDir;
+
+use super::Env;
+
+pub const ACCESS_KEY: &str = "COFFERTESTACCESSKEY";
+pub const SECRET_KEY: &str = "coffer-test-secret-key-0123456789abcdef";
+pub const REGION: &str = "us-east-1";
+
+pub struct S3Server {
+    /// The folder served: one sub-folder per bucket.
+    dir: TempDir,
+    addr: SocketAddr,
+    running: Option<Running>,
+}
+
+struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl S3Server {
+    /// Starts a server on a free port, with one empty bucket named `bucket`.
+    pub fn start() -> S3Server {
+        let dir = tempfile::tempdir().expect("server temp dir");
+        std::fs::create_dir(dir.path().join("bucket")).expect("create bucket folder");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local addr");
+        let running = serve(dir.path(), listener);
+        S3Server { dir, addr, running: Some(running) }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The coffer location of `bucket/prefix` on this server.
+    pub fn url(&self, bucket_and_prefix: &str) -> String {
+        format!("s3:{}/{bucket_and_prefix}", self.endpoint())
+    }
+
+    /// Where the objects of `bucket` are stored on disk.
+    pub fn bucket_dir(&self, bucket: &str) -> PathBuf {
+        self.dir.path().join(bucket)
+    }
+
+    /// Stops the server: the listener and every open connection are closed.
+    pub fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            let _ = r.stop.send(());
+            r.thread.join().expect("server thread");
+        }
+    }
+
+    /// Starts the server again on the same port, serving the same folder.
+    pub fn restart(&mut self) {
+        self.stop();
+        let listener = std::net::TcpListener::bind(self.addr).expect("rebind the same port");
+        self.running = Some(serve(self.dir.path(), listener));
+    }
+
+    /// Every object key stored in `bucket` (as relative paths of files),
+    /// leaving out the server's own metadata.
+    pub fn keys(&self, bucket: &str) -> Vec<String> {
+        let dir = self.bucket_dir(bucket);
+        if !dir.exists() {
+            return Vec::new();
+        }
+        super::files_below(&dir)
+            .into_iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .filter(|k| !k.starts_with(".s3s") && !k.contains("/.s3s") && !k.ends_with(".s3s-internal.json"))
+            .collect()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn serve(root: &Path, listener: std::net::TcpListener) -> Running {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto::Builder as ConnBuilder;
+    use s3s::auth::SimpleAuth;
+    use s3s::service::S3ServiceBuilder;
+
+    listener.set_nonblocking(true).expect("nonblocking listener");
+    let fs = s3s_fs::FileSystem::new(root).expect("s3s-fs root");
+    let mut builder = S3ServiceBuilder::new(fs);
+    builder.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+    let service = builder.build();
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let rt =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("server runtime");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let Ok((socket, _)) = accepted else { continue };
+                        let service = service.clone();
+                        tokio::spawn(async move {
+                            let http = ConnBuilder::new(TokioExecutor::new());
+                            let _ = http.serve_connection(TokioIo::new(socket), service).await;
+                        });
+                    }
+                    _ = &mut stopped => break,
+                }
+            }
+        });
+        // Dropping the runtime cancels every connection task, closing its socket.
+        rt.shutdown_background();
+    });
+    Running { stop, thread }
+}
+
+/// The variables that point the binary at `url` with the test credentials,
+/// and those removed so that nothing of the caller's AWS configuration leaks in.
+fn vars(env: &Env, url: &str) -> (Vec<(&'static str, std::ffi::OsString)>, [&'static str; 8]) {
+    let set = vec![
+        ("COFFER_REPOSITORY", url.into()),
+        ("COFFER_PASSWORD", super::PASSWORD.into()),
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY.into()),
+        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.into()),
+        ("AWS_REGION", REGION.into()),
+        ("AWS_CONFIG_FILE", env.path("no-aws-config").into()),
+        ("AWS_SHARED_CREDENTIALS_FILE", env.path("no-aws-credentials").into()),
+        ("AWS_EC2_METADATA_DISABLED", "true".into()),
+        ("COFFER_S3_MAX_ATTEMPTS", "3".into()),
+    ];
+    let removed = [
+        "COFFER_PASSWORD_FILE",
+        "COFFER_PASSWORD_COMMAND",
+        "COFFER_LOG",
+        "AWS_PROFILE",
+        "AWS_SESSION_TOKEN",
+        "AWS_DEFAULT_REGION",
+        "AWS_ENDPOINT_URL",
+        "COFFER_S3_REGION",
+    ];
+    (set, removed)
+}
+
+/// The binary pointed at `url` on an S3 server, with the test credentials in
+/// the environment and nothing of the caller's AWS configuration.
+pub fn coffer(env: &Env, url: &str) -> Command {
+    let mut cmd = env.coffer();
+    let (set, removed) = vars(env, url);
+    for var in removed {
+        cmd.env_remove(var);
+    }
+    cmd.envs(set);
+    cmd
+}
+
+/// The same as a plain process, for a test that must run it in the background.
+pub fn coffer_process(env: &Env, url: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("coffer"));
+    let (set, removed) = vars(env, url);
+    for var in removed {
+        cmd.env_remove(var);
+    }
+    cmd.envs(set);
+    cmd
+}

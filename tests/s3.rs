@@ -1,0 +1,234 @@
+//! The S3 backend against a real S3-protocol server (s3s-fs with SigV4
+//! checked) on 127.0.0.1: the binary end to end, its error messages, and the
+//! backend's listing across pages.
+
+use std::sync::Arc;
+
+use coffer_core::backend::Backend;
+use coffer_core::backend::s3::{S3Backend, S3Config, StaticCredentials};
+
+use crate::common::s3::{self, S3Server};
+use crate::common::{Env, random_bytes};
+
+const INIT: [&str; 5] = ["init", "--argon2-memory", "64", "--argon2-iterations", "1"];
+
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn num(v: &serde_json::Value, field: &str) -> u64 {
+    v[field].as_u64().unwrap_or_else(|| panic!("no {field} in {v}"))
+}
+
+fn backup_json(env: &Env, url: &str) -> serde_json::Value {
+    let out = s3::coffer(env, url).arg("backup").arg("--json").arg(&env.src).output().expect("run backup");
+    assert!(out.status.success(), "backup failed: {}", stderr_of(&out));
+    serde_json::from_slice(&out.stdout).expect("backup JSON")
+}
+
+#[test]
+fn round_trip_over_s3() {
+    let server = S3Server::start();
+    let url = server.url("bucket/photos/2024");
+    let env = Env::new();
+    env.write("a.jpg", &random_bytes(3_000_000, 1));
+    env.write("album/b.jpg", &random_bytes(700_000, 2));
+    env.write("album/notes.txt", b"a short text file");
+    s3::coffer(&env, &url).args(INIT).assert().success();
+    let keys = server.keys("bucket");
+    assert!(keys.iter().any(|k| k == "photos/2024/config"), "{keys:?}");
+    assert!(keys.iter().all(|k| k.starts_with("photos/2024/")), "{keys:?}");
+
+    let first = backup_json(&env, &url);
+    assert_eq!(num(&first, "files_new"), 3, "{first}");
+    let second = backup_json(&env, &url);
+    assert_eq!(num(&second, "bytes_read"), 0, "{second}");
+    assert_eq!(num(&second, "bytes_added"), 0, "{second}");
+
+    let out = s3::coffer(&env, &url).args(["snapshots", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let snaps: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(snaps.len(), 2);
+
+    let out = s3::coffer(&env, &url).args(["ls", "latest"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(listing.contains("album/b.jpg") && listing.contains("a.jpg"), "{listing}");
+
+    let target = env.path("restored");
+    s3::coffer(&env, &url).args(["restore", "latest", "--target"]).arg(&target).assert().success();
+    let restored = env.restored_src(&target);
+    for f in ["a.jpg", "album/b.jpg", "album/notes.txt"] {
+        assert_eq!(std::fs::read(restored.join(f)).unwrap(), std::fs::read(env.src.join(f)).unwrap(), "{f}");
+    }
+}
+
+#[test]
+fn wrong_secret_key_is_a_clear_error_and_writes_nothing() {
+    let server = S3Server::start();
+    let url = server.url("bucket/repo");
+    let env = Env::new();
+    let out = s3::coffer(&env, &url).args(INIT).env("AWS_SECRET_ACCESS_KEY", "not-the-secret").output().unwrap();
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("access denied") && err.contains("signature does not match"), "{err}");
+    eprintln!("MSG wrong secret: {err}");
+    assert!(server.keys("bucket").is_empty(), "{:?}", server.keys("bucket"));
+
+    // The same on a repository that exists.
+    s3::coffer(&env, &url).args(INIT).assert().success();
+    let before = server.keys("bucket");
+    let out = s3::coffer(&env, &url).arg("snapshots").env("AWS_SECRET_ACCESS_KEY", "not-the-secret").output().unwrap();
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("access denied"), "{err}");
+    let out = s3::coffer(&env, &url).arg("backup").arg(&env.src).env("AWS_ACCESS_KEY_ID", "NOBODY").output().unwrap();
+    assert!(!out.status.success());
+    assert!(stderr_of(&out).contains("access denied"), "{}", stderr_of(&out));
+    assert_eq!(server.keys("bucket"), before);
+}
+
+#[test]
+fn missing_bucket_needs_create_bucket() {
+    let server = S3Server::start();
+    let url = server.url("new-bucket/coffer");
+    let env = Env::new();
+    let out = s3::coffer(&env, &url).args(INIT).output().unwrap();
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("bucket new-bucket does not exist"), "{err}");
+    assert!(err.contains("--create-bucket"), "{err}");
+    eprintln!("MSG missing bucket: {err}");
+    assert!(!server.bucket_dir("new-bucket").exists());
+
+    s3::coffer(&env, &url).args(INIT).arg("--create-bucket").assert().success();
+    assert!(server.keys("new-bucket").iter().any(|k| k == "coffer/config"));
+    env.write("x", b"some data");
+    backup_json(&env, &url);
+    // Asking again on an existing bucket is fine; the repository is not replaced.
+    let out = s3::coffer(&env, &server.url("new-bucket/other")).args(INIT).arg("--create-bucket").output().unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+}
+
+#[test]
+fn unreachable_endpoint_says_so() {
+    // A port that was free a moment ago: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let env = Env::new();
+    let url = format!("s3:http://127.0.0.1:{port}/bucket");
+    let out = s3::coffer(&env, &url).env("COFFER_S3_MAX_ATTEMPTS", "1").args(INIT).output().unwrap();
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("cannot connect to http://127.0.0.1:{port}")), "{err}");
+    eprintln!("MSG unreachable: {err}");
+}
+
+fn library_backend(server: &S3Server, prefix: &str) -> S3Backend {
+    let mut config = S3Config::new("bucket", prefix);
+    config.endpoint = Some(server.endpoint());
+    config.path_style = true;
+    config.region = Some(s3::REGION.into());
+    config.credentials =
+        Some(StaticCredentials { access_key_id: s3::ACCESS_KEY.into(), secret_access_key: s3::SECRET_KEY.into() });
+    S3Backend::new(config).expect("backend")
+}
+
+#[test]
+fn listing_pages_past_1000_keys() {
+    let server = S3Server::start();
+    let backend = Arc::new(library_backend(&server, "deep/prefix"));
+    let rt = coffer_core::repo::new_runtime().unwrap();
+    rt.block_on(async {
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..1100u32 {
+            let b = backend.clone();
+            tasks.spawn(async move { b.put(&format!("chunks/ab/{i:05}"), i.to_le_bytes().to_vec()).await });
+            if tasks.len() >= 32 {
+                tasks.join_next().await.unwrap().unwrap().unwrap();
+            }
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.unwrap().unwrap();
+        }
+        backend.put("trees/cd/other", b"x".to_vec()).await.unwrap();
+        let mut list = backend.list("chunks/").await.unwrap();
+        list.sort_by(|a, b| a.key.cmp(&b.key));
+        assert_eq!(list.len(), 1100);
+        for (i, e) in list.iter().enumerate() {
+            assert_eq!(e.key, format!("chunks/ab/{i:05}"));
+            assert_eq!(e.size, 4);
+        }
+        assert_eq!(backend.get("chunks/ab/01099").await.unwrap(), 1099u32.to_le_bytes());
+        assert!(backend.get("chunks/ab/99999").await.unwrap_err().is_not_found());
+        backend.delete("chunks/ab/00000").await.unwrap();
+        backend.delete("chunks/ab/00000").await.unwrap();
+        assert_eq!(backend.list("chunks/ab/").await.unwrap().len(), 1099);
+        assert_eq!(backend.list("trees/").await.unwrap().len(), 1);
+        assert!(backend.list("snapshots/").await.unwrap().is_empty());
+    });
+}
+
+#[test]
+fn storage_class_applies_to_chunks_only() {
+    let server = S3Server::start();
+    let mut config = library_backend(&server, "").config().clone();
+    // s3s-fs accepts only STANDARD and REDUCED_REDUNDANCY; AWS many more.
+    config.storage_class = Some("reduced_redundancy".into());
+    let backend = S3Backend::new(config).unwrap();
+    let rt = coffer_core::repo::new_runtime().unwrap();
+    rt.block_on(async {
+        backend.put("chunks/00/00ff", b"chunk".to_vec()).await.unwrap();
+        backend.put("config", b"config".to_vec()).await.unwrap();
+    });
+    let mut config = library_backend(&server, "").config().clone();
+    config.storage_class = Some("ONEZONE_IA".into());
+    let backend = S3Backend::new(config).unwrap();
+    rt.block_on(async {
+        // The server rejects the class: only for chunks is it sent.
+        backend.put("snapshots/aa", b"snapshot".to_vec()).await.unwrap();
+        let err = backend.put("chunks/00/00aa", b"chunk".to_vec()).await.unwrap_err().to_string();
+        assert!(err.contains("PUT chunks/00/00aa") && err.contains("InvalidStorageClass"), "{err}");
+    });
+}
+
+#[test]
+fn server_stopped_mid_backup_leaves_no_snapshot() {
+    let mut server = S3Server::start();
+    let url = server.url("bucket/r");
+    let env = Env::new();
+    s3::coffer(&env, &url).args(INIT).assert().success();
+    for i in 0..40u64 {
+        env.write(&format!("photo-{i:02}.jpg"), &random_bytes(1_000_000, i));
+    }
+    let chunks_dir = server.bucket_dir("bucket").join("r/chunks");
+    let child = s3::coffer_process(&env, &url)
+        .env("COFFER_S3_MAX_ATTEMPTS", "2")
+        .args(["backup", "--json", "--quiet"])
+        .arg(&env.src)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start backup");
+    // Stop the server once some chunks have arrived.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while crate::common::files_below_or_empty(&chunks_dir).len() < 5 {
+        assert!(std::time::Instant::now() < deadline, "the backup uploaded nothing");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    server.stop();
+    let out = child.wait_with_output().expect("wait for backup");
+    let err = stderr_of(&out);
+    assert!(!out.status.success(), "the backup succeeded although the server stopped");
+    assert!(err.contains("cannot connect") || err.contains("connection"), "{err}");
+    eprintln!("MSG stopped: {err}");
+    assert!(server.keys("bucket").iter().all(|k| !k.starts_with("r/snapshots/")), "a snapshot was written");
+
+    server.restart();
+    let report = backup_json(&env, &url);
+    assert_eq!(num(&report, "files_new"), 40, "{report}");
+    // What was uploaded before the stop is reused.
+    assert!(num(&report, "bytes_added") < 40_000_000, "{report}");
+    let out = s3::coffer(&env, &url).args(["snapshots", "--json"]).output().unwrap();
+    let snaps: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(snaps.len(), 1);
+}
