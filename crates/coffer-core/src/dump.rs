@@ -184,10 +184,7 @@ impl Fetcher<'_> {
         Ok(Msg::Chunk(self.repo.runtime().spawn(async move {
             let stored = fetch(&*backend, ObjectKind::Chunk, &chunk.0).await?;
             tokio::task::spawn_blocking(move || {
-                let data = crate::blob::decode_owned(&keys, &repo_id, ObjectKind::Chunk, &chunk.0, stored, max_len)?;
-                if data.len() != chunk.1 as usize {
-                    return Err(Error::corrupt("chunk", chunk.0.to_hex(), "length differs from the tree's record"));
-                }
+                let data = crate::repo::decode_chunk_ref(&keys, &repo_id, max_len, &chunk, stored)?;
                 if is_all_zero(&data) {
                     if let Ok(mut z) = zero_chunks.lock() {
                         z.insert(chunk.0);

@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::key::{KdfParams, KeyEnvelope};
 use crate::snapshot::{MAX_SNAPSHOT_LEN, Snapshot};
-use crate::tree::Tree;
+use crate::tree::{ChunkRef, Tree};
 
 /// Largest tree plaintext a client will decode (a directory of roughly a
 /// million entries).
@@ -315,10 +315,6 @@ impl Repository {
         (id, stored)
     }
 
-    pub fn decode_chunk(&self, id: &Id, stored: &[u8]) -> Result<Vec<u8>> {
-        blob::decode(&self.keys, self.repo_id(), ObjectKind::Chunk, id, stored, self.max_chunk_len())
-    }
-
     pub fn load_chunk(&self, id: &Id) -> Result<Vec<u8>> {
         let stored = self.get(ObjectKind::Chunk, id)?;
         blob::decode_owned(&self.keys, self.repo_id(), ObjectKind::Chunk, id, stored, self.max_chunk_len())
@@ -395,6 +391,23 @@ impl Repository {
             _ => Err(Error::InvalidInput(format!("{spec:?} matches {} snapshots; give more digits", matches.len()))),
         }
     }
+}
+
+/// Decodes the chunk a tree's [`ChunkRef`] names from its stored bytes, and
+/// checks that it has the length the tree recorded (restore and dump place
+/// chunks by those lengths).
+pub fn decode_chunk_ref(
+    keys: &Keys,
+    repo_id: &[u8; 32],
+    max_len: usize,
+    chunk: &ChunkRef,
+    stored: Vec<u8>,
+) -> Result<Vec<u8>> {
+    let data = blob::decode_owned(keys, repo_id, ObjectKind::Chunk, &chunk.0, stored, max_len)?;
+    if data.len() != chunk.1 as usize {
+        return Err(Error::corrupt("chunk", chunk.0.to_hex(), "length differs from the tree's record"));
+    }
+    Ok(data)
 }
 
 /// Fetches an object's stored bytes from a backend.

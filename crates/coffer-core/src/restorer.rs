@@ -656,21 +656,7 @@ pub fn restore(
                         let (done, decoded) = tokio::sync::oneshot::channel();
                         rayon::spawn(move || {
                             let _ = done.send((move || -> Result<bool> {
-                                let data = crate::blob::decode_owned(
-                                    &keys,
-                                    &repo_id,
-                                    ObjectKind::Chunk,
-                                    &chunk.0,
-                                    stored,
-                                    max_len,
-                                )?;
-                                if data.len() != chunk.1 as usize {
-                                    return Err(Error::corrupt(
-                                        "chunk",
-                                        chunk.0.to_hex(),
-                                        "length differs from the tree's record",
-                                    ));
-                                }
+                                let data = crate::repo::decode_chunk_ref(&keys, &repo_id, max_len, &chunk, stored)?;
                                 if is_all_zero(&data) {
                                     // The file was pre-sized: the range is a hole already.
                                     return Ok(true);
