@@ -5,6 +5,7 @@
 //! injects failures) is easy to write and hard to get wrong.
 
 pub mod local;
+#[cfg(feature = "s3")]
 pub mod s3;
 
 use async_trait::async_trait;
