@@ -576,10 +576,6 @@ pub fn resolve_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-fn host_name() -> String {
-    nix::unistd::gethostname().ok().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default()
-}
-
 /// Runs a backup and, unless it is a dry run, writes the snapshot.
 pub fn backup(repo: &Repository, options: &BackupOptions, progress: &dyn Progress) -> Result<BackupOutcome> {
     let start = Instant::now();
@@ -588,7 +584,7 @@ pub fn backup(repo: &Repository, options: &BackupOptions, progress: &dyn Progres
     let started_at = jiff::ZonedDateTime::now();
     let paths = resolve_paths(&options.paths)?;
     let path_strings: Vec<String> = paths.iter().map(|p| p.to_string_lossy().into_owned()).collect();
-    let host = options.host.clone().unwrap_or_else(host_name);
+    let host = options.host.clone().unwrap_or_else(crate::repo::host_name);
 
     let snapshots = repo.snapshots()?;
     let parent_id = match &options.parent {

@@ -93,10 +93,9 @@ pub fn new_runtime() -> Result<tokio::runtime::Runtime> {
         .map_err(|e| Error::InvalidInput(format!("cannot start the I/O runtime: {e}")))
 }
 
-fn host_and_user() -> (String, String) {
-    let host = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default();
-    let user = nix::unistd::User::from_uid(nix::unistd::geteuid()).ok().flatten().map(|u| u.name).unwrap_or_default();
-    (host, user)
+/// This machine's host name, as recorded in key envelopes and snapshots.
+pub(crate) fn host_name() -> String {
+    nix::unistd::gethostname().ok().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
 impl Repository {
@@ -131,7 +130,8 @@ impl Repository {
         crate::crypto::fill_random(&mut repo_id);
         let header = ConfigHeader { version: config::FORMAT_VERSION, repo_id };
         let config = ConfigBody::new(options.chunker.clone());
-        let (host, user) = host_and_user();
+        let host = host_name();
+        let user = crate::metadata::OwnerNames::default().user(nix::unistd::geteuid().as_raw()).unwrap_or_default();
         let envelope = KeyEnvelope::seal(&keys, password, options.kdf, &host, &user)?;
         let key_name = KeyEnvelope::new_name();
         let config_bytes = config.encode(&keys, &header);
