@@ -11,6 +11,21 @@ use serde_json::Value;
 
 use crate::common::{Env, dir_state, files_below, open_repo, random_bytes, snapshots_json};
 
+/// The counts of a backup's summary, in its JSON report and in its snapshot.
+const SUMMARY_FIELDS: [&str; 11] = [
+    "files_new",
+    "files_changed",
+    "files_unchanged",
+    "dirs",
+    "bytes_read",
+    "bytes_total",
+    "bytes_added",
+    "chunks_added",
+    "trees_added",
+    "errors",
+    "duration_ms",
+];
+
 fn stderr_of(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -106,17 +121,7 @@ fn snapshots_table_and_json() {
         assert!(time.len() >= 20 && &time[4..5] == "-" && &time[10..11] == "T", "not RFC 3339: {time}");
         assert_eq!(s["host"], host);
         assert_eq!(s["paths"], serde_json::json!([src_str(&env)]));
-        for key in [
-            "files_new",
-            "files_changed",
-            "files_unchanged",
-            "dirs",
-            "bytes_read",
-            "bytes_total",
-            "bytes_added",
-            "errors",
-            "duration_ms",
-        ] {
+        for key in SUMMARY_FIELDS {
             assert_eq!(s["summary"][key], r[key], "summary.{key}");
         }
     }
@@ -701,19 +706,7 @@ fn backup_summary_json_fields() {
     env.write("b.bin", &random_bytes(40_000, 2));
     env.write("dir/c.txt", b"ccc");
     let r = env.backup_json(&[]);
-    for key in [
-        "files_new",
-        "files_changed",
-        "files_unchanged",
-        "dirs",
-        "bytes_read",
-        "bytes_total",
-        "bytes_added",
-        "chunks_added",
-        "trees_added",
-        "errors",
-        "duration_ms",
-    ] {
+    for key in SUMMARY_FIELDS {
         assert!(r[key].is_u64(), "{key} is not a count: {r}");
     }
     assert!(is_hex64(&r["snapshot_id"]), "{r}");
