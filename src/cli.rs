@@ -39,6 +39,12 @@ pub struct GlobalArgs {
     /// More log output (-v, -vv)
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Keep the local cache here (default: $COFFER_CACHE_DIR, else $XDG_CACHE_HOME/coffer, else ~/.cache/coffer)
+    #[arg(long, global = true, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Use no local cache: read everything from the repository
+    #[arg(long, global = true)]
+    pub no_cache: bool,
     /// S3 region (default: from AWS_REGION or the AWS profile)
     #[arg(long, env = "COFFER_S3_REGION", global = true, value_name = "REGION")]
     pub s3_region: Option<String>,

@@ -92,7 +92,13 @@ pub fn open(global: &GlobalArgs) -> Result<Repository> {
             .map_err(|e| coffer_core::Error::InvalidInput(format!("{e:#}")))
     })?;
     tracing::debug!("opened {location} with {}", repo.key_name());
-    Ok(repo)
+    if global.no_cache {
+        return Ok(repo);
+    }
+    match global.cache_dir.clone().or_else(coffer_core::cache::default_base) {
+        Some(base) => Ok(repo.with_cache(&base)),
+        None => Ok(repo),
+    }
 }
 
 #[cfg(test)]

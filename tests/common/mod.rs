@@ -44,6 +44,8 @@ impl Env {
             cmd.env_remove(var);
         }
         cmd.env("COFFER_REPOSITORY", &self.repo).env("COFFER_PASSWORD", PASSWORD);
+        // Each test has its own cache, never the caller's.
+        cmd.env("COFFER_CACHE_DIR", self.dir.path().join("cache"));
         cmd
     }
 

@@ -10,12 +10,14 @@
 pub mod archiver;
 pub mod backend;
 pub mod blob;
+pub mod cache;
 pub mod chunker;
 pub mod config;
 pub mod crypto;
 pub mod dump;
 pub mod error;
 pub mod exclude;
+pub mod generation;
 pub mod id;
 pub mod key;
 pub mod metadata;

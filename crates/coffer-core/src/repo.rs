@@ -43,6 +43,8 @@ pub struct Repository {
     header: ConfigHeader,
     config: ConfigBody,
     key_name: String,
+    /// This repository's own cache folder, if caching is on.
+    cache_dir: Option<std::path::PathBuf>,
 }
 
 /// The key of an object in the store: `chunks/ab/ab12…`, `snapshots/ab12…`.
@@ -143,7 +145,7 @@ impl Repository {
             backend.put(config::NAME, config_bytes).await?;
             backend.sync().await
         })?;
-        Ok(Repository { backend, runtime, keys: Arc::new(keys), header, config, key_name })
+        Ok(Repository { backend, runtime, keys: Arc::new(keys), header, config, key_name, cache_dir: None })
     }
 
     /// Opens an existing repository with a password.
@@ -201,6 +203,7 @@ impl Repository {
                             header,
                             config,
                             key_name: name.clone(),
+                            cache_dir: None,
                         });
                     }
                     // A key from another repository with the same password:
@@ -223,6 +226,23 @@ impl Repository {
             Some(e) if envelopes.len() == 1 || matches!(e, Error::Corrupt { .. }) => Err(e),
             _ => Err(Error::WrongPassword),
         }
+    }
+
+    /// Turns the local cache on, under `base` (see [`crate::cache`]); each
+    /// repository gets its own folder there. Without this call nothing is
+    /// cached.
+    pub fn with_cache(mut self, base: &std::path::Path) -> Repository {
+        if let Err(e) = crate::cache::tag(base) {
+            tracing::warn!("cache {} is not usable, going on without it: {e}", base.display());
+            return self;
+        }
+        self.cache_dir = Some(crate::cache::repository_dir(base, self.repo_id()));
+        self
+    }
+
+    /// This repository's cache folder, when the cache is on.
+    pub fn cache_dir(&self) -> Option<&std::path::Path> {
+        self.cache_dir.as_deref()
     }
 
     pub fn backend(&self) -> &Arc<dyn Backend> {
