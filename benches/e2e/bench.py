@@ -213,7 +213,7 @@ class Coffer(Tool):
 
     def settings(self):
         return ("local repository, default settings: AES-256-PMAC-SIV, keyed BLAKE3 ids, FastCDC "
-                "512 KiB / 1 MiB / 8 MiB, zstd level 3 (kept only when it saves), Padmé padding, "
+                "512 KiB / 1 MiB / 8 MiB, zstd level 2 (kept only when it saves; large chunks probed first), Padmé padding, "
                 "argon2id m=64 MiB t=3 on every command")
 
     def init_cmd(self):
