@@ -71,6 +71,8 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Write a file of a snapshot to standard output, or a folder as a tar archive
     Dump(DumpArgs),
+    /// Remove snapshots, named or by a retention policy (their data stays until a prune)
+    Forget(ForgetArgs),
 }
 
 #[derive(Args, Debug)]
@@ -140,6 +142,9 @@ pub struct BackupArgs {
     /// Do everything but write to the repository
     #[arg(short = 'n', long)]
     pub dry_run: bool,
+    /// Record this time instead of now: `YYYY-MM-DD HH:MM:SS` (local time) or RFC 3339; not in the future
+    #[arg(long, value_name = "TIME")]
+    pub time: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -200,4 +205,58 @@ pub struct DumpArgs {
     /// Write to this file instead of standard output
     #[arg(short, long, value_name = "FILE")]
     pub target: Option<PathBuf>,
+}
+
+fn keep_count(s: &str) -> Result<u32, String> {
+    coffer_core::policy::parse_count(s).map_err(|e| e.to_string())
+}
+
+fn keep_duration(s: &str) -> Result<coffer_core::policy::Duration, String> {
+    s.parse().map_err(|e: coffer_core::Error| e.to_string())
+}
+
+#[derive(Args, Debug)]
+pub struct ForgetArgs {
+    /// Snapshots to remove (id, unique id prefix, or `latest`); not combined with --keep-*
+    #[arg(value_name = "SNAPSHOT")]
+    pub snapshots: Vec<String>,
+    /// Keep the N newest snapshots (`unlimited`: all)
+    #[arg(short = 'l', long, value_name = "N", default_value = "0", value_parser = keep_count)]
+    pub keep_last: u32,
+    /// Keep the newest snapshot of each of the last N hours that have one
+    #[arg(short = 'H', long, value_name = "N", default_value = "0", value_parser = keep_count)]
+    pub keep_hourly: u32,
+    /// Keep the newest snapshot of each of the last N days that have one
+    #[arg(short = 'd', long, value_name = "N", default_value = "0", value_parser = keep_count)]
+    pub keep_daily: u32,
+    /// Keep the newest snapshot of each of the last N weeks (Monday to Sunday) that have one
+    #[arg(short = 'w', long, value_name = "N", default_value = "0", value_parser = keep_count)]
+    pub keep_weekly: u32,
+    /// Keep the newest snapshot of each of the last N months that have one
+    #[arg(short = 'm', long, value_name = "N", default_value = "0", value_parser = keep_count)]
+    pub keep_monthly: u32,
+    /// Keep the newest snapshot of each of the last N years that have one
+    #[arg(short = 'y', long, value_name = "N", default_value = "0", value_parser = keep_count)]
+    pub keep_yearly: u32,
+    /// Keep snapshots newer than DURATION (e.g. 1y2m3d4h) before the newest snapshot
+    #[arg(long, value_name = "DURATION", value_parser = keep_duration)]
+    pub keep_within: Option<coffer_core::policy::Duration>,
+    /// Keep snapshots with all of these comma-separated tags (repeatable; '' keeps untagged ones)
+    #[arg(long = "keep-tag", value_name = "TAG[,TAG...]")]
+    pub keep_tags: Vec<String>,
+    /// Only consider snapshots of this host (repeatable)
+    #[arg(long = "host", value_name = "NAME")]
+    pub hosts: Vec<String>,
+    /// Only consider snapshots with all of these comma-separated tags (repeatable: any of the lists)
+    #[arg(long = "tag", value_name = "TAG[,TAG...]")]
+    pub tags: Vec<String>,
+    /// Only consider snapshots that include this path (repeatable: all of them)
+    #[arg(long = "path", value_name = "PATH")]
+    pub paths: Vec<String>,
+    /// Apply the policy separately to each group of snapshots sharing these fields: host, paths, tags, or '' for one group
+    #[arg(short = 'g', long, value_name = "FIELDS", default_value = "host,paths")]
+    pub group_by: String,
+    /// Show what would be removed and why the rest is kept, remove nothing
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
 }

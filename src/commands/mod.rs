@@ -2,6 +2,7 @@
 
 mod backup;
 mod dump;
+mod forget;
 mod init;
 mod ls;
 mod restore;
@@ -20,6 +21,7 @@ pub fn run(args: Cli) -> Result<u8> {
         Command::Ls(a) => ls::run(g, a),
         Command::Restore(a) => restore::run(g, a),
         Command::Dump(a) => dump::run(g, a),
+        Command::Forget(a) => forget::run(g, a),
     }
 }
 

@@ -19,6 +19,7 @@ pub mod exclude;
 pub mod id;
 pub mod key;
 pub mod metadata;
+pub mod policy;
 pub mod progress;
 pub mod repo;
 pub mod restorer;

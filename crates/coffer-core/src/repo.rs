@@ -355,6 +355,16 @@ impl Repository {
         Ok(id)
     }
 
+    /// Deletes a snapshot object (what `forget` does; the data it references
+    /// stays until a prune). Durable when this returns.
+    pub fn remove_snapshot(&self, id: &Id) -> Result<()> {
+        self.runtime.block_on(async {
+            self.backend.delete(&object_key(ObjectKind::Snapshot, id)).await?;
+            self.backend.sync().await
+        })?;
+        Ok(())
+    }
+
     /// Every snapshot, oldest first. Damaged snapshots are an error: a
     /// listing that silently skips one would hide data loss.
     pub fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
