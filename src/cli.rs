@@ -73,6 +73,9 @@ pub enum Command {
     Dump(DumpArgs),
     /// Remove snapshots, named or by a retention policy (their data stays until a prune)
     Forget(ForgetArgs),
+    /// Manage the repository's keys (passwords)
+    #[command(subcommand)]
+    Key(KeyCommand),
 }
 
 #[derive(Args, Debug)]
@@ -259,4 +262,33 @@ pub struct ForgetArgs {
     /// Show what would be removed and why the rest is kept, remove nothing
     #[arg(short = 'n', long)]
     pub dry_run: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCommand {
+    /// Add a key: a new password for the same repository
+    Add(NewKeyArgs),
+    /// List the keys; `*` marks the one the password given opens
+    List,
+    /// Remove a key (not the one in use, and never the last)
+    Remove {
+        /// Key id, or a unique prefix of it
+        #[arg(value_name = "ID")]
+        id: String,
+    },
+    /// Change the password: add a key for the new password, then remove the one in use
+    Passwd(NewKeyArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct NewKeyArgs {
+    /// Read the new password from the first line of this file (default: ask on the terminal)
+    #[arg(long, value_name = "FILE")]
+    pub new_password_file: Option<PathBuf>,
+    /// argon2id memory in KiB for the new key (default 65536)
+    #[arg(long, hide = true, value_name = "KIB")]
+    pub argon2_memory: Option<u32>,
+    /// argon2id passes for the new key (default 3)
+    #[arg(long, hide = true, value_name = "N")]
+    pub argon2_iterations: Option<u32>,
 }

@@ -12,6 +12,7 @@ mod dedup;
 mod dump;
 mod errors;
 mod forget;
+mod keys;
 mod privacy;
 mod restore_options;
 mod roundtrip;

@@ -4,6 +4,7 @@ mod backup;
 mod dump;
 mod forget;
 mod init;
+mod key;
 mod ls;
 mod restore;
 mod snapshots;
@@ -22,6 +23,7 @@ pub fn run(args: Cli) -> Result<u8> {
         Command::Restore(a) => restore::run(g, a),
         Command::Dump(a) => dump::run(g, a),
         Command::Forget(a) => forget::run(g, a),
+        Command::Key(c) => key::run(g, c),
     }
 }
 

@@ -250,6 +250,10 @@ impl Repository {
         &self.key_name
     }
 
+    pub(crate) fn set_key_name(&mut self, name: String) {
+        self.key_name = name;
+    }
+
     pub fn compression(&self) -> Compression {
         Compression { level: self.config.compression_level }
     }
