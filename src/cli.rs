@@ -76,6 +76,8 @@ pub enum Command {
     /// Manage the repository's keys (passwords)
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Sizes: as restored, distinct data, and stored; for some snapshots or all
+    Stats(StatsArgs),
 }
 
 #[derive(Args, Debug)]
@@ -291,4 +293,11 @@ pub struct NewKeyArgs {
     /// argon2id passes for the new key (default 3)
     #[arg(long, hide = true, value_name = "N")]
     pub argon2_iterations: Option<u32>,
+}
+
+#[derive(Args, Debug)]
+pub struct StatsArgs {
+    /// Snapshots to count (id, unique prefix, or `latest`); all when none is given
+    #[arg(value_name = "SNAPSHOT")]
+    pub snapshots: Vec<String>,
 }

@@ -18,3 +18,4 @@ mod restore_options;
 mod roundtrip;
 mod s3;
 mod smoke;
+mod stats;

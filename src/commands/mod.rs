@@ -8,6 +8,7 @@ mod key;
 mod ls;
 mod restore;
 mod snapshots;
+mod stats;
 
 use anyhow::Result;
 
@@ -24,6 +25,7 @@ pub fn run(args: Cli) -> Result<u8> {
         Command::Dump(a) => dump::run(g, a),
         Command::Forget(a) => forget::run(g, a),
         Command::Key(c) => key::run(g, c),
+        Command::Stats(a) => stats::run(g, a),
     }
 }
 

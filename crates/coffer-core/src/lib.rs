@@ -24,6 +24,7 @@ pub mod progress;
 pub mod repo;
 pub mod restorer;
 pub mod snapshot;
+pub mod stats;
 pub mod tree;
 pub mod walk;
 
