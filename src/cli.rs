@@ -78,6 +78,8 @@ pub enum Command {
     Key(KeyCommand),
     /// Sizes: as restored, distinct data, and stored; for some snapshots or all
     Stats(StatsArgs),
+    /// Show what changed between two snapshots
+    Diff(DiffArgs),
 }
 
 #[derive(Args, Debug)]
@@ -300,4 +302,15 @@ pub struct StatsArgs {
     /// Snapshots to count (id, unique prefix, or `latest`); all when none is given
     #[arg(value_name = "SNAPSHOT")]
     pub snapshots: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct DiffArgs {
+    /// The older snapshot (id, unique prefix, or `latest`)
+    pub first: String,
+    /// The newer snapshot
+    pub second: String,
+    /// Also show entries whose metadata alone changed (U)
+    #[arg(long)]
+    pub metadata: bool,
 }

@@ -9,6 +9,7 @@ mod backup_options;
 mod cli;
 mod crypto_objects;
 mod dedup;
+mod diff;
 mod dump;
 mod errors;
 mod forget;

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 mod backup;
+mod diff;
 mod dump;
 mod forget;
 mod init;
@@ -26,6 +27,7 @@ pub fn run(args: Cli) -> Result<u8> {
         Command::Forget(a) => forget::run(g, a),
         Command::Key(c) => key::run(g, c),
         Command::Stats(a) => stats::run(g, a),
+        Command::Diff(a) => diff::run(g, a),
     }
 }
 

@@ -13,6 +13,7 @@ pub mod blob;
 pub mod chunker;
 pub mod config;
 pub mod crypto;
+pub mod diff;
 pub mod dump;
 pub mod error;
 pub mod exclude;
