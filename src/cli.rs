@@ -80,6 +80,8 @@ pub enum Command {
     Stats(StatsArgs),
     /// Show what changed between two snapshots
     Diff(DiffArgs),
+    /// Verify the repository: snapshots, trees, chunks; with --read-data, the data itself
+    Check(CheckArgs),
 }
 
 #[derive(Args, Debug)]
@@ -313,4 +315,18 @@ pub struct DiffArgs {
     /// Also show entries whose metadata alone changed (U)
     #[arg(long)]
     pub metadata: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// Also download and authenticate every chunk the snapshots reference
+    #[arg(long, conflicts_with = "read_data_subset")]
+    pub read_data: bool,
+    /// Download only a subset: N/M (chunks whose id's first byte modulo M is N-1) or P% (a random share)
+    #[arg(long, value_name = "N/M|P%", value_parser = read_subset)]
+    pub read_data_subset: Option<coffer_core::check::ReadData>,
+}
+
+fn read_subset(s: &str) -> Result<coffer_core::check::ReadData, String> {
+    s.parse().map_err(|e: coffer_core::Error| e.to_string())
 }

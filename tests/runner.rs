@@ -6,6 +6,7 @@
 mod common;
 
 mod backup_options;
+mod check;
 mod cli;
 mod crypto_objects;
 mod dedup;

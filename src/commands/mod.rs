@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 mod backup;
+mod check;
 mod diff;
 mod dump;
 mod forget;
@@ -28,6 +29,7 @@ pub fn run(args: Cli) -> Result<u8> {
         Command::Key(c) => key::run(g, c),
         Command::Stats(a) => stats::run(g, a),
         Command::Diff(a) => diff::run(g, a),
+        Command::Check(a) => check::run(g, a),
     }
 }
 

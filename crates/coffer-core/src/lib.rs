@@ -10,6 +10,7 @@
 pub mod archiver;
 pub mod backend;
 pub mod blob;
+pub mod check;
 pub mod chunker;
 pub mod config;
 pub mod crypto;
