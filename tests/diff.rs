@@ -102,3 +102,43 @@ fn reports_each_kind_of_change() {
     assert!(text.contains(&format!("M    {}/change.txt", env.src.display())), "{text}");
     assert!(text.contains("Files:   2 new, 2 removed, 1 changed"), "{text}");
 }
+
+/// Replaces the node at `path` (components below the root tree) with what
+/// `change` makes of it, storing the new trees; returns the new root id.
+fn rewrite(
+    repo: &coffer_core::Repository,
+    tree: &coffer_core::Id,
+    path: &[Vec<u8>],
+    change: &dyn Fn(&mut coffer_core::tree::Node),
+) -> coffer_core::Id {
+    let mut t = repo.load_tree(tree).unwrap();
+    let node = t.nodes.iter_mut().find(|n| n.name == path[0]).expect("path in the snapshot");
+    if path.len() == 1 {
+        change(node);
+    } else {
+        node.subtree = Some(rewrite(repo, &node.subtree.unwrap(), &path[1..], change));
+    }
+    let (id, stored) = repo.encode_tree(&t);
+    let key = coffer_core::repo::object_key(coffer_core::crypto::ObjectKind::Tree, &id);
+    repo.runtime().block_on(repo.backend().put(&key, stored)).unwrap();
+    id
+}
+
+#[test]
+fn content_change_without_metadata_change_is_flagged() {
+    let env = Env::init();
+    env.write("photo.jpg", b"original bytes");
+    env.write("other.jpg", b"different bytes");
+    let first = env.backup_json(&[])["snapshot_id"].as_str().unwrap().to_string();
+    // A snapshot where photo.jpg has other.jpg's chunks but all of its own
+    // metadata: what bit rot that the file system did not notice looks like.
+    let repo = crate::common::open_repo(&env);
+    let (_, mut snap) = repo.find_snapshot(&first).unwrap();
+    let other = crate::common::snapshot_node(&repo, &first, &env.src.join("other.jpg"));
+    let comps = coffer_core::walk::snapshot_components(&env.src.join("photo.jpg")).unwrap();
+    snap.tree = rewrite(&repo, &snap.tree, &comps, &|n| n.content = other.content.clone());
+    let second = repo.save_snapshot(&snap).unwrap().to_hex();
+    let (changes, stats) = diff(&env, &first, &second, &[]);
+    assert_eq!(changes, pairs(&[("M?", "photo.jpg")]));
+    assert_eq!(stats["changed_files"], 1);
+}
