@@ -158,13 +158,16 @@ pub struct BackupArgs {
 
 #[derive(Args, Debug)]
 pub struct SnapshotsArgs {
-    /// Only snapshots of this host
-    #[arg(long, value_name = "NAME")]
-    pub host: Option<String>,
+    /// Only snapshots of this host (repeatable: any of them)
+    #[arg(long = "host", value_name = "NAME")]
+    pub hosts: Vec<String>,
     /// Only snapshots with all of these comma-separated tags; repeat the
-    /// option to accept any of several such groups
+    /// option to accept any of several such groups ('' means untagged)
     #[arg(long = "tag", value_name = "TAG[,TAG...]")]
     pub tags: Vec<String>,
+    /// Only snapshots that include this path (repeatable: all of them)
+    #[arg(long = "path", value_name = "PATH")]
+    pub paths: Vec<String>,
 }
 
 #[derive(Args, Debug)]

@@ -42,11 +42,6 @@ struct Report<'a> {
     removed: Vec<String>,
 }
 
-/// Splits comma-separated tag lists.
-fn tag_lists(values: &[String]) -> Vec<Vec<String>> {
-    values.iter().map(|v| v.split(',').map(str::to_string).collect()).collect()
-}
-
 pub fn run(g: &GlobalArgs, a: &ForgetArgs) -> Result<u8> {
     let policy = Policy {
         last: a.keep_last,
@@ -56,10 +51,10 @@ pub fn run(g: &GlobalArgs, a: &ForgetArgs) -> Result<u8> {
         monthly: a.keep_monthly,
         yearly: a.keep_yearly,
         within: a.keep_within,
-        tags: tag_lists(&a.keep_tags),
+        tags: super::tag_lists(&a.keep_tags),
     };
     let group_by: GroupBy = a.group_by.parse()?;
-    let filter = SnapshotFilter { hosts: a.hosts.clone(), tags: tag_lists(&a.tags), paths: a.paths.clone() };
+    let filter = SnapshotFilter { hosts: a.hosts.clone(), tags: super::tag_lists(&a.tags), paths: a.paths.clone() };
     if !a.snapshots.is_empty() && !policy.is_empty() {
         bail!("give either snapshots to remove or --keep-* options, not both");
     }

@@ -38,3 +38,10 @@ pub fn print_json(value: &impl serde::Serialize) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
+
+/// Splits `--tag`-style values into tag lists: each value is one list of
+/// comma-separated tags, trimmed, as restic (`''` is the list matching
+/// untagged snapshots).
+pub fn tag_lists(values: &[String]) -> Vec<Vec<String>> {
+    values.iter().map(|v| v.split(',').map(|t| t.trim().to_string()).collect()).collect()
+}

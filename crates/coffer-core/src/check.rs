@@ -211,21 +211,33 @@ fn fetch_all(repo: &Repository, kind: ObjectKind, ids: Vec<Id>) -> Vec<(Id, Resu
     )
 }
 
+/// Plaintext bytes of chunks being downloaded or decoded at once: enough to
+/// keep many requests in flight at the average chunk size, while a run of
+/// maximum-size chunks cannot take more memory than this.
+const READ_BUDGET: u32 = 64 * 1024 * 1024;
+
 /// Downloads and authenticates chunks (decryption with the id bound, the id
 /// recomputed from the plaintext, the length the trees recorded); returns
-/// the failures. Decoding runs on rayon's pool; at most the backend's
-/// concurrency of chunks are in memory at once.
+/// the failures. Decoding runs on rayon's pool; the backend's concurrency
+/// bounds the requests in flight and [`READ_BUDGET`] the bytes.
 fn read_chunks(repo: &Repository, chunks: Vec<ChunkRef>) -> Vec<(Id, Error)> {
     let backend = repo.backend().clone();
     let keys = repo.keys().clone();
     let repo_id = *repo.repo_id();
     let max_len = repo.max_chunk_len();
     let concurrency = backend.concurrency().max(1);
+    let budget = Arc::new(tokio::sync::Semaphore::new(READ_BUDGET as usize));
     let failures: Vec<Option<(Id, Error)>> = repo.runtime().block_on(
         futures_util::stream::iter(chunks)
             .map(|chunk| {
-                let (backend, keys) = (backend.clone(), Arc::clone(&keys));
+                let (backend, keys, budget) = (backend.clone(), Arc::clone(&keys), Arc::clone(&budget));
                 async move {
+                    // Held until decoded. A chunk larger than the whole budget
+                    // waits for everything else to finish.
+                    let _permit = match budget.acquire_many_owned(chunk.1.clamp(1, READ_BUDGET)).await {
+                        Ok(p) => p,
+                        Err(e) => return Some((chunk.0, Error::InvalidInput(format!("read budget: {e}")))),
+                    };
                     let stored = match fetch(&*backend, ObjectKind::Chunk, &chunk.0).await {
                         Ok(b) => b,
                         Err(e) => return Some((chunk.0, e)),
