@@ -253,6 +253,21 @@ pub struct ForgetArgs {
     /// Keep snapshots newer than DURATION (e.g. 1y2m3d4h) before the newest snapshot
     #[arg(long, value_name = "DURATION", value_parser = keep_duration)]
     pub keep_within: Option<coffer_core::policy::Duration>,
+    /// Keep the newest snapshot of each hour among those newer than DURATION before the newest snapshot
+    #[arg(long, value_name = "DURATION", value_parser = keep_duration)]
+    pub keep_within_hourly: Option<coffer_core::policy::Duration>,
+    /// Keep the newest snapshot of each day among those newer than DURATION before the newest snapshot
+    #[arg(long, value_name = "DURATION", value_parser = keep_duration)]
+    pub keep_within_daily: Option<coffer_core::policy::Duration>,
+    /// Keep the newest snapshot of each week among those newer than DURATION before the newest snapshot
+    #[arg(long, value_name = "DURATION", value_parser = keep_duration)]
+    pub keep_within_weekly: Option<coffer_core::policy::Duration>,
+    /// Keep the newest snapshot of each month among those newer than DURATION before the newest snapshot
+    #[arg(long, value_name = "DURATION", value_parser = keep_duration)]
+    pub keep_within_monthly: Option<coffer_core::policy::Duration>,
+    /// Keep the newest snapshot of each year among those newer than DURATION before the newest snapshot
+    #[arg(long, value_name = "DURATION", value_parser = keep_duration)]
+    pub keep_within_yearly: Option<coffer_core::policy::Duration>,
     /// Keep snapshots with all of these comma-separated tags (repeatable; '' keeps untagged ones)
     #[arg(long = "keep-tag", value_name = "TAG[,TAG...]")]
     pub keep_tags: Vec<String>,

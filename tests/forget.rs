@@ -125,6 +125,28 @@ fn policy_removes_snapshot_objects_only() {
 }
 
 #[test]
+fn keep_within_daily() {
+    let env = Env::init();
+    let s = five_snapshots(&env);
+    // 10 days before 10 June 12:00 is 31 May 12:00: only 10 June is within,
+    // and it is the newest of its day.
+    let report = forget_json(&env, &["--keep-within-daily", "10d", "--dry-run"]);
+    let kept: Vec<&Value> =
+        report["groups"][0]["snapshots"].as_array().unwrap().iter().filter(|d| d["keep"] == true).collect();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0]["id"], s[4].as_str());
+    assert_eq!(kept[0]["reasons"], serde_json::json!(["daily within 10d"]));
+    // 2 months reach every snapshot: one per day (1 May twice: the newer
+    // 18:00), and the oldest, 1 May 10:00, as "oldest daily within 2m".
+    let report = forget_json(&env, &["--keep-within-daily", "2m", "--dry-run"]);
+    let removed: Vec<&str> = report["removed"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert!(removed.is_empty(), "{report:#}");
+    let oldest = report["groups"][0]["snapshots"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(oldest["id"], s[0].as_str());
+    assert_eq!(oldest["reasons"], serde_json::json!(["oldest daily within 2m"]));
+}
+
+#[test]
 fn groups_and_filters() {
     let env = Env::init();
     env.write("a.txt", b"data");

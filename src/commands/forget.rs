@@ -51,6 +51,13 @@ pub fn run(g: &GlobalArgs, a: &ForgetArgs) -> Result<u8> {
         monthly: a.keep_monthly,
         yearly: a.keep_yearly,
         within: a.keep_within,
+        within_periods: [
+            a.keep_within_hourly,
+            a.keep_within_daily,
+            a.keep_within_weekly,
+            a.keep_within_monthly,
+            a.keep_within_yearly,
+        ],
         tags: super::tag_lists(&a.keep_tags),
     };
     let group_by: GroupBy = a.group_by.parse()?;
@@ -60,7 +67,7 @@ pub fn run(g: &GlobalArgs, a: &ForgetArgs) -> Result<u8> {
     }
     if a.snapshots.is_empty() && policy.is_empty() {
         bail!(
-            "no policy given (--keep-last, --keep-daily, ... --keep-within, --keep-tag) and no snapshot named: nothing removed"
+            "no policy given (--keep-last, --keep-daily, …, --keep-within, --keep-within-daily, …, --keep-tag) and no snapshot named: nothing removed"
         );
     }
     let repo = crate::repository::open(g)?;

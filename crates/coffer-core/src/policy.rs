@@ -15,6 +15,9 @@
 //! - `within D` keeps every snapshot taken after the newest snapshot's time
 //!   minus D (calendar arithmetic, as Go's `AddDate`); snapshots dated in the
 //!   future do not count as the newest;
+//! - `within-hourly/daily/weekly/monthly/yearly D` keep the newest snapshot
+//!   of every such period among the snapshots `within D` would keep (and,
+//!   as above, the oldest of those);
 //! - `tag T` keeps every snapshot with all tags of one of the tag lists.
 //!
 //! A snapshot is kept if any rule keeps it, and every rule that does is
@@ -133,6 +136,8 @@ pub struct Policy {
     pub monthly: Count,
     pub yearly: Count,
     pub within: Option<Duration>,
+    /// `within-hourly`, `-daily`, `-weekly`, `-monthly`, `-yearly`, in that order.
+    pub within_periods: [Option<Duration>; 5],
     /// Keep snapshots that have all tags of any one of these lists. A list
     /// holding only the empty tag matches untagged snapshots.
     pub tags: Vec<Vec<String>>,
@@ -144,6 +149,7 @@ impl Policy {
     pub fn is_empty(&self) -> bool {
         self.tags.is_empty()
             && self.within.is_none_or(|d| d.is_zero())
+            && self.within_periods.iter().all(|w| w.is_none_or(|d| d.is_zero()))
             && [self.last, self.hourly, self.daily, self.weekly, self.monthly, self.yearly].iter().all(|&n| n == 0)
     }
 }
@@ -163,6 +169,11 @@ impl fmt::Display for Policy {
                 0 => {}
                 UNLIMITED => parts.push(format!("all {what}")),
                 n => parts.push(format!("{n} {what}")),
+            }
+        }
+        for (w, (what, _)) in self.within_periods.iter().zip(PERIODS) {
+            if let Some(d) = w.filter(|d| !d.is_zero()) {
+                parts.push(format!("{what} within {d}"));
             }
         }
         if let Some(d) = self.within.filter(|d| !d.is_zero()) {
@@ -241,10 +252,13 @@ pub fn apply(policy: &Policy, group: &[(SnapshotTime, &[String])], now: jiff::Ti
     let newest = group.iter().map(|(t, _)| t).filter(|t| t.instant < now).max_by_key(|t| t.instant);
     // With no snapshot in the past, everything is within (as restic, whose
     // newest time is then the zero time).
-    let within_after = policy
-        .within
-        .filter(|d| !d.is_zero())
-        .map(|d| newest.and_then(|n| d.before(n.instant, n.offset)).unwrap_or(jiff::Timestamp::MIN));
+    let cutoff = |d: Option<Duration>| {
+        d.filter(|d| !d.is_zero())
+            .map(|d| newest.and_then(|n| d.before(n.instant, n.offset)).unwrap_or(jiff::Timestamp::MIN))
+    };
+    let within_after = cutoff(policy.within);
+    let within_periods_after = policy.within_periods.map(cutoff);
+    let mut last_within_period: [Option<i64>; 5] = [None; 5];
 
     let counts = [policy.hourly, policy.daily, policy.weekly, policy.monthly, policy.yearly];
     let mut left_last = policy.last;
@@ -284,6 +298,23 @@ pub fn apply(policy: &Policy, group: &[(SnapshotTime, &[String])], now: jiff::Ti
                 if left[i] != UNLIMITED {
                     left[i] -= 1;
                 }
+            }
+        }
+        for (i, (name, period_of)) in PERIODS.iter().enumerate() {
+            let Some(after) = within_periods_after[i] else { continue };
+            if time.instant <= after {
+                continue;
+            }
+            let period = period_of(time.local);
+            let new_period = last_within_period[i] != Some(period);
+            if new_period || oldest {
+                let d = policy.within_periods[i].unwrap_or_default();
+                reasons.push(if new_period {
+                    format!("{name} within {d}")
+                } else {
+                    format!("oldest {name} within {d}")
+                });
+                last_within_period[i] = Some(period);
             }
         }
         out.push(Verdict { index, reasons });
@@ -610,6 +641,43 @@ mod tests {
         let d: Duration = "1y2m3d4h".parse().unwrap();
         let t: jiff::Timestamp = "2024-01-02T03:00:00Z".parse().unwrap();
         assert_eq!(d.before(t, Offset::UTC).unwrap().to_string(), "2022-10-29T23:00:00Z");
+    }
+
+    #[test]
+    fn keep_within_periods() {
+        // Newest is 2024-05-10 20:00. within-daily 3d reaches back to
+        // 2024-05-07 20:00 (exclusive): of the snapshots after that, the
+        // newest of each day is kept: 05-10 20:00, 05-09 18:00, 05-08 09:00.
+        // 05-07 21:00 is also after the cutoff and the newest of its day.
+        // 05-06 is outside; the oldest snapshot is outside, so not kept.
+        let snaps: [(&str, &[&str]); 7] = [
+            ("2024-05-06T12:00:00Z", &[]),
+            ("2024-05-07T21:00:00Z", &[]),
+            ("2024-05-08T09:00:00Z", &[]),
+            ("2024-05-09T08:00:00Z", &[]),
+            ("2024-05-09T18:00:00Z", &[]),
+            ("2024-05-10T07:00:00Z", &[]),
+            ("2024-05-10T20:00:00Z", &[]),
+        ];
+        let p = Policy { within_periods: [None, Some("3d".parse().unwrap()), None, None, None], ..Policy::default() };
+        let k = kept(&p, &snaps);
+        assert_eq!(
+            times(&k),
+            ["2024-05-10T20:00:00Z", "2024-05-09T18:00:00Z", "2024-05-08T09:00:00Z", "2024-05-07T21:00:00Z"]
+        );
+        assert!(k.iter().all(|(_, r)| r == &["daily within 3d"]), "{k:?}");
+        // within-monthly 1y keeps one per month and, as the oldest snapshot
+        // is within and shares a month already kept, the oldest as well.
+        let p = Policy { within_periods: [None, None, None, Some("1y".parse().unwrap()), None], ..Policy::default() };
+        let k = kept(&p, &snaps);
+        assert_eq!(
+            k,
+            vec![
+                ("2024-05-10T20:00:00Z".to_string(), vec!["monthly within 1y".to_string()]),
+                ("2024-05-06T12:00:00Z".to_string(), vec!["oldest monthly within 1y".to_string()]),
+            ]
+        );
+        assert!(!p.is_empty());
     }
 
     #[test]
