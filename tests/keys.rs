@@ -143,3 +143,22 @@ fn new_password_must_be_given_and_not_empty() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("empty password"));
     assert_eq!(keys_json(&env, crate::common::PASSWORD).len(), 1);
 }
+
+#[test]
+fn keys_over_s3() {
+    use crate::common::s3::{self, S3Server};
+    let server = S3Server::start();
+    let url = server.url("bucket/repo");
+    let env = Env::new();
+    s3::coffer(&env, &url).args(["init"]).args(CHEAP).assert().success();
+    let file = password_file(&env, "new-password", OTHER);
+    s3::coffer(&env, &url).args(["key", "passwd", "--new-password-file", &file]).args(CHEAP).assert().success();
+    let keys: Vec<String> = server.keys("bucket").into_iter().filter(|k| k.starts_with("repo/keys/")).collect();
+    assert_eq!(keys.len(), 1, "the old key is removed: {keys:?}");
+    let out = s3::coffer(&env, &url).args(["snapshots"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(12), "the old password no longer opens");
+    let out = s3::coffer(&env, &url).env("COFFER_PASSWORD", OTHER).args(["key", "list", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let listed: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(format!("repo/keys/{}", listed[0]["id"].as_str().unwrap()), keys[0]);
+}
