@@ -228,8 +228,8 @@ impl Repository {
         if password.is_empty() {
             return Err(Error::InvalidInput("an empty password is not allowed".into()));
         }
-        let user = crate::metadata::OwnerNames::default().user(nix::unistd::geteuid().as_raw()).unwrap_or_default();
-        let envelope = KeyEnvelope::seal(self.keys(), password, params, &crate::repo::host_name(), &user)?;
+        let envelope =
+            KeyEnvelope::seal(self.keys(), password, params, &crate::repo::host_name(), &crate::repo::user_name())?;
         let name = KeyEnvelope::new_name();
         self.runtime().block_on(async {
             self.backend().put(&name, envelope.to_bytes()).await?;

@@ -98,6 +98,11 @@ pub(crate) fn host_name() -> String {
     nix::unistd::gethostname().ok().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
+/// This process's user name, as recorded in key envelopes.
+pub(crate) fn user_name() -> String {
+    crate::metadata::OwnerNames::default().user(nix::unistd::geteuid().as_raw()).unwrap_or_default()
+}
+
 impl Repository {
     /// Creates a new repository with one key for `password`.
     pub fn init(backend: Arc<dyn Backend>, password: &[u8], options: &InitOptions) -> Result<Repository> {
@@ -131,8 +136,7 @@ impl Repository {
         let header = ConfigHeader { version: config::FORMAT_VERSION, repo_id };
         let config = ConfigBody::new(options.chunker.clone());
         let host = host_name();
-        let user = crate::metadata::OwnerNames::default().user(nix::unistd::geteuid().as_raw()).unwrap_or_default();
-        let envelope = KeyEnvelope::seal(&keys, password, options.kdf, &host, &user)?;
+        let envelope = KeyEnvelope::seal(&keys, password, options.kdf, &host, &user_name())?;
         let key_name = KeyEnvelope::new_name();
         let config_bytes = config.encode(&keys, &header);
         runtime.block_on(async {
