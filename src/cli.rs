@@ -77,6 +77,17 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Write a file of a snapshot to standard output, or a folder as a tar archive
     Dump(DumpArgs),
+    /// Remove snapshots, named or by a retention policy (their data stays until a prune)
+    Forget(ForgetArgs),
+    /// Manage the repository's keys (passwords)
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Sizes: as restored, distinct data, and stored; for some snapshots or all
+    Stats(StatsArgs),
+    /// Show what changed between two snapshots
+    Diff(DiffArgs),
+    /// Verify the repository: snapshots, trees, chunks; with --read-data, the data itself
+    Check(CheckArgs),
 }
 
 #[derive(Args, Debug)]
@@ -146,17 +157,23 @@ pub struct BackupArgs {
     /// Do everything but write to the repository
     #[arg(short = 'n', long)]
     pub dry_run: bool,
+    /// Record this time instead of now: `YYYY-MM-DD HH:MM:SS` (local time) or RFC 3339; not in the future
+    #[arg(long, value_name = "TIME")]
+    pub time: Option<String>,
 }
 
 #[derive(Args, Debug)]
 pub struct SnapshotsArgs {
-    /// Only snapshots of this host
-    #[arg(long, value_name = "NAME")]
-    pub host: Option<String>,
+    /// Only snapshots of this host (repeatable: any of them)
+    #[arg(long = "host", value_name = "NAME")]
+    pub hosts: Vec<String>,
     /// Only snapshots with all of these comma-separated tags; repeat the
-    /// option to accept any of several such groups
+    /// option to accept any of several such groups ('' means untagged)
     #[arg(long = "tag", value_name = "TAG[,TAG...]")]
     pub tags: Vec<String>,
+    /// Only snapshots that include this path (repeatable: all of them)
+    #[arg(long = "path", value_name = "PATH")]
+    pub paths: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -206,4 +223,134 @@ pub struct DumpArgs {
     /// Write to this file instead of standard output
     #[arg(short, long, value_name = "FILE")]
     pub target: Option<PathBuf>,
+}
+
+fn keep_count(s: &str) -> Result<u32, String> {
+    coffer_core::policy::parse_count(s).map_err(|e| e.to_string())
+}
+
+fn keep_duration(s: &str) -> Result<coffer_core::policy::Duration, String> {
+    s.parse().map_err(|e: coffer_core::Error| e.to_string())
+}
+
+#[derive(Args, Debug)]
+pub struct ForgetArgs {
+    /// Snapshots to remove (id, unique id prefix, or `latest`); not combined with --keep-*
+    #[arg(value_name = "SNAPSHOT")]
+    pub snapshots: Vec<String>,
+    /// Keep the N newest snapshots (`unlimited`: all)
+    #[arg(short = 'l', long, value_name = "N", default_value = "0", value_parser = keep_count)]
+    pub keep_last: u32,
+    /// Keep the newest snapshot of each of the last N hours that have one
+    #[arg(short = 'H', long, value_name = "N", default_value = "0", value_parser = keep_count)]
+    pub keep_hourly: u32,
+    /// Keep the newest snapshot of each of the last N days that have one
+    #[arg(short = 'd', long, value_name = "N", default_value = "0", value_parser = keep_count)]
+    pub keep_daily: u32,
+    /// Keep the newest snapshot of each of the last N weeks (Monday to Sunday) that have one
+    #[arg(short = 'w', long, value_name = "N", default_value = "0", value_parser = keep_count)]
+    pub keep_weekly: u32,
+    /// Keep the newest snapshot of each of the last N months that have one
+    #[arg(short = 'm', long, value_name = "N", default_value = "0", value_parser = keep_count)]
+    pub keep_monthly: u32,
+    /// Keep the newest snapshot of each of the last N years that have one
+    #[arg(short = 'y', long, value_name = "N", default_value = "0", value_parser = keep_count)]
+    pub keep_yearly: u32,
+    /// Keep snapshots newer than DURATION (e.g. 1y2m3d4h) before the newest snapshot
+    #[arg(long, value_name = "DURATION", value_parser = keep_duration)]
+    pub keep_within: Option<coffer_core::policy::Duration>,
+    /// Keep the newest snapshot of each hour among those newer than DURATION before the newest snapshot
+    #[arg(long, value_name = "DURATION", value_parser = keep_duration)]
+    pub keep_within_hourly: Option<coffer_core::policy::Duration>,
+    /// Keep the newest snapshot of each day among those newer than DURATION before the newest snapshot
+    #[arg(long, value_name = "DURATION", value_parser = keep_duration)]
+    pub keep_within_daily: Option<coffer_core::policy::Duration>,
+    /// Keep the newest snapshot of each week among those newer than DURATION before the newest snapshot
+    #[arg(long, value_name = "DURATION", value_parser = keep_duration)]
+    pub keep_within_weekly: Option<coffer_core::policy::Duration>,
+    /// Keep the newest snapshot of each month among those newer than DURATION before the newest snapshot
+    #[arg(long, value_name = "DURATION", value_parser = keep_duration)]
+    pub keep_within_monthly: Option<coffer_core::policy::Duration>,
+    /// Keep the newest snapshot of each year among those newer than DURATION before the newest snapshot
+    #[arg(long, value_name = "DURATION", value_parser = keep_duration)]
+    pub keep_within_yearly: Option<coffer_core::policy::Duration>,
+    /// Keep snapshots with all of these comma-separated tags (repeatable; '' keeps untagged ones)
+    #[arg(long = "keep-tag", value_name = "TAG[,TAG...]")]
+    pub keep_tags: Vec<String>,
+    /// Only consider snapshots of this host (repeatable)
+    #[arg(long = "host", value_name = "NAME")]
+    pub hosts: Vec<String>,
+    /// Only consider snapshots with all of these comma-separated tags (repeatable: any of the lists)
+    #[arg(long = "tag", value_name = "TAG[,TAG...]")]
+    pub tags: Vec<String>,
+    /// Only consider snapshots that include this path (repeatable: all of them)
+    #[arg(long = "path", value_name = "PATH")]
+    pub paths: Vec<String>,
+    /// Apply the policy separately to each group of snapshots sharing these fields: host, paths, tags, or '' for one group
+    #[arg(short = 'g', long, value_name = "FIELDS", default_value = "host,paths")]
+    pub group_by: String,
+    /// Show what would be removed and why the rest is kept, remove nothing
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCommand {
+    /// Add a key: a new password for the same repository
+    Add(NewKeyArgs),
+    /// List the keys; `*` marks the one the password given opens
+    List,
+    /// Remove a key (not the one in use, and never the last)
+    Remove {
+        /// Key id, or a unique prefix of it
+        #[arg(value_name = "ID")]
+        id: String,
+    },
+    /// Change the password: add a key for the new password, then remove the one in use
+    Passwd(NewKeyArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct NewKeyArgs {
+    /// Read the new password from the first line of this file (default: ask on the terminal)
+    #[arg(long, value_name = "FILE")]
+    pub new_password_file: Option<PathBuf>,
+    /// argon2id memory in KiB for the new key (default 65536)
+    #[arg(long, hide = true, value_name = "KIB")]
+    pub argon2_memory: Option<u32>,
+    /// argon2id passes for the new key (default 3)
+    #[arg(long, hide = true, value_name = "N")]
+    pub argon2_iterations: Option<u32>,
+}
+
+#[derive(Args, Debug)]
+pub struct StatsArgs {
+    /// Snapshots to count (id, unique prefix, or `latest`); all when none is given
+    #[arg(value_name = "SNAPSHOT")]
+    pub snapshots: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct DiffArgs {
+    /// The older snapshot (id, unique prefix, or `latest`)
+    pub first: String,
+    /// The newer snapshot
+    pub second: String,
+    /// Also show entries whose metadata alone changed (U)
+    #[arg(long)]
+    pub metadata: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// Also download and authenticate every chunk the snapshots reference
+    #[arg(long, conflicts_with = "read_data_subset")]
+    pub read_data: bool,
+    /// Download only a subset: N/M (chunks whose id's first byte modulo M is N-1) or P% (a random share)
+    #[arg(long, value_name = "N/M|P%", value_parser = read_subset)]
+    pub read_data_subset: Option<coffer_core::check::ReadData>,
+}
+
+fn read_subset(s: &str) -> Result<coffer_core::check::ReadData, String> {
+    s.parse().map_err(|e: coffer_core::Error| e.to_string())
 }

@@ -53,3 +53,30 @@ pub fn read(global: &GlobalArgs, confirm: bool) -> Result<Zeroizing<String>> {
     }
     Ok(pw)
 }
+
+/// Reads a new password (`key add`, `key passwd`): the first line of `file`,
+/// or asked twice on the terminal. Empty passwords are refused.
+pub fn read_new(file: Option<&std::path::Path>) -> Result<Zeroizing<String>> {
+    let pw = if let Some(path) = file {
+        let text = Zeroizing::new(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading the new password file {}", path.display()))?,
+        );
+        Zeroizing::new(first_line(&text).to_string())
+    } else {
+        if !std::io::stdin().is_terminal() {
+            bail!("no new password given: use --new-password-file FILE, or run on a terminal");
+        }
+        let pw = Zeroizing::new(rpassword::prompt_password("New password: ").context("reading the password")?);
+        let again =
+            Zeroizing::new(rpassword::prompt_password("Repeat the new password: ").context("reading the password")?);
+        if *pw != *again {
+            bail!("the two passwords differ");
+        }
+        pw
+    };
+    if pw.is_empty() {
+        bail!("an empty password is not allowed");
+    }
+    Ok(pw)
+}

@@ -183,6 +183,23 @@ fn tags_and_hosts() {
 }
 
 #[test]
+fn snapshot_filters_follow_restic() {
+    let env = Env::init();
+    env.write("a.txt", b"a");
+    let tagged = env.backup_json(&["--tag", "x", "--host", "one"])["snapshot_id"].as_str().unwrap().to_string();
+    let plain = env.backup_json(&["--host", "two"])["snapshot_id"].as_str().unwrap().to_string();
+    // The empty tag selects untagged snapshots; tags are trimmed.
+    assert_eq!(filtered(&env, &["--tag", ""]), std::slice::from_ref(&plain));
+    assert_eq!(filtered(&env, &["--tag", " x "]), std::slice::from_ref(&tagged));
+    // Repeated hosts: any of them.
+    assert_eq!(filtered(&env, &["--host", "one", "--host", "two"]), [tagged.clone(), plain.clone()]);
+    // Paths: snapshots that include every path given.
+    let src = env.src.to_string_lossy().into_owned();
+    assert_eq!(filtered(&env, &["--path", &src]).len(), 2);
+    assert!(filtered(&env, &["--path", &src, "--path", "/elsewhere"]).is_empty());
+}
+
+#[test]
 fn snapshots_tag_filter_accepts_a_comma_list() {
     // As restic: `--tag b,c` selects snapshots that have both tags.
     let env = Env::init();

@@ -6,13 +6,18 @@
 mod common;
 
 mod backup_options;
+mod check;
 mod cli;
 mod crypto_objects;
 mod dedup;
+mod diff;
 mod dump;
 mod errors;
+mod forget;
+mod keys;
 mod privacy;
 mod restore_options;
 mod roundtrip;
 mod s3;
 mod smoke;
+mod stats;

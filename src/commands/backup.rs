@@ -43,6 +43,7 @@ pub fn run(g: &GlobalArgs, a: &BackupArgs) -> Result<u8> {
     if let Some(size) = &a.exclude_larger_than {
         excludes = excludes.larger_than(coffer_core::exclude::parse_size(size)?);
     }
+    let time = a.time.as_deref().map(parse_time).transpose()?;
     let repo = crate::repository::open(g)?;
     let parent = if a.force {
         ParentChoice::None
@@ -60,6 +61,7 @@ pub fn run(g: &GlobalArgs, a: &BackupArgs) -> Result<u8> {
         host: a.host.clone(),
         parent,
         dry_run: a.dry_run,
+        time,
         ..BackupOptions::default()
     };
     let start = Instant::now();
@@ -102,6 +104,21 @@ pub fn run(g: &GlobalArgs, a: &BackupArgs) -> Result<u8> {
         return Ok(exit::PARTIAL);
     }
     Ok(exit::OK)
+}
+
+/// Parses `--time`: RFC 3339 (its offset is kept), or restic's
+/// `YYYY-MM-DD HH:MM:SS` in the local time zone.
+fn parse_time(s: &str) -> Result<jiff::ZonedDateTime> {
+    if let Ok(ts) = s.parse::<jiff::Timestamp>() {
+        let offset = jiff::fmt::temporal::Pieces::parse(s)
+            .ok()
+            .and_then(|p| p.to_numeric_offset())
+            .unwrap_or(jiff::tz::Offset::UTC);
+        return Ok(ts.to_zoned_datetime(jiff::tz::TimeZone::fixed(offset)));
+    }
+    let local = jiff::civil::DateTime::strptime("%Y-%m-%d %H:%M:%S", s)
+        .with_context(|| format!("--time {s:?}: expected YYYY-MM-DD HH:MM:SS or an RFC 3339 time"))?;
+    Ok(local.to_zoned_datetime(jiff::tz::TimeZone::system())?)
 }
 
 /// Reads a `--files-from` list: one path per line; blank lines and lines

@@ -1,11 +1,16 @@
 //! One module per subcommand.
 
 mod backup;
+mod check;
+mod diff;
 mod dump;
+mod forget;
 mod init;
+mod key;
 mod ls;
 mod restore;
 mod snapshots;
+mod stats;
 
 use anyhow::Result;
 
@@ -20,6 +25,11 @@ pub fn run(args: Cli) -> Result<u8> {
         Command::Ls(a) => ls::run(g, a),
         Command::Restore(a) => restore::run(g, a),
         Command::Dump(a) => dump::run(g, a),
+        Command::Forget(a) => forget::run(g, a),
+        Command::Key(c) => key::run(g, c),
+        Command::Stats(a) => stats::run(g, a),
+        Command::Diff(a) => diff::run(g, a),
+        Command::Check(a) => check::run(g, a),
     }
 }
 
@@ -27,4 +37,11 @@ pub fn run(args: Cli) -> Result<u8> {
 pub fn print_json(value: &impl serde::Serialize) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
+}
+
+/// Splits `--tag`-style values into tag lists: each value is one list of
+/// comma-separated tags, trimmed, as restic (`''` is the list matching
+/// untagged snapshots).
+pub fn tag_lists(values: &[String]) -> Vec<Vec<String>> {
+    values.iter().map(|v| v.split(',').map(|t| t.trim().to_string()).collect()).collect()
 }

@@ -1,4 +1,5 @@
 use anyhow::Result;
+use coffer_core::snapshot::SnapshotFilter;
 use serde::Serialize;
 
 use crate::cli::{GlobalArgs, SnapshotsArgs};
@@ -16,7 +17,8 @@ struct Listed<'a> {
 pub fn run(g: &GlobalArgs, a: &SnapshotsArgs) -> Result<u8> {
     let repo = crate::repository::open(g)?;
     let mut snaps = repo.snapshots()?;
-    snaps.retain(|(_, s)| a.host.as_ref().is_none_or(|h| &s.host == h) && tags_match(&a.tags, &s.tags));
+    let filter = SnapshotFilter { hosts: a.hosts.clone(), tags: super::tag_lists(&a.tags), paths: a.paths.clone() };
+    snaps.retain(|(_, s)| filter.matches(s));
     if g.json {
         let list: Vec<Listed> =
             snaps.iter().map(|(id, s)| Listed { id: id.to_hex(), short_id: id.short(), snapshot: s }).collect();
@@ -39,27 +41,4 @@ pub fn run(g: &GlobalArgs, a: &SnapshotsArgs) -> Result<u8> {
     print!("{}", table(&["ID", "Time", "Host", "Tags", "Paths", "Size"], &rows));
     println!("{} snapshots", snaps.len());
     Ok(exit::OK)
-}
-
-/// restic's tag filter: each option value is a comma-separated group that a
-/// snapshot must have all of; any one group matching is enough.
-fn tags_match(groups: &[String], tags: &[String]) -> bool {
-    groups.is_empty()
-        || groups
-            .iter()
-            .any(|group| group.split(',').filter(|t| !t.is_empty()).all(|t| tags.iter().any(|have| have == t)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::tags_match;
-
-    #[test]
-    fn tag_groups() {
-        let tags = vec!["a".to_string(), "b".to_string()];
-        assert!(tags_match(&[], &tags));
-        assert!(tags_match(&["a,b".into()], &tags));
-        assert!(!tags_match(&["a,c".into()], &tags));
-        assert!(tags_match(&["a,c".into(), "b".into()], &tags));
-    }
 }

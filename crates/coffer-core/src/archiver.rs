@@ -67,6 +67,11 @@ pub struct BackupOptions {
     /// Do not descend into directories on other file systems (mount points
     /// are kept, empty).
     pub one_file_system: bool,
+    /// The time to record instead of the backup's start (importing old
+    /// backups, tests of retention). Never in the future: the next backup
+    /// trusts files modified before its parent's time (see
+    /// [`TIMESTAMP_GRANULARITY_S`]), so a future time could hide a change.
+    pub time: Option<jiff::ZonedDateTime>,
 }
 
 /// Which file attributes tell that a file changed since the parent snapshot.
@@ -96,6 +101,7 @@ impl Default for BackupOptions {
             bytes_in_flight: 32 * 1024 * 1024,
             change: ChangeDetection::default(),
             one_file_system: false,
+            time: None,
         }
     }
 }
@@ -582,6 +588,11 @@ pub fn backup(repo: &Repository, options: &BackupOptions, progress: &dyn Progres
     // The snapshot's time is when the backup started: every file was read
     // after it, which is what the next backup's racy-timestamp check needs.
     let started_at = jiff::ZonedDateTime::now();
+    if let Some(t) = &options.time
+        && t.timestamp() > started_at.timestamp()
+    {
+        return Err(Error::InvalidInput(format!("the snapshot time {t} is in the future")));
+    }
     let paths = resolve_paths(&options.paths)?;
     let path_strings: Vec<String> = paths.iter().map(|p| p.to_string_lossy().into_owned()).collect();
     let host = options.host.clone().unwrap_or_else(crate::repo::host_name);
@@ -675,7 +686,7 @@ pub fn backup(repo: &Repository, options: &BackupOptions, progress: &dyn Progres
     summary.trees_added = up.trees_added.load(Ordering::Relaxed);
     summary.duration_ms = start.elapsed().as_millis() as u64;
 
-    let now = started_at;
+    let now = options.time.clone().unwrap_or(started_at);
     let euid = nix::unistd::geteuid();
     let snapshot = Snapshot {
         version: SNAPSHOT_VERSION,

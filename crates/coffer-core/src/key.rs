@@ -11,6 +11,7 @@ use zeroize::Zeroizing;
 use crate::crypto::{self, AEAD_KEY_LEN, Keys, MASTER_KEY_LEN, NONCE_LEN, TAG_LEN};
 use crate::error::{Error, Result};
 use crate::id::Id;
+use crate::repo::Repository;
 
 pub const ENVELOPE_VERSION: u32 = 1;
 pub const KDF_ARGON2ID: &str = "argon2id";
@@ -173,6 +174,123 @@ impl KeyEnvelope {
     /// A fresh name for a new key.
     pub fn new_name() -> String {
         format!("keys/{}", Id::random().to_hex())
+    }
+}
+
+/// A key as `key list` shows it.
+#[derive(Clone, Debug)]
+pub struct KeyInfo {
+    /// The object name, `keys/<id>`.
+    pub name: String,
+    /// `None` when the envelope does not parse.
+    pub envelope: Option<KeyEnvelope>,
+}
+
+impl KeyInfo {
+    /// The id part of the name.
+    pub fn id(&self) -> &str {
+        self.name.strip_prefix("keys/").unwrap_or(&self.name)
+    }
+}
+
+/// Managing the keys (passwords) of an open repository. A new key seals the
+/// same master key, so every key opens the same data; removing keys is
+/// guarded so that the repository never loses its last way in.
+impl Repository {
+    /// Every key, sorted by name.
+    pub fn list_keys(&self) -> Result<Vec<KeyInfo>> {
+        let backend = self.backend();
+        self.runtime().block_on(async {
+            let mut names: Vec<String> = backend
+                .list("keys/")
+                .await?
+                .into_iter()
+                .map(|e| e.key)
+                .filter(|k| k.strip_prefix("keys/").and_then(Id::from_hex).is_some())
+                .collect();
+            names.sort();
+            let mut out = Vec::new();
+            for name in names {
+                let bytes = match backend.get(&name).await {
+                    Ok(b) => b,
+                    Err(e) if e.is_not_found() => continue,
+                    Err(e) => return Err(e.into()),
+                };
+                let envelope = KeyEnvelope::from_bytes(&name, &bytes).ok();
+                out.push(KeyInfo { name, envelope });
+            }
+            Ok(out)
+        })
+    }
+
+    /// Adds a key for `password`; returns its name. Durable when this returns.
+    pub fn add_key(&self, password: &[u8], params: KdfParams) -> Result<String> {
+        if password.is_empty() {
+            return Err(Error::InvalidInput("an empty password is not allowed".into()));
+        }
+        let envelope =
+            KeyEnvelope::seal(self.keys(), password, params, &crate::repo::host_name(), &crate::repo::user_name())?;
+        let name = KeyEnvelope::new_name();
+        self.runtime().block_on(async {
+            self.backend().put(&name, envelope.to_bytes()).await?;
+            self.backend().sync().await
+        })?;
+        Ok(name)
+    }
+
+    /// Finds a key by id or unique id prefix.
+    pub fn find_key(&self, spec: &str) -> Result<KeyInfo> {
+        let prefix = spec.strip_prefix("keys/").unwrap_or(spec).to_ascii_lowercase();
+        if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::InvalidInput(format!("{spec:?} is not a key id")));
+        }
+        let mut found: Vec<KeyInfo> = self.list_keys()?.into_iter().filter(|k| k.id().starts_with(&prefix)).collect();
+        match found.len() {
+            1 => Ok(found.remove(0)),
+            0 => Err(Error::InvalidInput(format!("no key matches {spec:?}"))),
+            n => Err(Error::InvalidInput(format!("{spec:?} matches {n} keys; give more digits"))),
+        }
+    }
+
+    /// Removes a key. Refuses the repository's last key and the key this
+    /// repository was opened with (remove it with another password, so that
+    /// the person proves they still hold one).
+    pub fn remove_key(&self, name: &str) -> Result<()> {
+        let keys = self.list_keys()?;
+        if !keys.iter().any(|k| k.name == name) {
+            return Err(Error::InvalidInput(format!("there is no key {name}")));
+        }
+        if keys.len() == 1 {
+            return Err(Error::InvalidInput(format!(
+                "refusing to remove {name}: it is the repository's only key, and without a key nothing in it can be read"
+            )));
+        }
+        if name == self.key_name() {
+            return Err(Error::InvalidInput(format!(
+                "refusing to remove {name}: it is the key in use (the password given opens it); \
+                 remove it with another key's password, or use `key passwd` to replace it"
+            )));
+        }
+        self.delete_key_object(name)
+    }
+
+    /// Replaces the key in use by a new one for `password`: the new key is
+    /// written and made durable first, then the old one is removed, so an
+    /// interruption leaves both keys, never none. Returns the new key's name.
+    pub fn change_password(&mut self, password: &[u8], params: KdfParams) -> Result<String> {
+        let old = self.key_name().to_string();
+        let new = self.add_key(password, params)?;
+        self.set_key_name(new.clone());
+        self.delete_key_object(&old)?;
+        Ok(new)
+    }
+
+    fn delete_key_object(&self, name: &str) -> Result<()> {
+        self.runtime().block_on(async {
+            self.backend().delete(name).await?;
+            self.backend().sync().await
+        })?;
+        Ok(())
     }
 }
 

@@ -100,6 +100,11 @@ pub(crate) fn host_name() -> String {
     nix::unistd::gethostname().ok().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
+/// This process's user name, as recorded in key envelopes.
+pub(crate) fn user_name() -> String {
+    crate::metadata::OwnerNames::default().user(nix::unistd::geteuid().as_raw()).unwrap_or_default()
+}
+
 impl Repository {
     /// Creates a new repository with one key for `password`.
     pub fn init(backend: Arc<dyn Backend>, password: &[u8], options: &InitOptions) -> Result<Repository> {
@@ -133,8 +138,7 @@ impl Repository {
         let header = ConfigHeader { version: config::FORMAT_VERSION, repo_id };
         let config = ConfigBody::new(options.chunker.clone());
         let host = host_name();
-        let user = crate::metadata::OwnerNames::default().user(nix::unistd::geteuid().as_raw()).unwrap_or_default();
-        let envelope = KeyEnvelope::seal(&keys, password, options.kdf, &host, &user)?;
+        let envelope = KeyEnvelope::seal(&keys, password, options.kdf, &host, &user_name())?;
         let key_name = KeyEnvelope::new_name();
         let config_bytes = config.encode(&keys, &header);
         runtime.block_on(async {
@@ -270,6 +274,10 @@ impl Repository {
         &self.key_name
     }
 
+    pub(crate) fn set_key_name(&mut self, name: String) {
+        self.key_name = name;
+    }
+
     pub fn compression(&self) -> Compression {
         Compression { level: self.config.compression_level }
     }
@@ -373,6 +381,16 @@ impl Repository {
             self.backend.sync().await
         })?;
         Ok(id)
+    }
+
+    /// Deletes a snapshot object (what `forget` does; the data it references
+    /// stays until a prune). Durable when this returns.
+    pub fn remove_snapshot(&self, id: &Id) -> Result<()> {
+        self.runtime.block_on(async {
+            self.backend.delete(&object_key(ObjectKind::Snapshot, id)).await?;
+            self.backend.sync().await
+        })?;
+        Ok(())
     }
 
     /// Every snapshot, oldest first. Damaged snapshots are an error: a

@@ -77,6 +77,29 @@ impl Snapshot {
     }
 }
 
+/// restic's snapshot filter (`--host`, `--tag`, `--path`): a snapshot
+/// passes if its host is one of the hosts, it has every tag of one of the
+/// tag lists (the empty tag matching untagged snapshots), and it has every
+/// path. An empty criterion passes everything.
+#[derive(Clone, Debug, Default)]
+pub struct SnapshotFilter {
+    pub hosts: Vec<String>,
+    pub tags: Vec<Vec<String>>,
+    pub paths: Vec<String>,
+}
+
+impl SnapshotFilter {
+    pub fn is_empty(&self) -> bool {
+        self.hosts.is_empty() && self.tags.is_empty() && self.paths.is_empty()
+    }
+
+    pub fn matches(&self, s: &Snapshot) -> bool {
+        (self.hosts.is_empty() || self.hosts.contains(&s.host))
+            && (self.tags.is_empty() || self.tags.iter().any(|list| crate::policy::has_tags(&s.tags, list)))
+            && self.paths.iter().all(|p| s.paths.contains(p))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,6 +131,24 @@ mod tests {
         let mut bad = sample();
         bad.time = "yesterday".into();
         assert!(Snapshot::from_bytes("s", &bad.to_bytes()).is_err());
+    }
+
+    #[test]
+    fn filters() {
+        let s = sample();
+        let f = |hosts: &[&str], tags: &[&[&str]], paths: &[&str]| SnapshotFilter {
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            tags: tags.iter().map(|l| l.iter().map(|t| t.to_string()).collect()).collect(),
+            paths: paths.iter().map(|p| p.to_string()).collect(),
+        };
+        assert!(f(&[], &[], &[]).matches(&s));
+        assert!(f(&["x", "laptop"], &[], &[]).matches(&s));
+        assert!(!f(&["x"], &[], &[]).matches(&s));
+        assert!(f(&[], &[&["nope"], &["photos"]], &[]).matches(&s));
+        assert!(!f(&[], &[&["photos", "nope"]], &[]).matches(&s));
+        assert!(!f(&[], &[&[""]], &[]).matches(&s), "the empty tag matches only untagged snapshots");
+        assert!(f(&[], &[], &["/home/ana/Pictures"]).matches(&s));
+        assert!(!f(&[], &[], &["/home/ana/Pictures", "/etc"]).matches(&s));
     }
 
     proptest! {

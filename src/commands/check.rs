@@ -1,0 +1,54 @@
+//! `coffer check`: verify the repository and name what damage affects.
+
+use anyhow::Result;
+use coffer_core::check::ReadData;
+
+use crate::cli::{CheckArgs, GlobalArgs};
+use crate::exit;
+
+/// Paths listed per damaged object in the text report; `--json` has all.
+const USAGES_SHOWN: usize = 20;
+
+pub fn run(g: &GlobalArgs, a: &CheckArgs) -> Result<u8> {
+    let read = match (a.read_data, a.read_data_subset) {
+        (_, Some(subset)) => subset,
+        (true, None) => ReadData::All,
+        (false, None) => ReadData::None,
+    };
+    let repo = crate::repository::open(g)?;
+    let report = coffer_core::check::check(&repo, read)?;
+    if g.json {
+        super::print_json(&report)?;
+    } else {
+        if !g.quiet {
+            println!(
+                "checked {} snapshots, {} trees, {} chunks{}",
+                report.snapshots,
+                report.trees,
+                report.chunks,
+                if read == ReadData::None { String::new() } else { format!(" ({} chunks read)", report.chunks_read) }
+            );
+        }
+        for d in &report.damage {
+            eprintln!("error: {} {} is {}", d.kind, d.id, d.problem);
+            for u in d.used_by.iter().take(USAGES_SHOWN) {
+                eprintln!("  used by snapshot {} at {}", u.snapshot.short(), u.path);
+            }
+            if d.used_by.len() > USAGES_SHOWN {
+                eprintln!("  and {} more", d.used_by.len() - USAGES_SHOWN);
+            }
+        }
+        let (t, c) = (report.unreferenced_trees.len(), report.unreferenced_chunks.len());
+        if !g.quiet && t + c > 0 {
+            println!("info: {t} trees and {c} chunks are not referenced by any snapshot (a prune removes them)");
+        }
+        if report.is_clean() {
+            if !g.quiet {
+                println!("no errors were found");
+            }
+        } else {
+            eprintln!("{} objects are damaged or missing", report.damage.len());
+        }
+    }
+    Ok(if report.is_clean() { exit::OK } else { exit::FATAL })
+}

@@ -1,0 +1,235 @@
+//! `coffer check`: a clean repository passes, and each kind of damage is
+//! found and named with the object and the snapshots and paths it affects.
+
+use std::path::PathBuf;
+
+use coffer_core::Id;
+use coffer_core::crypto::ObjectKind;
+use serde_json::Value;
+
+use crate::common::{Env, object_file, open_repo, random_bytes, snapshot_node};
+
+/// Runs `check --json` with extra arguments; returns the exit code and report.
+fn check(env: &Env, args: &[&str]) -> (i32, Value) {
+    let out = env.coffer().args(["check", "--json"]).args(args).output().unwrap();
+    let report = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("check JSON: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.code().unwrap_or(-1), report)
+}
+
+/// A repository with two folders of one file each (one chunk per file) and
+/// two snapshots of them.
+fn setup() -> (Env, Vec<String>) {
+    let env = Env::init();
+    env.write("dir_a/f1.bin", &random_bytes(200_000, 1));
+    env.write("dir_b/f2.bin", &random_bytes(200_000, 2));
+    let a = env.backup_json(&[])["snapshot_id"].as_str().unwrap().to_string();
+    let b = env.backup_json(&["--force"])["snapshot_id"].as_str().unwrap().to_string();
+    (env, vec![a, b])
+}
+
+/// The only chunk of a file in the latest snapshot.
+fn chunk_of(env: &Env, rel: &str) -> Id {
+    let node = snapshot_node(&open_repo(env), "latest", &env.src.join(rel));
+    assert_eq!(node.content.len(), 1);
+    node.content[0].0
+}
+
+fn subtree_of(env: &Env, rel: &str) -> Id {
+    snapshot_node(&open_repo(env), "latest", &env.src.join(rel)).subtree.expect("a folder")
+}
+
+fn chunk_file(env: &Env, id: &Id) -> PathBuf {
+    object_file(&env.repo, ObjectKind::Chunk, id)
+}
+
+/// The single damaged object of a report, checked to be `kind` `id`.
+fn only_damage<'a>(report: &'a Value, kind: &str, id: &Id) -> &'a Value {
+    let damage = report["damage"].as_array().expect("damage list");
+    assert_eq!(damage.len(), 1, "{report:#}");
+    assert_eq!(damage[0]["kind"], kind, "{report:#}");
+    assert_eq!(damage[0]["id"], id.to_hex().as_str(), "{report:#}");
+    &damage[0]
+}
+
+/// The (snapshot, path) pairs of a damage entry.
+fn used_by(damage: &Value) -> Vec<(String, String)> {
+    damage["used_by"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| (u["snapshot"].as_str().unwrap().to_string(), u["path"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+fn in_both(env: &Env, snaps: &[String], rel: &str) -> Vec<(String, String)> {
+    let path = format!("{}/{rel}", env.src.display());
+    let mut v: Vec<(String, String)> = snaps.iter().map(|s| (s.clone(), path.clone())).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn clean_repository_passes_with_and_without_read_data() {
+    let (env, _) = setup();
+    let (code, report) = check(&env, &[]);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["snapshots"], 2);
+    assert_eq!(report["chunks"], 2);
+    assert_eq!(report["chunks_read"], 0);
+    assert!(report["damage"].as_array().unwrap().is_empty());
+    let (code, report) = check(&env, &["--read-data"]);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["chunks_read"], 2);
+    let out = env.coffer().args(["check", "--read-data"]).output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no errors were found"));
+}
+
+#[test]
+fn flipped_byte_in_a_chunk_is_found_by_read_data() {
+    let (env, snaps) = setup();
+    let id = chunk_of(&env, "dir_a/f1.bin");
+    let file = chunk_file(&env, &id);
+    let mut bytes = std::fs::read(&file).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&file, bytes).unwrap();
+
+    // Without reading data, the chunk is listed and looks fine.
+    assert_eq!(check(&env, &[]).0, 0);
+    let (code, report) = check(&env, &["--read-data"]);
+    assert_eq!(code, 1);
+    let d = only_damage(&report, "chunk", &id);
+    assert!(d["problem"].as_str().unwrap().starts_with("damaged"), "{d}");
+    assert_eq!(used_by(d), in_both(&env, &snaps, "dir_a/f1.bin"));
+    // The text report names the chunk and the file, on standard error.
+    let out = env.coffer().args(["check", "--read-data"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("chunk {id} is damaged")), "{err}");
+    assert!(err.contains(&format!("{}/dir_a/f1.bin", env.src.display())), "{err}");
+}
+
+#[test]
+fn truncated_chunk_is_found_by_read_data() {
+    let (env, snaps) = setup();
+    let id = chunk_of(&env, "dir_b/f2.bin");
+    let file = chunk_file(&env, &id);
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
+    let (code, report) = check(&env, &["--read-data"]);
+    assert_eq!(code, 1);
+    assert_eq!(used_by(only_damage(&report, "chunk", &id)), in_both(&env, &snaps, "dir_b/f2.bin"));
+}
+
+#[test]
+fn deleted_chunk_is_found_without_reading_data() {
+    let (env, snaps) = setup();
+    let id = chunk_of(&env, "dir_a/f1.bin");
+    std::fs::remove_file(chunk_file(&env, &id)).unwrap();
+    let (code, report) = check(&env, &[]);
+    assert_eq!(code, 1);
+    let d = only_damage(&report, "chunk", &id);
+    assert_eq!(d["problem"], "missing");
+    assert_eq!(used_by(d), in_both(&env, &snaps, "dir_a/f1.bin"));
+    // With --read-data it is reported once, not also as unreadable.
+    let (code, report) = check(&env, &["--read-data"]);
+    assert_eq!(code, 1);
+    only_damage(&report, "chunk", &id);
+}
+
+#[test]
+fn tree_swapped_with_another_tree_is_found() {
+    let (env, snaps) = setup();
+    let a = subtree_of(&env, "dir_a");
+    let b = subtree_of(&env, "dir_b");
+    // dir_b's tree object, renamed onto dir_a's key: a valid object, at the wrong name.
+    std::fs::copy(object_file(&env.repo, ObjectKind::Tree, &b), object_file(&env.repo, ObjectKind::Tree, &a)).unwrap();
+    let (code, report) = check(&env, &[]);
+    assert_eq!(code, 1);
+    let d = only_damage(&report, "tree", &a);
+    assert!(d["problem"].as_str().unwrap().starts_with("damaged"), "{d}");
+    assert_eq!(used_by(d), in_both(&env, &snaps, "dir_a/"));
+}
+
+#[test]
+fn snapshot_from_another_repository_is_found() {
+    let (env, _) = setup();
+    let other = Env::init();
+    other.write("x.txt", b"elsewhere");
+    let foreign = other.backup_json(&[])["snapshot_id"].as_str().unwrap().to_string();
+    let name = format!("snapshots/{foreign}");
+    std::fs::copy(other.repo.join(&name), env.repo.join(&name)).unwrap();
+    let (code, report) = check(&env, &[]);
+    assert_eq!(code, 1);
+    let d = only_damage(&report, "snapshot", &Id::from_hex(&foreign).unwrap());
+    assert!(d["problem"].as_str().unwrap().starts_with("damaged"), "{d}");
+    assert_eq!(report["snapshots"], 2, "the two good snapshots are still checked");
+}
+
+#[test]
+fn read_data_subsets() {
+    let (env, _) = setup();
+    let id = chunk_of(&env, "dir_a/f1.bin");
+    let file = chunk_file(&env, &id);
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[10] ^= 0xff;
+    std::fs::write(&file, bytes).unwrap();
+    // Buckets 1/4 … 4/4 read every chunk exactly once, and only the bucket
+    // of the damaged chunk (first byte modulo 4, plus one) reports it.
+    let mut read = 0;
+    for n in 1..=4u32 {
+        let (code, report) = check(&env, &["--read-data-subset", &format!("{n}/4")]);
+        read += report["chunks_read"].as_u64().unwrap();
+        let expected_here = u32::from(id.0[0]) % 4 == n - 1;
+        assert_eq!(code, if expected_here { 1 } else { 0 }, "bucket {n}/4: {report:#}");
+    }
+    assert_eq!(read, 2);
+    let (code, report) = check(&env, &["--read-data-subset", "100%"]);
+    assert_eq!((code, report["chunks_read"].as_u64()), (1, Some(2)));
+    let (_, report) = check(&env, &["--read-data-subset", "50%"]);
+    assert_eq!(report["chunks_read"], 1);
+    let out = env.coffer().args(["check", "--read-data-subset", "0/4"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn unreferenced_objects_are_information_not_errors() {
+    let (env, snaps) = setup();
+    env.write("dir_c/f3.bin", &random_bytes(100_000, 3));
+    let third = env.backup_json(&[])["snapshot_id"].as_str().unwrap().to_string();
+    let f3 = chunk_of(&env, "dir_c/f3.bin");
+    env.coffer().args(["forget", &third]).assert().success();
+    let (code, report) = check(&env, &["--read-data"]);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["unreferenced_chunks"], serde_json::json!([f3.to_hex()]));
+    assert!(!report["unreferenced_trees"].as_array().unwrap().is_empty());
+    assert_eq!(report["snapshots"], snaps.len());
+    let out = env.coffer().args(["check"]).output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 chunks are not referenced"));
+}
+
+#[test]
+fn check_over_s3() {
+    use crate::common::s3::{self, S3Server};
+    let server = S3Server::start();
+    let url = server.url("bucket/repo");
+    let env = Env::new();
+    env.write("a.bin", &random_bytes(100_000, 4));
+    s3::coffer(&env, &url).args(["init", "--argon2-memory", "64", "--argon2-iterations", "1"]).assert().success();
+    s3::coffer(&env, &url).args(["backup", "-q"]).arg(&env.src).assert().success();
+    let out = s3::coffer(&env, &url).args(["check", "--json", "--read-data"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["chunks_read"], 1);
+    // Remove the chunk from the bucket: found as missing.
+    let chunk = server.keys("bucket").into_iter().find(|k| k.starts_with("repo/chunks/")).expect("a chunk object");
+    std::fs::remove_file(server.bucket_dir("bucket").join(&chunk)).unwrap();
+    let out = s3::coffer(&env, &url).args(["check", "--json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["damage"][0]["problem"], "missing");
+    assert!(report["damage"][0]["used_by"][0]["path"].as_str().unwrap().ends_with("/a.bin"));
+}
