@@ -71,6 +71,9 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Write a file of a snapshot to standard output, or a folder as a tar archive
     Dump(DumpArgs),
+    /// Browse the snapshots as a read-only folder (FUSE), until unmounted or interrupted
+    #[cfg(all(feature = "mount", target_os = "linux"))]
+    Mount(MountArgs),
 }
 
 #[derive(Args, Debug)]
@@ -200,4 +203,18 @@ pub struct DumpArgs {
     /// Write to this file instead of standard output
     #[arg(short, long, value_name = "FILE")]
     pub target: Option<PathBuf>,
+}
+
+#[cfg(all(feature = "mount", target_os = "linux"))]
+#[derive(Args, Debug)]
+pub struct MountArgs {
+    /// An existing empty folder to show the snapshots in
+    pub mountpoint: PathBuf,
+    /// Let other users read the mount (needed to share it with Samba); the recorded modes and owners
+    /// still apply. Not root: needs `user_allow_other` in /etc/fuse.conf
+    #[arg(long)]
+    pub allow_other: bool,
+    /// Memory for decrypted chunks kept for repeated reads (e.g. 64M, 1G)
+    #[arg(long, value_name = "SIZE", default_value = "128M")]
+    pub cache_size: String,
 }

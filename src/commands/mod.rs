@@ -4,6 +4,8 @@ mod backup;
 mod dump;
 mod init;
 mod ls;
+#[cfg(all(feature = "mount", target_os = "linux"))]
+mod mount;
 mod restore;
 mod snapshots;
 
@@ -20,6 +22,8 @@ pub fn run(args: Cli) -> Result<u8> {
         Command::Ls(a) => ls::run(g, a),
         Command::Restore(a) => restore::run(g, a),
         Command::Dump(a) => dump::run(g, a),
+        #[cfg(all(feature = "mount", target_os = "linux"))]
+        Command::Mount(a) => mount::run(g, a),
     }
 }
 
