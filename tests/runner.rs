@@ -11,6 +11,8 @@ mod crypto_objects;
 mod dedup;
 mod dump;
 mod errors;
+#[cfg(all(feature = "mount", target_os = "linux"))]
+mod mount;
 mod privacy;
 mod restore_options;
 mod roundtrip;

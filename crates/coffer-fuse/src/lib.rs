@@ -64,6 +64,7 @@ pub enum MountError {
 pub struct Mount {
     session: Option<fuser::BackgroundSession>,
     mountpoint: PathBuf,
+    chunks: Arc<chunks::ChunkStore>,
 }
 
 /// How long an unmount waits for the kernel to end the session: a lazy
@@ -92,6 +93,7 @@ pub fn spawn(repo: Arc<Repository>, mountpoint: &Path, options: &MountOptions) -
         tree_cache_bytes: 64 << 20,
     };
     let filesystem = CofferFs::new(repo, &settings)?;
+    let chunks = filesystem.chunk_store().clone();
 
     let mut config = Config::default();
     config.mount_options = vec![
@@ -113,12 +115,18 @@ pub fn spawn(repo: Arc<Repository>, mountpoint: &Path, options: &MountOptions) -
     config.clone_fd = true;
     let session = fuser::spawn_mount(filesystem, mountpoint, &config)
         .map_err(|error| MountError::Mount { path: mountpoint.to_path_buf(), error })?;
-    Ok(Mount { session: Some(session), mountpoint: mountpoint.to_path_buf() })
+    Ok(Mount { session: Some(session), mountpoint: mountpoint.to_path_buf(), chunks })
 }
 
 impl Mount {
     pub fn mountpoint(&self) -> &Path {
         &self.mountpoint
+    }
+
+    /// Bytes of decrypted chunks in the cache now: never more than the
+    /// cache size asked for.
+    pub fn cached_chunk_bytes(&self) -> u64 {
+        self.chunks.cached_bytes()
     }
 
     /// True once the session has ended, e.g. after `fusermount3 -u`.
