@@ -93,7 +93,13 @@ fn assert_same(got: &BTreeMap<PathBuf, Seen>, want: &BTreeMap<PathBuf, Seen>, wh
     assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>(), "{what}: the entries differ");
     for (path, w) in want {
         let g = &got[path];
-        assert!(g == w, "{what}: {} differs: {:?} in the mount, {:?} in the source", path.display(), short(g), short(w));
+        assert!(
+            g == w,
+            "{what}: {} differs: {:?} in the mount, {:?} in the source",
+            path.display(),
+            short(g),
+            short(w)
+        );
     }
 }
 
@@ -119,9 +125,11 @@ fn expected_names(snaps: &[(Id, coffer_core::snapshot::Snapshot)]) -> Vec<String
     snaps
         .iter()
         .zip(&times)
-        .map(|((id, _), t)| {
-            if times.iter().filter(|x| *x == t).count() > 1 { format!("{t}_{}", id.short()) } else { t.clone() }
-        })
+        .map(
+            |((id, _), t)| {
+                if times.iter().filter(|x| *x == t).count() > 1 { format!("{t}_{}", id.short()) } else { t.clone() }
+            },
+        )
         .collect()
 }
 
@@ -320,7 +328,12 @@ fn every_kind_of_write_is_refused_with_erofs() {
         assert_eq!(errno(std::fs::write(folder.join("new"), b"x")), EROFS, "create in {}", folder.display());
         assert_eq!(errno(std::fs::create_dir(folder.join("newdir"))), EROFS);
         assert_eq!(errno(std::os::unix::fs::symlink("x", folder.join("sym"))), EROFS);
-        assert_eq!(errno(nix::unistd::mkfifo(&folder.join("fifo"), nix::sys::stat::Mode::S_IRWXU).map_err(std::io::Error::from)), EROFS);
+        assert_eq!(
+            errno(
+                nix::unistd::mkfifo(&folder.join("fifo"), nix::sys::stat::Mode::S_IRWXU).map_err(std::io::Error::from)
+            ),
+            EROFS
+        );
         assert_eq!(errno(std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o777))), EROFS);
     }
     assert_eq!(errno(OpenOptions::new().write(true).open(&file)), EROFS, "open for writing");
@@ -386,6 +399,20 @@ fn a_damaged_chunk_fails_its_file_with_eio_and_nothing_else() {
     assert!(std::fs::read(dir.join("fine.bin")).unwrap() == fine);
     assert_eq!(std::fs::read(dir.join("small.txt")).unwrap(), b"small");
     assert_eq!(std::fs::metadata(dir.join("damaged.bin")).unwrap().len(), damaged.len() as u64);
+    drop(f);
+    m.unmount().unwrap();
+
+    // The binary logs the file and the chunk.
+    let at = std::fs::canonicalize(env.dir.path()).unwrap().join("bin-mnt");
+    let running = Running::start(&env, &at);
+    let dir = inside(&at.join("snapshots/latest"), &env.src);
+    assert_eq!(std::fs::read(dir.join("damaged.bin")).unwrap_err().raw_os_error(), Some(nix::libc::EIO));
+    assert!(std::fs::read(dir.join("fine.bin")).unwrap() == fine);
+    let (status, stderr) = running.stop();
+    assert!(status.success(), "{status:?}: {stderr}");
+    let line = stderr.lines().find(|l| l.contains(&bad_chunk.to_hex())).unwrap_or_else(|| panic!("{stderr}"));
+    assert!(line.contains("damaged.bin") && line.contains("ERROR"), "{line}");
+    assert!(!stderr.contains("fine.bin"), "{stderr}");
 }
 
 #[test]
@@ -450,6 +477,18 @@ impl Running {
     fn wait(mut self) -> std::process::ExitStatus {
         self.child.wait().unwrap()
     }
+
+    /// SIGTERM, then the exit status and what it printed on stderr.
+    fn stop(mut self) -> (std::process::ExitStatus, String) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let status = self.child.wait().unwrap();
+        let mut stderr = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            e.read_to_string(&mut stderr).unwrap();
+        }
+        (status, stderr)
+    }
 }
 
 impl Drop for Running {
@@ -477,16 +516,16 @@ fn coffer_mount_ends_cleanly_on_sigterm_and_on_fusermount() {
     let running = Running::start(&env, &at);
     let file = inside(&at.join("snapshots/latest"), &env.src).join("a.txt");
     assert_eq!(std::fs::read(&file).unwrap(), b"through the binary");
-    let pid = nix::unistd::Pid::from_raw(running.child.id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    let status = running.wait();
-    assert!(status.success(), "{status:?}");
+    let (status, stderr) = running.stop();
+    assert!(status.success(), "{status:?}: {stderr}");
     assert!(!is_mounted(&at), "still mounted after SIGTERM");
 
     let running = Running::start(&env, &at);
     assert_eq!(std::fs::read(&file).unwrap(), b"through the binary");
-    let tool = if std::process::Command::new("fusermount3").arg("-V").output().is_ok() { "fusermount3" } else { "umount" };
-    let out = std::process::Command::new(tool).arg(if tool == "umount" { "-v" } else { "-u" }).arg(&at).output().unwrap();
+    let tool =
+        if std::process::Command::new("fusermount3").arg("-V").output().is_ok() { "fusermount3" } else { "umount" };
+    let out =
+        std::process::Command::new(tool).arg(if tool == "umount" { "-v" } else { "-u" }).arg(&at).output().unwrap();
     assert!(out.status.success(), "{tool}: {}", String::from_utf8_lossy(&out.stderr));
     let status = running.wait();
     assert!(status.success(), "{status:?}");

@@ -108,7 +108,9 @@ impl ChunkStore {
                 let result = repo
                     .runtime()
                     .block_on(fetch(&**repo.backend(), ObjectKind::Chunk, &chunk.0))
-                    .and_then(|stored| decode_chunk_ref(repo.keys(), repo.repo_id(), repo.max_chunk_len(), chunk, stored))
+                    .and_then(|stored| {
+                        decode_chunk_ref(repo.keys(), repo.repo_id(), repo.max_chunk_len(), chunk, stored)
+                    })
                     .map(Arc::new)
                     .map_err(Arc::new);
                 self.finish(chunk, &pending, result.clone());

@@ -248,11 +248,8 @@ impl CofferFs {
         }
         match self.repo.load_tree(id) {
             Ok(tree) => {
-                let cost: u64 = tree
-                    .nodes
-                    .iter()
-                    .map(|n| 200 + n.name.len() as u64 + 40 * n.content.len() as u64)
-                    .sum();
+                let cost: u64 =
+                    tree.nodes.iter().map(|n| 200 + n.name.len() as u64 + 40 * n.content.len() as u64).sum();
                 let tree = Arc::new(tree);
                 self.trees.lock().unwrap_or_else(|e| e.into_inner()).insert(*id, tree.clone(), cost);
                 Ok(tree)
@@ -328,7 +325,8 @@ impl CofferFs {
 
     fn open_dir(&self, ino: u64) -> Result<Vec<(Vec<u8>, u64, FileType)>, Errno> {
         let inode = self.inode(ino).ok_or(Errno::ENOENT)?;
-        let mut out = vec![(b".".to_vec(), ino, FileType::Directory), (b"..".to_vec(), inode.parent, FileType::Directory)];
+        let mut out =
+            vec![(b".".to_vec(), ino, FileType::Directory), (b"..".to_vec(), inode.parent, FileType::Directory)];
         if let What::Folder { .. } = inode.what {
             // A listing is a re-read: show snapshots made since.
             if let Err(e) = self.refresh(REFRESH_DEBOUNCE) {
@@ -389,7 +387,12 @@ impl CofferFs {
         for i in first..=last {
             let chunk = &file.chunks[i];
             let data = self.chunks.get(chunk).map_err(|e| {
-                tracing::error!("{}: chunk {} (bytes {}..) cannot be read: {e}", file.path, chunk.0.to_hex(), file.starts[i]);
+                tracing::error!(
+                    "{}: chunk {} (bytes {}..) cannot be read: {e}",
+                    file.path,
+                    chunk.0.to_hex(),
+                    file.starts[i]
+                );
                 errno_of(&e)
             })?;
             let start = file.starts[i];
@@ -463,7 +466,9 @@ impl fuser::Filesystem for CofferFs {
         }
         match self.open_file(ino.0) {
             // The content never changes: the kernel may keep its cached pages.
-            Ok(file) => reply.opened(FileHandle(self.new_handle(Handle::File(Arc::new(file)))), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok(file) => {
+                reply.opened(FileHandle(self.new_handle(Handle::File(Arc::new(file)))), FopenFlags::FOPEN_KEEP_CACHE)
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -505,7 +510,9 @@ impl fuser::Filesystem for CofferFs {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.open_dir(ino.0) {
-            Ok(entries) => reply.opened(FileHandle(self.new_handle(Handle::Dir(Arc::new(entries)))), FopenFlags::empty()),
+            Ok(entries) => {
+                reply.opened(FileHandle(self.new_handle(Handle::Dir(Arc::new(entries)))), FopenFlags::empty())
+            }
             Err(e) => reply.error(e),
         }
     }

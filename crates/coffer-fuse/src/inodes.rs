@@ -103,7 +103,8 @@ impl Inodes {
             return ino;
         }
         let subtree = if node.kind == NodeKind::Dir { node.subtree } else { None };
-        let ino = self.push(Inode { parent: dir_ino, name: node.name.clone(), what: What::Entry { dir, index, subtree } });
+        let ino =
+            self.push(Inode { parent: dir_ino, name: node.name.clone(), what: What::Entry { dir, index, subtree } });
         self.entries.insert((dir_ino, index), ino);
         if let Some(k) = link_key {
             self.hard_links.insert(k, ino);
@@ -136,7 +137,11 @@ impl Inodes {
         top.insert(b"snapshots".to_vec(), f);
 
         let ids = self.folder(ROOT, b"ids");
-        let entries = layout.ids.iter().filter_map(|(name, id)| Some((name.clone().into_bytes(), self.snapshot(ids, name, id, snapshots)?))).collect();
+        let entries = layout
+            .ids
+            .iter()
+            .filter_map(|(name, id)| Some((name.clone().into_bytes(), self.snapshot(ids, name, id, snapshots)?)))
+            .collect();
         self.set_entries(ids, entries);
         top.insert(b"ids".to_vec(), ids);
 
@@ -144,7 +149,9 @@ impl Inodes {
             let folder = self.folder(ROOT, name.as_bytes());
             let entries = groups
                 .iter()
-                .map(|(group, tf)| (group.clone().into_bytes(), self.time_folder(folder, group.as_bytes(), tf, snapshots)))
+                .map(|(group, tf)| {
+                    (group.clone().into_bytes(), self.time_folder(folder, group.as_bytes(), tf, snapshots))
+                })
                 .collect();
             self.set_entries(folder, entries);
             top.insert(name.as_bytes().to_vec(), folder);
@@ -164,11 +171,7 @@ impl Inodes {
 
     fn snapshot(&mut self, parent: u64, name: &str, id: &Id, snapshots: &HashMap<Id, Snapshot>) -> Option<u64> {
         let snap = snapshots.get(id)?;
-        let time = snap
-            .timestamp()
-            .ok()
-            .and_then(|ts| SystemTime::try_from(ts).ok())
-            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let time = snap.timestamp().ok().and_then(|ts| SystemTime::try_from(ts).ok()).unwrap_or(SystemTime::UNIX_EPOCH);
         let what = What::Snapshot { tree: snap.tree, time, uid: snap.uid, gid: snap.gid };
         Some(self.made(parent, name.as_bytes(), Some(*id), what))
     }
