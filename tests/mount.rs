@@ -255,7 +255,7 @@ fn reads_at_any_offset_match_the_source() {
         return;
     }
     let env = Env::init();
-    let data = random_bytes(20 << 20, 7);
+    let data = random_bytes(40 << 20, 7);
     env.write("big.bin", &data);
     env.backup_json(&[]);
     let repo = open_repo(&env);
@@ -268,8 +268,9 @@ fn reads_at_any_offset_match_the_source() {
         at += u64::from(c.1);
         bounds.push(at);
     }
-    // A cache smaller than the file: reads evict and fetch again.
-    let cache = 4 << 20;
+    // A cache smaller than the file (the smallest allowed: twice the largest
+    // chunk): reads evict and fetch again.
+    let cache = 16 << 20;
     let m = mount(&env, repo, &MountOptions { cache_bytes: cache, ..MountOptions::default() });
     let path = inside(&m.mountpoint().join("snapshots/latest"), &env.src).join("big.bin");
     let mut f = std::fs::File::open(&path).unwrap();

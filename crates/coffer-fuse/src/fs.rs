@@ -430,8 +430,11 @@ fn nix_egid() -> u32 {
 
 impl fuser::Filesystem for CofferFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        // Reads of up to 1 MiB per request: fewer round trips for sequential readers.
-        let _ = config.set_max_readahead(1 << 20);
+        // The largest read-ahead the kernel offers (it does not offer more
+        // than its default): fewer round trips for sequential readers.
+        if let Err(max) = config.set_max_readahead(1 << 20) {
+            let _ = config.set_max_readahead(max);
+        }
         Ok(())
     }
 

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use coffer_core::Repository;
 use fuser::{Config, MountOption, SessionACL};
 
-pub use fs::CofferFs;
+use fs::CofferFs;
 
 /// Default size of the cache of decrypted chunks.
 pub const DEFAULT_CACHE_BYTES: u64 = 128 << 20;
@@ -84,7 +84,13 @@ pub fn spawn(repo: Arc<Repository>, mountpoint: &Path, options: &MountOptions) -
     if !meta.is_dir() {
         return Err(MountError::MountPoint { path: mountpoint.to_path_buf(), reason: "not a folder".into() });
     }
-    let cache_bytes = options.cache_bytes.max(1 << 20);
+    // A chunk that does not fit would be fetched again for every request
+    // that reads a piece of it.
+    let floor = 2 * repo.max_chunk_len() as u64;
+    if options.cache_bytes < floor {
+        tracing::warn!("the chunk cache needs at least {} MiB (twice the largest chunk): using that", floor >> 20);
+    }
+    let cache_bytes = options.cache_bytes.max(floor);
     let settings = fs::Settings {
         cache_bytes,
         // Prefetched chunks must still be in the cache when the reader gets to them.
