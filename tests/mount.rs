@@ -310,6 +310,37 @@ fn reads_at_any_offset_match_the_source() {
 }
 
 #[test]
+fn reading_the_start_of_a_file_fetches_the_next_chunks_ahead() {
+    if !fuse_available() {
+        return;
+    }
+    let env = Env::init();
+    let data = random_bytes(12 << 20, 8);
+    env.write("video.mov", &data);
+    env.backup_json(&[]);
+    let repo = open_repo(&env);
+    let node = snapshot_node(&repo, "latest", &env.src.join("video.mov"));
+    assert!(node.content.len() > 2, "several chunks");
+    let first = u64::from(node.content[0].1);
+    let m = mount(&env, repo, &MountOptions::default());
+    let path = inside(&m.mountpoint().join("snapshots/latest"), &env.src).join("video.mov");
+    let mut f = std::fs::File::open(&path).unwrap();
+    let mut buf = vec![0u8; 4096];
+    f.read_exact(&mut buf).unwrap();
+    assert!(buf == data[..4096]);
+    // Only the first chunk was asked for (the kernel reads ahead 128 KiB at
+    // most; a chunk is at least 512 KiB); the next ones come in the background.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while m.cached_chunk_bytes() <= first {
+        assert!(Instant::now() < deadline, "nothing past the first chunk was fetched ahead");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut rest = Vec::new();
+    f.read_to_end(&mut rest).unwrap();
+    assert!(rest == data[4096..]);
+}
+
+#[test]
 fn every_kind_of_write_is_refused_with_erofs() {
     if !fuse_available() {
         return;

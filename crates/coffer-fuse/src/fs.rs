@@ -6,7 +6,7 @@
 //! on; sequential readers have the next chunks fetched in the background.
 //! No lock is held while waiting for the repository.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -213,9 +213,9 @@ impl CofferFs {
             return Ok(());
         }
         let ids = self.repo.list_ids(ObjectKind::Snapshot)?;
-        let known: Vec<Id> = self.snapshots.lock().unwrap_or_else(|e| e.into_inner()).keys().copied().collect();
+        let known: HashSet<Id> = self.snapshots.lock().unwrap_or_else(|e| e.into_inner()).keys().copied().collect();
         let mut loaded = Vec::new();
-        for id in ids.iter().filter(|id| !known.contains(id)) {
+        for id in ids.iter().filter(|id| !known.contains(*id)) {
             match self.repo.load_snapshot(id) {
                 Ok(s) => loaded.push((*id, s)),
                 Err(e) => tracing::warn!("snapshot {} is left out of the mount: {e}", id.short()),
@@ -333,12 +333,12 @@ impl CofferFs {
                 tracing::warn!("cannot re-read the snapshot list: {e}");
             }
             let Some(What::Folder { entries }) = self.inode(ino).map(|i| i.what) else { return Err(Errno::ENOENT) };
-            for (name, child) in entries {
+            for (name, &child) in entries.iter() {
                 let kind = match self.inode(child).map(|i| i.what) {
                     Some(What::Latest { .. }) => FileType::Symlink,
                     _ => FileType::Directory,
                 };
-                out.push((name, child, kind));
+                out.push((name.clone(), child, kind));
             }
             return Ok(out);
         }

@@ -8,6 +8,7 @@
 //! inode within that snapshot, as they did when it was made.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use coffer_core::Id;
@@ -21,7 +22,8 @@ pub const ROOT: u64 = 1;
 #[derive(Clone, Debug)]
 pub enum What {
     /// A folder the mount makes: the root, `snapshots/`, a host's folder…
-    Folder { entries: BTreeMap<Vec<u8>, u64> },
+    /// (shared, as an inode is copied out of the table for each request).
+    Folder { entries: Arc<BTreeMap<Vec<u8>, u64>> },
     /// A `latest` symlink.
     Latest { target: Vec<u8> },
     /// A snapshot's folder, showing its root tree.
@@ -62,7 +64,7 @@ pub fn is_hard_linked(node: &Node) -> bool {
 
 impl Inodes {
     pub fn new() -> Inodes {
-        let root = Inode { parent: ROOT, name: Vec::new(), what: What::Folder { entries: BTreeMap::new() } };
+        let root = Inode { parent: ROOT, name: Vec::new(), what: What::Folder { entries: Arc::default() } };
         Inodes { nodes: vec![root], made: HashMap::new(), entries: HashMap::new(), hard_links: HashMap::new() }
     }
 
@@ -160,12 +162,12 @@ impl Inodes {
     }
 
     fn folder(&mut self, parent: u64, name: &[u8]) -> u64 {
-        self.made(parent, name, None, What::Folder { entries: BTreeMap::new() })
+        self.made(parent, name, None, What::Folder { entries: Arc::default() })
     }
 
     fn set_entries(&mut self, ino: u64, new: BTreeMap<Vec<u8>, u64>) {
         if let What::Folder { entries } = &mut self.nodes[(ino - 1) as usize].what {
-            *entries = new;
+            *entries = Arc::new(new);
         }
     }
 
