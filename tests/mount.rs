@@ -477,6 +477,47 @@ fn mount_over_s3() {
     assert!(buf == big[9_000_000..10_400_000]);
 }
 
+/// Runs `cat FILE` as the user `nobody`: its output, or its error message.
+fn cat_as_nobody(file: &Path) -> Result<Vec<u8>, String> {
+    use std::os::unix::process::CommandExt;
+    let out = std::process::Command::new("cat").arg(file).uid(65534).gid(65534).output().unwrap();
+    if out.status.success() { Ok(out.stdout) } else { Err(String::from_utf8_lossy(&out.stderr).into_owned()) }
+}
+
+#[test]
+fn allow_other_lets_other_users_in_with_the_recorded_permissions() {
+    if !fuse_available() {
+        return;
+    }
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: switching to another user needs root");
+        return;
+    }
+    let env = Env::init();
+    // Folders others can enter, as recorded in the snapshot too.
+    std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    env.write("public.txt", b"for everyone");
+    env.write("private.txt", b"for root only");
+    std::fs::set_permissions(env.src.join("private.txt"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    env.backup_json(&[]);
+
+    let m = mount(&env, open_repo(&env), &MountOptions { allow_other: true, ..MountOptions::default() });
+    std::fs::set_permissions(m.mountpoint(), std::fs::Permissions::from_mode(0o755)).ok();
+    let dir = inside(&m.mountpoint().join("snapshots/latest"), &env.src);
+    assert_eq!(cat_as_nobody(&dir.join("public.txt")).unwrap(), b"for everyone");
+    let err = cat_as_nobody(&dir.join("private.txt")).unwrap_err();
+    assert!(err.contains("Permission denied"), "{err}");
+    assert_eq!(std::fs::read(dir.join("private.txt")).unwrap(), b"for root only");
+    m.unmount().unwrap();
+
+    // Without --allow-other, nobody else gets in at all.
+    let m = mount(&env, open_repo(&env), &MountOptions::default());
+    let dir = inside(&m.mountpoint().join("snapshots/latest"), &env.src);
+    let err = cat_as_nobody(&dir.join("public.txt")).unwrap_err();
+    assert!(err.contains("Permission denied"), "{err}");
+    assert_eq!(std::fs::read(dir.join("public.txt")).unwrap(), b"for everyone");
+}
+
 /// Is `path` a mount point now?
 fn is_mounted(path: &Path) -> bool {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
