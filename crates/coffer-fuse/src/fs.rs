@@ -19,8 +19,9 @@ use coffer_core::snapshot::Snapshot;
 use coffer_core::tree::{ChunkRef, Node, NodeKind, Timestamp, Tree};
 use coffer_core::{Error, Id};
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, KernelConfig, OpenAccMode, OpenFlags,
-    ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyXattr, Request,
+    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, OpenAccMode,
+    OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyXattr,
+    Request,
 };
 
 use crate::chunks::ChunkStore;
@@ -67,7 +68,16 @@ enum Handle {
     File(Arc<OpenFile>),
     /// The entries of a folder as they were when it was opened, so that a
     /// listing read in several requests is consistent.
-    Dir(Arc<Vec<(Vec<u8>, u64, FileType)>>),
+    Dir(Arc<Vec<Listed>>),
+}
+
+/// One entry of a folder listing, with its attributes for `readdirplus`
+/// (a listing and the `stat` of every entry in one request, as `ls -l`
+/// and Samba want them).
+struct Listed {
+    name: Vec<u8>,
+    attr: FileAttr,
+    ttl: Duration,
 }
 
 struct OpenFile {
@@ -317,16 +327,28 @@ impl CofferFs {
         Ok(Found::Entry(attr, tree, index))
     }
 
+    /// The listing an `opendir` made.
+    fn listing(&self, fh: FileHandle) -> Option<Arc<Vec<Listed>>> {
+        match self.handles.lock().unwrap_or_else(|e| e.into_inner()).get(&fh.0) {
+            Some(Handle::Dir(d)) => Some(d.clone()),
+            _ => None,
+        }
+    }
+
     fn new_handle(&self, handle: Handle) -> u64 {
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
         self.handles.lock().unwrap_or_else(|e| e.into_inner()).insert(fh, handle);
         fh
     }
 
-    fn open_dir(&self, ino: u64) -> Result<Vec<(Vec<u8>, u64, FileType)>, Errno> {
+    fn open_dir(&self, ino: u64) -> Result<Vec<Listed>, Errno> {
         let inode = self.inode(ino).ok_or(Errno::ENOENT)?;
-        let mut out =
-            vec![(b".".to_vec(), ino, FileType::Directory), (b"..".to_vec(), inode.parent, FileType::Directory)];
+        let this = self.find(ino)?;
+        let parent = self.find(inode.parent)?;
+        let mut out = vec![
+            Listed { name: b".".to_vec(), attr: *this.attr(), ttl: this.ttl() },
+            Listed { name: b"..".to_vec(), attr: *parent.attr(), ttl: parent.ttl() },
+        ];
         if let What::Folder { .. } = inode.what {
             // A listing is a re-read: show snapshots made since.
             if let Err(e) = self.refresh(REFRESH_DEBOUNCE) {
@@ -334,11 +356,9 @@ impl CofferFs {
             }
             let Some(What::Folder { entries }) = self.inode(ino).map(|i| i.what) else { return Err(Errno::ENOENT) };
             for (name, &child) in entries.iter() {
-                let kind = match self.inode(child).map(|i| i.what) {
-                    Some(What::Latest { .. }) => FileType::Symlink,
-                    _ => FileType::Directory,
-                };
-                out.push((name.clone(), child, kind));
+                // Folders and links the mount makes: no I/O to find them.
+                let found = self.find(child)?;
+                out.push(Listed { name: name.clone(), attr: *found.attr(), ttl: found.ttl() });
             }
             return Ok(out);
         }
@@ -347,7 +367,7 @@ impl CofferFs {
         let mut inodes = self.inodes.write().unwrap_or_else(|e| e.into_inner());
         for (i, node) in tree.nodes.iter().enumerate() {
             let child = inodes.entry(ino, dir, i as u32, node);
-            out.push((node.name.clone(), child, file_type(node.kind)));
+            out.push(Listed { name: node.name.clone(), attr: node_attr(child, node), ttl: TTL_SNAPSHOT });
         }
         Ok(out)
     }
@@ -435,6 +455,11 @@ impl fuser::Filesystem for CofferFs {
         if let Err(max) = config.set_max_readahead(1 << 20) {
             let _ = config.set_max_readahead(max);
         }
+        // Listings come with every entry's attributes, where the kernel can.
+        let plus = InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO;
+        if config.add_capabilities(plus).is_err() {
+            tracing::debug!("the kernel does not offer readdirplus");
+        }
         Ok(())
     }
 
@@ -521,12 +546,19 @@ impl fuser::Filesystem for CofferFs {
     }
 
     fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let entries = match self.handles.lock().unwrap_or_else(|e| e.into_inner()).get(&fh.0) {
-            Some(Handle::Dir(d)) => d.clone(),
-            _ => return reply.error(Errno::EBADF),
-        };
-        for (i, (name, ino, kind)) in entries.iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(*ino), i as u64 + 1, *kind, OsStr::from_bytes(name)) {
+        let Some(entries) = self.listing(fh) else { return reply.error(Errno::EBADF) };
+        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+            if reply.add(e.attr.ino, i as u64 + 1, e.attr.kind, OsStr::from_bytes(&e.name)) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let Some(entries) = self.listing(fh) else { return reply.error(Errno::EBADF) };
+        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+            if reply.add(e.attr.ino, i as u64 + 1, OsStr::from_bytes(&e.name), &e.ttl, &e.attr, Generation(0)) {
                 break;
             }
         }
