@@ -22,9 +22,15 @@ pub type Fetched = Result<Chunk, Arc<Error>>;
 
 pub struct ChunkStore {
     repo: Arc<Repository>,
+    shared: Arc<Shared>,
+    max_in_flight: usize,
+}
+
+/// What background fetches need. They hold no reference to the repository:
+/// the last one would drop its runtime from inside that runtime.
+struct Shared {
     cache: Mutex<Lru<Id, Chunk>>,
     in_flight: Mutex<HashMap<Id, Arc<Pending>>>,
-    max_in_flight: usize,
 }
 
 /// A fetch under way; readers of the same chunk wait for it.
@@ -46,28 +52,9 @@ impl Pending {
     }
 }
 
-impl ChunkStore {
-    pub fn new(repo: Arc<Repository>, cache_bytes: u64, max_in_flight: usize) -> ChunkStore {
-        ChunkStore {
-            repo,
-            cache: Mutex::new(Lru::new(cache_bytes)),
-            in_flight: Mutex::new(HashMap::new()),
-            max_in_flight: max_in_flight.max(1),
-        }
-    }
-
-    /// Prefetches started at most at once.
-    pub fn max_in_flight(&self) -> usize {
-        self.max_in_flight
-    }
-
+impl Shared {
     fn cached(&self, id: &Id) -> Option<Chunk> {
         self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(id)
-    }
-
-    /// Bytes of chunks held in the cache.
-    pub fn cached_bytes(&self) -> u64 {
-        self.cache.lock().unwrap_or_else(|e| e.into_inner()).used()
     }
 
     /// Registers a fetch of `chunk` unless it is cached or already coming.
@@ -96,11 +83,28 @@ impl ChunkStore {
         pending.done.notify_all();
         self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).remove(&chunk.0);
     }
+}
+
+impl ChunkStore {
+    pub fn new(repo: Arc<Repository>, cache_bytes: u64, max_in_flight: usize) -> ChunkStore {
+        let shared = Shared { cache: Mutex::new(Lru::new(cache_bytes)), in_flight: Mutex::new(HashMap::new()) };
+        ChunkStore { repo, shared: Arc::new(shared), max_in_flight: max_in_flight.max(1) }
+    }
+
+    /// Bytes of chunks held in the cache.
+    pub fn cached_bytes(&self) -> u64 {
+        self.shared.cache.lock().unwrap_or_else(|e| e.into_inner()).used()
+    }
+
+    /// Prefetches started at most at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.max_in_flight
+    }
 
     /// The plaintext of a chunk: from the cache, from a fetch already under
     /// way, or fetched and decrypted now on the calling thread.
     pub fn get(&self, chunk: &ChunkRef) -> Fetched {
-        match self.claim(&chunk.0) {
+        match self.shared.claim(&chunk.0) {
             Ok(c) => Ok(c),
             Err((pending, false)) => pending.wait(),
             Err((pending, true)) => {
@@ -113,7 +117,7 @@ impl ChunkStore {
                     })
                     .map(Arc::new)
                     .map_err(Arc::new);
-                self.finish(chunk, &pending, result.clone());
+                self.shared.finish(chunk, &pending, result.clone());
                 result
             }
         }
@@ -122,20 +126,22 @@ impl ChunkStore {
     /// Starts fetching `chunk` in the background if it is neither cached
     /// nor coming, and fewer than [`ChunkStore::max_in_flight`] fetches are
     /// under way. Errors are left for the read that needs the chunk.
-    pub fn prefetch(self: &Arc<Self>, chunk: ChunkRef) {
-        if self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).len() >= self.max_in_flight {
+    pub fn prefetch(&self, chunk: ChunkRef) {
+        if self.shared.in_flight.lock().unwrap_or_else(|e| e.into_inner()).len() >= self.max_in_flight {
             return;
         }
-        let Err((pending, true)) = self.claim(&chunk.0) else { return };
-        let store = self.clone();
-        let repo = self.repo.clone();
+        let Err((pending, true)) = self.shared.claim(&chunk.0) else { return };
+        let shared = self.shared.clone();
+        let backend = self.repo.backend().clone();
+        let keys = self.repo.keys().clone();
+        let repo_id = *self.repo.repo_id();
+        let max_len = self.repo.max_chunk_len();
         self.repo.runtime().spawn(async move {
-            let result = match fetch(&**repo.backend(), ObjectKind::Chunk, &chunk.0).await {
+            let result = match fetch(&*backend, ObjectKind::Chunk, &chunk.0).await {
                 Ok(stored) => {
-                    let decoded = tokio::task::spawn_blocking(move || {
-                        decode_chunk_ref(repo.keys(), repo.repo_id(), repo.max_chunk_len(), &chunk, stored)
-                    })
-                    .await;
+                    let decoded =
+                        tokio::task::spawn_blocking(move || decode_chunk_ref(&keys, &repo_id, max_len, &chunk, stored))
+                            .await;
                     match decoded {
                         Ok(r) => r.map(Arc::new).map_err(Arc::new),
                         Err(e) => Err(Arc::new(Error::InvalidInput(format!("chunk decoding stopped: {e}")))),
@@ -146,7 +152,7 @@ impl ChunkStore {
             if let Err(e) = &result {
                 tracing::debug!("prefetch of chunk {} failed: {e}", chunk.0.to_hex());
             }
-            store.finish(&chunk, &pending, result);
+            shared.finish(&chunk, &pending, result);
         });
     }
 }
