@@ -208,7 +208,7 @@ pub struct DumpArgs {
 #[cfg(all(feature = "mount", target_os = "linux"))]
 #[derive(Args, Debug)]
 pub struct MountArgs {
-    /// An existing empty folder to show the snapshots in
+    /// An existing folder (normally empty) to show the snapshots in
     pub mountpoint: PathBuf,
     /// Let other users read the mount (needed to share it with Samba); the recorded modes and owners
     /// still apply. Not root: needs `user_allow_other` in /etc/fuse.conf

@@ -604,3 +604,16 @@ fn coffer_mount_ends_cleanly_on_sigterm_and_on_fusermount() {
     assert!(status.success(), "{status:?}");
     assert!(!is_mounted(&at));
 }
+
+#[test]
+fn the_mount_point_must_be_an_existing_folder() {
+    let env = Env::init();
+    env.write("file", b"x");
+    for (at, why) in [(env.path("missing"), "No such file or directory"), (env.src.join("file"), "not a folder")] {
+        // No password anywhere: the mount point is checked before asking for one.
+        let out = env.coffer().env_remove("COFFER_PASSWORD").arg("mount").arg(&at).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains(why) && err.contains("must be an existing folder"), "{err}");
+    }
+}

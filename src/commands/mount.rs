@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use coffer_fuse::MountOptions;
 
 use crate::cli::{GlobalArgs, MountArgs};
@@ -11,6 +11,12 @@ use crate::exit;
 
 pub fn run(g: &GlobalArgs, a: &MountArgs) -> Result<u8> {
     let cache_bytes = coffer_core::exclude::parse_size(&a.cache_size).context("--cache-size")?;
+    // Before asking for the password.
+    match std::fs::metadata(&a.mountpoint) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => bail!("{}: not a folder; the mount point must be an existing folder", a.mountpoint.display()),
+        Err(e) => bail!("{}: {e}; the mount point must be an existing folder", a.mountpoint.display()),
+    }
     let repo = Arc::new(crate::repository::open(g)?);
     let options = MountOptions { allow_other: a.allow_other, cache_bytes, ..MountOptions::default() };
     let ready = || {
