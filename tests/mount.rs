@@ -341,18 +341,27 @@ fn reading_the_start_of_a_file_fetches_the_next_chunks_ahead() {
 }
 
 #[test]
-fn every_kind_of_write_is_refused_with_erofs() {
+fn every_kind_of_write_is_refused_with_erofs_and_attributes_read() {
     if !fuse_available() {
         return;
     }
     let env = Env::init();
-    env.write("dir/file.txt", b"content");
+    let src_file = env.write("dir/file.txt", b"content");
+    xattr::set(&src_file, "user.xdg.tags", b"holiday").unwrap();
+    xattr::set(&src_file, "user.binary", &[0, 255, 1]).unwrap();
     std::os::unix::fs::symlink("file.txt", env.src.join("dir/link")).unwrap();
     env.backup_json(&[]);
     let m = mount(&env, open_repo(&env), &MountOptions::default());
     let snap = m.mountpoint().join("snapshots/latest");
     let dir = inside(&snap, &env.src).join("dir");
     let file = dir.join("file.txt");
+    // The recorded extended attributes are there to read.
+    let mut listed: Vec<_> = xattr::list(&file).unwrap().collect();
+    listed.sort();
+    assert_eq!(listed, ["user.binary", "user.xdg.tags"]);
+    assert_eq!(xattr::get(&file, "user.xdg.tags").unwrap().unwrap(), b"holiday");
+    assert_eq!(xattr::get(&file, "user.binary").unwrap().unwrap(), [0, 255, 1]);
+    assert_eq!(xattr::get(&file, "user.none").unwrap(), None);
     const EROFS: Option<i32> = Some(nix::libc::EROFS);
     use std::fs::OpenOptions;
     // In a snapshot's folder and in the folders above the snapshots.
@@ -385,7 +394,7 @@ fn every_kind_of_write_is_refused_with_erofs() {
     let t = filetime::FileTime::from_unix_time(1, 0);
     assert_eq!(errno(filetime::set_file_times(&file, t, t)), EROFS, "utimes");
     assert_eq!(errno(xattr::set(&file, "user.x", b"1")), EROFS, "setxattr");
-    assert_eq!(errno(xattr::remove(&file, "user.x")), EROFS, "removexattr");
+    assert_eq!(errno(xattr::remove(&file, "user.xdg.tags")), EROFS, "removexattr");
     // Nothing changed, and the file still reads.
     assert_eq!(std::fs::read(&file).unwrap(), b"content");
     assert_eq!(names(&dir), ["file.txt", "link"]);
