@@ -612,6 +612,15 @@ fn coffer_mount_ends_cleanly_on_sigterm_and_on_fusermount() {
     let status = running.wait();
     assert!(status.success(), "{status:?}");
     assert!(!is_mounted(&at));
+
+    // A file still open in it: the mount is detached, and coffer still ends.
+    let running = Running::start(&env, &at);
+    let open = std::fs::File::open(&file).unwrap();
+    let (status, stderr) = running.stop();
+    assert!(status.success(), "{status:?}: {stderr}");
+    assert!(stderr.contains("in use: detaching it"), "{stderr}");
+    assert!(!is_mounted(&at), "still mounted with a file open");
+    drop(open);
 }
 
 #[test]

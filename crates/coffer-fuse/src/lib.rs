@@ -84,6 +84,10 @@ pub fn spawn(repo: Arc<Repository>, mountpoint: &Path, options: &MountOptions) -
     if !meta.is_dir() {
         return Err(MountError::MountPoint { path: mountpoint.to_path_buf(), reason: "not a folder".into() });
     }
+    // Absolute, so that unmounting does not depend on the working folder.
+    let mountpoint = &mountpoint
+        .canonicalize()
+        .map_err(|e| MountError::MountPoint { path: mountpoint.to_path_buf(), reason: e.to_string() })?;
     // A chunk that does not fit would be fetched again for every request
     // that reads a piece of it.
     let floor = 2 * repo.max_chunk_len() as u64;
@@ -125,12 +129,13 @@ pub fn spawn(repo: Arc<Repository>, mountpoint: &Path, options: &MountOptions) -
 }
 
 impl Mount {
+    /// The mount point, absolute.
     pub fn mountpoint(&self) -> &Path {
         &self.mountpoint
     }
 
     /// Bytes of decrypted chunks in the cache now: never more than the
-    /// cache size asked for.
+    /// cache size (as asked for, or twice the largest chunk if that is more).
     pub fn cached_chunk_bytes(&self) -> u64 {
         self.chunks.cached_bytes()
     }
