@@ -88,6 +88,9 @@ pub enum Command {
     Diff(DiffArgs),
     /// Verify the repository: snapshots, trees, chunks; with --read-data, the data itself
     Check(CheckArgs),
+    /// Browse the snapshots as a read-only folder (FUSE), until unmounted or interrupted
+    #[cfg(all(feature = "mount", target_os = "linux"))]
+    Mount(MountArgs),
 }
 
 #[derive(Args, Debug)]
@@ -353,4 +356,18 @@ pub struct CheckArgs {
 
 fn read_subset(s: &str) -> Result<coffer_core::check::ReadData, String> {
     s.parse().map_err(|e: coffer_core::Error| e.to_string())
+}
+
+#[cfg(all(feature = "mount", target_os = "linux"))]
+#[derive(Args, Debug)]
+pub struct MountArgs {
+    /// An existing folder (normally empty) to show the snapshots in
+    pub mountpoint: PathBuf,
+    /// Let other users read the mount (needed to share it with Samba); the recorded modes and owners
+    /// still apply. Not root: needs `user_allow_other` in /etc/fuse.conf
+    #[arg(long)]
+    pub allow_other: bool,
+    /// Memory for decrypted chunks kept for repeated reads (e.g. 64M, 1G)
+    #[arg(long, value_name = "SIZE", default_value = "128M")]
+    pub cache_size: String,
 }

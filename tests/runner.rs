@@ -15,6 +15,8 @@ mod dump;
 mod errors;
 mod forget;
 mod keys;
+#[cfg(all(feature = "mount", target_os = "linux"))]
+mod mount;
 mod privacy;
 mod restore_options;
 mod roundtrip;

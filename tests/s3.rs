@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use coffer_core::backend::Backend;
-use coffer_core::backend::s3::{S3Backend, S3Config, StaticCredentials};
+use coffer_core::backend::s3::S3Backend;
 
 use crate::common::s3::{self, S3Server};
 use crate::common::{Env, random_bytes};
@@ -128,20 +128,10 @@ fn unreachable_endpoint_says_so() {
     eprintln!("MSG unreachable: {err}");
 }
 
-fn library_backend(server: &S3Server, prefix: &str) -> S3Backend {
-    let mut config = S3Config::new("bucket", prefix);
-    config.endpoint = Some(server.endpoint());
-    config.path_style = true;
-    config.region = Some(s3::REGION.into());
-    config.credentials =
-        Some(StaticCredentials { access_key_id: s3::ACCESS_KEY.into(), secret_access_key: s3::SECRET_KEY.into() });
-    S3Backend::new(config).expect("backend")
-}
-
 #[test]
 fn listing_pages_past_1000_keys() {
     let server = S3Server::start();
-    let backend = Arc::new(library_backend(&server, "deep/prefix"));
+    let backend = Arc::new(s3::library_backend(&server, "deep/prefix"));
     let rt = coffer_core::repo::new_runtime().unwrap();
     rt.block_on(async {
         let mut tasks = tokio::task::JoinSet::new();
@@ -176,7 +166,7 @@ fn listing_pages_past_1000_keys() {
 #[test]
 fn storage_class_applies_to_chunks_only() {
     let server = S3Server::start();
-    let mut config = library_backend(&server, "").config().clone();
+    let mut config = s3::library_backend(&server, "").config().clone();
     // s3s-fs accepts only STANDARD and REDUCED_REDUNDANCY; AWS many more.
     config.storage_class = Some("reduced_redundancy".into());
     let backend = S3Backend::new(config).unwrap();
@@ -185,7 +175,7 @@ fn storage_class_applies_to_chunks_only() {
         backend.put("chunks/00/00ff", b"chunk".to_vec()).await.unwrap();
         backend.put("config", b"config".to_vec()).await.unwrap();
     });
-    let mut config = library_backend(&server, "").config().clone();
+    let mut config = s3::library_backend(&server, "").config().clone();
     config.storage_class = Some("ONEZONE_IA".into());
     let backend = S3Backend::new(config).unwrap();
     rt.block_on(async {

@@ -8,6 +8,8 @@ mod forget;
 mod init;
 mod key;
 mod ls;
+#[cfg(all(feature = "mount", target_os = "linux"))]
+mod mount;
 mod restore;
 mod snapshots;
 mod stats;
@@ -30,6 +32,8 @@ pub fn run(args: Cli) -> Result<u8> {
         Command::Stats(a) => stats::run(g, a),
         Command::Diff(a) => diff::run(g, a),
         Command::Check(a) => check::run(g, a),
+        #[cfg(all(feature = "mount", target_os = "linux"))]
+        Command::Mount(a) => mount::run(g, a),
     }
 }
 

@@ -175,3 +175,15 @@ pub fn coffer_process(env: &Env, url: &str) -> std::process::Command {
     cmd.envs(set);
     cmd
 }
+
+/// A library backend for `bucket/prefix` on this server, with the test credentials.
+pub fn library_backend(server: &S3Server, prefix: &str) -> coffer_core::backend::s3::S3Backend {
+    use coffer_core::backend::s3::{S3Backend, S3Config, StaticCredentials};
+    let mut config = S3Config::new("bucket", prefix);
+    config.endpoint = Some(server.endpoint());
+    config.path_style = true;
+    config.region = Some(REGION.into());
+    config.credentials =
+        Some(StaticCredentials { access_key_id: ACCESS_KEY.into(), secret_access_key: SECRET_KEY.into() });
+    S3Backend::new(config).expect("backend")
+}

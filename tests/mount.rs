@@ -1,0 +1,637 @@
+//! `coffer mount`: a real FUSE mount of real repositories (a local folder and
+//! the in-process S3 server), walked with `std::fs` and compared with the
+//! backed-up source: the folder layout, every file's bytes and metadata,
+//! reads at any offset, refused writes, damaged chunks, and the binary's
+//! clean unmount on SIGTERM and `fusermount3 -u`.
+//!
+//! Mounting needs `/dev/fuse` and root (or `fusermount3`); CI has both.
+//! Without `/dev/fuse` each test says so and does nothing. Mounts are
+//! unmounted when a test ends, pass or fail.
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirEntryExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use coffer_core::crypto::ObjectKind;
+use coffer_core::{Id, Repository};
+use coffer_fuse::{Mount, MountOptions};
+
+use crate::common::s3::{self, S3Server};
+use crate::common::{Env, object_file, open_repo, random_bytes, snapshot_node};
+
+fn fuse_available() -> bool {
+    if Path::new("/dev/fuse").exists() {
+        return true;
+    }
+    eprintln!("SKIPPED: /dev/fuse is missing, so nothing can be mounted here");
+    false
+}
+
+/// Mounts `repo` on a new folder below `env`'s scratch folder.
+fn mount(env: &Env, repo: Repository, options: &MountOptions) -> Mount {
+    let at = env.dir.path().join(format!("mnt-{}", Id::random().short()));
+    std::fs::create_dir(&at).unwrap();
+    coffer_fuse::spawn(Arc::new(repo), &at, options).expect("mount")
+}
+
+/// The snapshot's copy of `src` below a snapshot folder of the mount.
+fn inside(snapshot_dir: &Path, src: &Path) -> PathBuf {
+    let src = std::fs::canonicalize(src).unwrap();
+    snapshot_dir.join(src.strip_prefix("/").unwrap())
+}
+
+/// One entry as `stat` shows it: kind, permission bits, owner, size, mtime
+/// to the nanosecond, and content or link target.
+#[derive(Debug, PartialEq, Eq)]
+struct Seen {
+    kind: &'static str,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    size: u64,
+    mtime: (i64, i64),
+    data: Vec<u8>,
+}
+
+/// Every entry below `dir` (and `dir` itself, as ""), read with `std::fs`.
+fn state(dir: &Path) -> BTreeMap<PathBuf, Seen> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        let (kind, data) = if meta.is_dir() {
+            for e in std::fs::read_dir(&path).unwrap() {
+                stack.push(e.unwrap().path());
+            }
+            ("dir", Vec::new())
+        } else if meta.file_type().is_symlink() {
+            ("symlink", std::fs::read_link(&path).unwrap().as_os_str().as_bytes().to_vec())
+        } else {
+            ("file", std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+        };
+        let seen = Seen {
+            kind,
+            mode: meta.permissions().mode() & 0o7777,
+            uid: meta.uid(),
+            gid: meta.gid(),
+            size: if kind == "dir" { 0 } else { meta.len() },
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            data,
+        };
+        out.insert(path.strip_prefix(dir).unwrap().to_path_buf(), seen);
+    }
+    out
+}
+
+/// Compares two states entry by entry, for a readable failure.
+fn assert_same(got: &BTreeMap<PathBuf, Seen>, want: &BTreeMap<PathBuf, Seen>, what: &str) {
+    assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>(), "{what}: the entries differ");
+    for (path, w) in want {
+        let g = &got[path];
+        assert!(
+            g == w,
+            "{what}: {} differs: {:?} in the mount, {:?} in the source",
+            path.display(),
+            short(g),
+            short(w)
+        );
+    }
+}
+
+fn short(s: &Seen) -> String {
+    format!("{} {:o} {}:{} {} bytes mtime {:?}", s.kind, s.mode, s.uid, s.gid, s.size, s.mtime)
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    v.sort();
+    v
+}
+
+/// The folder names the mount gives snapshots (oldest first in `snaps`):
+/// the local time, with the short id when two share a second.
+fn expected_names(snaps: &[(Id, coffer_core::snapshot::Snapshot)]) -> Vec<String> {
+    let tz = jiff::tz::TimeZone::system();
+    let times: Vec<String> = snaps
+        .iter()
+        .map(|(_, s)| s.timestamp().unwrap().to_zoned_datetime(tz.clone()).strftime("%Y-%m-%dT%H.%M.%S").to_string())
+        .collect();
+    snaps
+        .iter()
+        .zip(&times)
+        .map(
+            |((id, _), t)| {
+                if times.iter().filter(|x| *x == t).count() > 1 { format!("{t}_{}", id.short()) } else { t.clone() }
+            },
+        )
+        .collect()
+}
+
+fn errno(result: std::io::Result<impl std::fmt::Debug>) -> Option<i32> {
+    match result {
+        Ok(v) => panic!("succeeded: {v:?}"),
+        Err(e) => e.raw_os_error(),
+    }
+}
+
+#[test]
+fn mount_shows_every_snapshot_as_backed_up() {
+    if !fuse_available() {
+        return;
+    }
+    let env = Env::init();
+    // First snapshot: files of several kinds and modes.
+    env.write("big.bin", &random_bytes(9 << 20, 1));
+    env.write("empty", b"");
+    env.write("album/a.jpg", &random_bytes(300_000, 2));
+    env.write("album/notes.txt", b"a short text");
+    std::fs::write(env.src.join(OsStr::from_bytes(b"caf\xe9 \xff.txt")), b"not UTF-8").unwrap();
+    std::fs::set_permissions(env.src.join("album/notes.txt"), std::fs::Permissions::from_mode(0o640)).unwrap();
+    env.write("bin/run.sh", b"#!/bin/sh\necho hi\n");
+    std::fs::set_permissions(env.src.join("bin/run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::create_dir(env.src.join("empty-dir")).unwrap();
+    std::os::unix::fs::symlink("album/a.jpg", env.src.join("link")).unwrap();
+    std::os::unix::fs::symlink("/nowhere/at/all", env.src.join("dangling")).unwrap();
+    std::fs::hard_link(env.src.join("album/a.jpg"), env.src.join("a-again.jpg")).unwrap();
+    let mut states = vec![state(&env.src)];
+    env.backup_json(&[]);
+    // Second: a file changed, one removed, one added; tagged.
+    env.write("album/notes.txt", b"a longer text than before");
+    std::fs::remove_file(env.src.join("empty")).unwrap();
+    env.write("album/b.jpg", &random_bytes(200_000, 3));
+    states.push(state(&env.src));
+    env.backup_json(&["--tag", "photos,2026"]);
+    // Third: from another host.
+    env.write("new.txt", b"third");
+    states.push(state(&env.src));
+    env.backup_json(&["--host", "other-host"]);
+
+    let repo = open_repo(&env);
+    let snaps = repo.snapshots().unwrap();
+    assert_eq!(snaps.len(), 3);
+    let names = expected_names(&snaps);
+    let m = mount(&env, repo, &MountOptions::default());
+    let root = m.mountpoint();
+
+    assert_eq!(names_of(root), ["hosts", "ids", "snapshots", "tags"]);
+    let mut want = names.clone();
+    want.push("latest".into());
+    want.sort();
+    assert_eq!(names_of(&root.join("snapshots")), want);
+    assert_eq!(std::fs::read_link(root.join("snapshots/latest")).unwrap(), Path::new(&names[2]));
+    let mut ids: Vec<String> = snaps.iter().map(|(id, _)| id.short()).collect();
+    ids.sort();
+    assert_eq!(names_of(&root.join("ids")), ids);
+    let host = snaps[0].1.host.clone();
+    assert_eq!(names_of(&root.join("hosts")), {
+        let mut h = vec![host.clone(), "other-host".to_string()];
+        h.sort();
+        h
+    });
+    let mut host_names = vec![names[0].clone(), names[1].clone(), "latest".into()];
+    host_names.sort();
+    assert_eq!(names_of(&root.join("hosts").join(&host)), host_names);
+    assert_eq!(std::fs::read_link(root.join("hosts").join(&host).join("latest")).unwrap(), Path::new(&names[1]));
+    assert_eq!(names_of(&root.join("hosts/other-host")), [names[2].clone(), "latest".into()]);
+    assert_eq!(names_of(&root.join("tags")), ["2026", "photos"]);
+    assert_eq!(names_of(&root.join("tags/photos")), [names[1].clone(), "latest".into()]);
+
+    // Every snapshot, under each of its names, is the source as it was.
+    for (i, ((id, snap), name)) in snaps.iter().zip(&names).enumerate() {
+        let mut places = vec![root.join("snapshots").join(name), root.join("ids").join(id.short())];
+        places.push(root.join("hosts").join(&snap.host).join(name));
+        for tag in &snap.tags {
+            places.push(root.join("tags").join(tag).join(name));
+        }
+        for place in places {
+            let got = state(&inside(&place, &env.src));
+            assert_same(&got, &states[i], &place.display().to_string());
+        }
+    }
+    // `latest` leads to the newest snapshot.
+    assert_same(&state(&inside(&root.join("snapshots/latest"), &env.src)), &states[2], "snapshots/latest");
+
+    // Hard links are one inode; inode numbers do not change while mounted.
+    let first = inside(&root.join("snapshots").join(&names[0]), &env.src);
+    let a = std::fs::metadata(first.join("album/a.jpg")).unwrap();
+    let again = std::fs::metadata(first.join("a-again.jpg")).unwrap();
+    assert_eq!(a.ino(), again.ino());
+    assert_eq!(a.nlink(), 2);
+    let big = std::fs::metadata(first.join("big.bin")).unwrap().ino();
+    assert_ne!(big, a.ino());
+    assert_eq!(std::fs::metadata(first.join("big.bin")).unwrap().ino(), big);
+    let listed = std::fs::read_dir(&first).unwrap().map(|e| e.unwrap()).find(|e| e.file_name() == "big.bin").unwrap();
+    assert_eq!(listed.ino(), big, "readdir and stat agree");
+
+    // A snapshot made while mounted appears on the next listing.
+    env.write("fourth.txt", b"made while mounted");
+    let fourth = state(&env.src);
+    env.backup_json(&[]);
+    let repo = open_repo(&env);
+    let (new_id, _) = repo.find_snapshot("latest").unwrap();
+    let at = root.join("ids").join(new_id.short());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !names_of(&root.join("ids")).contains(&new_id.short()) {
+        assert!(Instant::now() < deadline, "the new snapshot never appeared in ids/");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_same(&state(&inside(&at, &env.src)), &fourth, "a snapshot made while mounted");
+    m.unmount().unwrap();
+}
+
+fn names_of(dir: &Path) -> Vec<String> {
+    names(dir)
+}
+
+#[test]
+fn reads_at_any_offset_match_the_source() {
+    if !fuse_available() {
+        return;
+    }
+    let env = Env::init();
+    let data = random_bytes(40 << 20, 7);
+    env.write("big.bin", &data);
+    env.backup_json(&[]);
+    let repo = open_repo(&env);
+    let node = snapshot_node(&repo, "latest", &env.src.join("big.bin"));
+    assert!(node.content.len() > 2, "several chunks");
+    // Chunk boundaries, to read across them.
+    let mut bounds = Vec::new();
+    let mut at = 0u64;
+    for c in &node.content {
+        at += u64::from(c.1);
+        bounds.push(at);
+    }
+    // A cache smaller than the file (the smallest allowed: twice the largest
+    // chunk): reads evict and fetch again.
+    let cache = 16 << 20;
+    let m = mount(&env, repo, &MountOptions { cache_bytes: cache, ..MountOptions::default() });
+    let path = inside(&m.mountpoint().join("snapshots/latest"), &env.src).join("big.bin");
+    let mut f = std::fs::File::open(&path).unwrap();
+    let len = data.len() as u64;
+    let mut reads: Vec<(u64, usize)> = vec![(0, 10), (len - 100, 100), (len - 1, 1), (len - 10, 100), (len, 10)];
+    for b in &bounds[..bounds.len() - 1] {
+        reads.push((b - 5, 10));
+        reads.push((b - 70_000, 200_000));
+    }
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for _ in 0..200 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        reads.push((x % len, (x >> 40) as usize % 300_000 + 1));
+    }
+    for (offset, size) in reads {
+        f.seek(SeekFrom::Start(offset)).unwrap();
+        let mut buf = vec![0u8; size];
+        let mut got = 0;
+        while got < size {
+            let n = f.read(&mut buf[got..]).unwrap();
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        let end = (offset as usize + size).min(data.len());
+        let want = &data[(offset as usize).min(data.len())..end];
+        assert!(&buf[..got] == want, "{got} bytes at {offset} (asked {size}) differ from the source");
+        assert!(m.cached_chunk_bytes() <= cache, "the cache holds {} bytes", m.cached_chunk_bytes());
+    }
+    // Reading the whole file sequentially, and again from the page cache.
+    assert!(std::fs::read(&path).unwrap() == data);
+    assert!(std::fs::read(&path).unwrap() == data);
+    assert!(m.cached_chunk_bytes() <= cache);
+}
+
+#[test]
+fn reading_the_start_of_a_file_fetches_the_next_chunks_ahead() {
+    if !fuse_available() {
+        return;
+    }
+    let env = Env::init();
+    let data = random_bytes(12 << 20, 8);
+    env.write("video.mov", &data);
+    env.backup_json(&[]);
+    let repo = open_repo(&env);
+    let node = snapshot_node(&repo, "latest", &env.src.join("video.mov"));
+    assert!(node.content.len() > 2, "several chunks");
+    let first = u64::from(node.content[0].1);
+    let m = mount(&env, repo, &MountOptions::default());
+    let path = inside(&m.mountpoint().join("snapshots/latest"), &env.src).join("video.mov");
+    let mut f = std::fs::File::open(&path).unwrap();
+    let mut buf = vec![0u8; 4096];
+    f.read_exact(&mut buf).unwrap();
+    assert!(buf == data[..4096]);
+    // Only the first chunk was asked for (the kernel reads ahead 128 KiB at
+    // most; a chunk is at least 512 KiB); the next ones come in the background.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while m.cached_chunk_bytes() <= first {
+        assert!(Instant::now() < deadline, "nothing past the first chunk was fetched ahead");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut rest = Vec::new();
+    f.read_to_end(&mut rest).unwrap();
+    assert!(rest == data[4096..]);
+}
+
+#[test]
+fn every_kind_of_write_is_refused_with_erofs_and_attributes_read() {
+    if !fuse_available() {
+        return;
+    }
+    let env = Env::init();
+    let src_file = env.write("dir/file.txt", b"content");
+    xattr::set(&src_file, "user.xdg.tags", b"holiday").unwrap();
+    xattr::set(&src_file, "user.binary", &[0, 255, 1]).unwrap();
+    std::os::unix::fs::symlink("file.txt", env.src.join("dir/link")).unwrap();
+    env.backup_json(&[]);
+    let m = mount(&env, open_repo(&env), &MountOptions::default());
+    let snap = m.mountpoint().join("snapshots/latest");
+    let dir = inside(&snap, &env.src).join("dir");
+    let file = dir.join("file.txt");
+    // The recorded extended attributes are there to read.
+    let mut listed: Vec<_> = xattr::list(&file).unwrap().collect();
+    listed.sort();
+    assert_eq!(listed, ["user.binary", "user.xdg.tags"]);
+    assert_eq!(xattr::get(&file, "user.xdg.tags").unwrap().unwrap(), b"holiday");
+    assert_eq!(xattr::get(&file, "user.binary").unwrap().unwrap(), [0, 255, 1]);
+    assert_eq!(xattr::get(&file, "user.none").unwrap(), None);
+    const EROFS: Option<i32> = Some(nix::libc::EROFS);
+    use std::fs::OpenOptions;
+    // In a snapshot's folder and in the folders above the snapshots.
+    for folder in [dir.clone(), m.mountpoint().join("snapshots"), m.mountpoint().to_path_buf()] {
+        assert_eq!(errno(std::fs::write(folder.join("new"), b"x")), EROFS, "create in {}", folder.display());
+        assert_eq!(errno(std::fs::create_dir(folder.join("newdir"))), EROFS);
+        assert_eq!(errno(std::os::unix::fs::symlink("x", folder.join("sym"))), EROFS);
+        assert_eq!(
+            errno(
+                nix::unistd::mkfifo(&folder.join("fifo"), nix::sys::stat::Mode::S_IRWXU).map_err(std::io::Error::from)
+            ),
+            EROFS
+        );
+        assert_eq!(errno(std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o777))), EROFS);
+    }
+    assert_eq!(errno(OpenOptions::new().write(true).open(&file)), EROFS, "open for writing");
+    assert_eq!(errno(OpenOptions::new().append(true).open(&file)), EROFS, "open for appending");
+    assert_eq!(errno(OpenOptions::new().read(true).write(true).open(&file)), EROFS);
+    assert_eq!(errno(OpenOptions::new().write(true).truncate(true).open(&file)), EROFS);
+    assert_eq!(errno(std::fs::remove_file(&file)), EROFS, "unlink");
+    assert_eq!(errno(std::fs::remove_file(dir.join("link"))), EROFS);
+    assert_eq!(errno(std::fs::remove_dir(&dir)), EROFS, "rmdir");
+    assert_eq!(errno(std::fs::remove_dir(m.mountpoint().join("tags"))), EROFS);
+    assert_eq!(errno(std::fs::rename(&file, dir.join("moved"))), EROFS, "rename");
+    assert_eq!(errno(std::fs::rename(m.mountpoint().join("ids"), m.mountpoint().join("x"))), EROFS);
+    assert_eq!(errno(std::fs::hard_link(&file, dir.join("hard"))), EROFS, "link");
+    assert_eq!(errno(std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))), EROFS, "chmod");
+    assert_eq!(errno(std::os::unix::fs::chown(&file, Some(1), Some(1))), EROFS, "chown");
+    assert_eq!(errno(nix::unistd::truncate(&file, 0).map_err(std::io::Error::from)), EROFS, "truncate");
+    let t = filetime::FileTime::from_unix_time(1, 0);
+    assert_eq!(errno(filetime::set_file_times(&file, t, t)), EROFS, "utimes");
+    assert_eq!(errno(xattr::set(&file, "user.x", b"1")), EROFS, "setxattr");
+    assert_eq!(errno(xattr::remove(&file, "user.xdg.tags")), EROFS, "removexattr");
+    // Nothing changed, and the file still reads.
+    assert_eq!(std::fs::read(&file).unwrap(), b"content");
+    assert_eq!(names(&dir), ["file.txt", "link"]);
+}
+
+#[test]
+fn a_damaged_chunk_fails_its_file_with_eio_and_nothing_else() {
+    if !fuse_available() {
+        return;
+    }
+    let env = Env::init();
+    let damaged = random_bytes(12 << 20, 11);
+    let fine = random_bytes(3 << 20, 12);
+    env.write("damaged.bin", &damaged);
+    env.write("fine.bin", &fine);
+    env.write("small.txt", b"small");
+    env.backup_json(&[]);
+    let repo = open_repo(&env);
+    let node = snapshot_node(&repo, "latest", &env.src.join("damaged.bin"));
+    assert!(node.content.len() > 1);
+    // Flip a byte in the middle of the file's second chunk's stored object.
+    let (bad_chunk, bad_len) = (node.content[1].0, node.content[1].1);
+    let bad_start = u64::from(node.content[0].1);
+    let stored = object_file(&env.repo, ObjectKind::Chunk, &bad_chunk);
+    let mut bytes = std::fs::read(&stored).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    std::fs::write(&stored, &bytes).unwrap();
+
+    let m = mount(&env, repo, &MountOptions::default());
+    let dir = inside(&m.mountpoint().join("snapshots/latest"), &env.src);
+    let err = std::fs::read(dir.join("damaged.bin")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(nix::libc::EIO), "{err}");
+    // The bytes before the damaged chunk read, the damaged ones never do.
+    let mut f = std::fs::File::open(dir.join("damaged.bin")).unwrap();
+    let mut head = vec![0u8; 1000];
+    f.read_exact(&mut head).unwrap();
+    assert!(head == damaged[..1000]);
+    f.seek(SeekFrom::Start(bad_start + u64::from(bad_len) / 2)).unwrap();
+    let mut buf = [0u8; 100];
+    assert_eq!(f.read(&mut buf).unwrap_err().raw_os_error(), Some(nix::libc::EIO));
+    // Other files read fine, and so does the mount.
+    assert!(std::fs::read(dir.join("fine.bin")).unwrap() == fine);
+    assert_eq!(std::fs::read(dir.join("small.txt")).unwrap(), b"small");
+    assert_eq!(std::fs::metadata(dir.join("damaged.bin")).unwrap().len(), damaged.len() as u64);
+    drop(f);
+    m.unmount().unwrap();
+
+    // The binary logs the file and the chunk.
+    let at = std::fs::canonicalize(env.dir.path()).unwrap().join("bin-mnt");
+    let running = Running::start(&env, &at);
+    let dir = inside(&at.join("snapshots/latest"), &env.src);
+    assert_eq!(std::fs::read(dir.join("damaged.bin")).unwrap_err().raw_os_error(), Some(nix::libc::EIO));
+    assert!(std::fs::read(dir.join("fine.bin")).unwrap() == fine);
+    let (status, stderr) = running.stop();
+    assert!(status.success(), "{status:?}: {stderr}");
+    let line = stderr.lines().find(|l| l.contains(&bad_chunk.to_hex())).unwrap_or_else(|| panic!("{stderr}"));
+    assert!(line.contains("damaged.bin") && line.contains("ERROR"), "{line}");
+    assert!(!stderr.contains("fine.bin"), "{stderr}");
+}
+
+#[test]
+fn mount_over_s3() {
+    if !fuse_available() {
+        return;
+    }
+    let server = S3Server::start();
+    let url = server.url("bucket/m");
+    let env = Env::new();
+    let big = random_bytes(10 << 20, 21);
+    env.write("photos/big.jpg", &big);
+    env.write("photos/small.txt", b"over S3");
+    s3::coffer(&env, &url).args(["init", "--argon2-memory", "64", "--argon2-iterations", "1"]).assert().success();
+    let before = state(&env.src);
+    let out = s3::coffer(&env, &url).arg("backup").arg(&env.src).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let backend = Arc::new(s3::library_backend(&server, "m"));
+    let repo = Repository::open(backend, crate::common::PASSWORD.as_bytes()).unwrap();
+    let snaps = repo.snapshots().unwrap();
+    let names = expected_names(&snaps);
+    let m = mount(&env, repo, &MountOptions::default());
+    assert_eq!(names_of(&m.mountpoint().join("snapshots")), [names[0].clone(), "latest".into()]);
+    let dir = inside(&m.mountpoint().join("snapshots").join(&names[0]), &env.src);
+    assert_same(&state(&dir), &before, "over S3");
+    let mut f = std::fs::File::open(dir.join("photos/big.jpg")).unwrap();
+    f.seek(SeekFrom::Start(9_000_000)).unwrap();
+    let mut buf = vec![0u8; 1_400_000];
+    f.read_exact(&mut buf).unwrap();
+    assert!(buf == big[9_000_000..10_400_000]);
+}
+
+/// Runs `cat FILE` as the user `nobody`: its output, or its error message.
+fn cat_as_nobody(file: &Path) -> Result<Vec<u8>, String> {
+    use std::os::unix::process::CommandExt;
+    let out = std::process::Command::new("cat").arg(file).uid(65534).gid(65534).output().unwrap();
+    if out.status.success() { Ok(out.stdout) } else { Err(String::from_utf8_lossy(&out.stderr).into_owned()) }
+}
+
+#[test]
+fn allow_other_lets_other_users_in_with_the_recorded_permissions() {
+    if !fuse_available() {
+        return;
+    }
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: switching to another user needs root");
+        return;
+    }
+    let env = Env::init();
+    // Folders others can enter, as recorded in the snapshot too.
+    std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    env.write("public.txt", b"for everyone");
+    env.write("private.txt", b"for root only");
+    std::fs::set_permissions(env.src.join("private.txt"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    env.backup_json(&[]);
+
+    let m = mount(&env, open_repo(&env), &MountOptions { allow_other: true, ..MountOptions::default() });
+    std::fs::set_permissions(m.mountpoint(), std::fs::Permissions::from_mode(0o755)).ok();
+    let dir = inside(&m.mountpoint().join("snapshots/latest"), &env.src);
+    assert_eq!(cat_as_nobody(&dir.join("public.txt")).unwrap(), b"for everyone");
+    let err = cat_as_nobody(&dir.join("private.txt")).unwrap_err();
+    assert!(err.contains("Permission denied"), "{err}");
+    assert_eq!(std::fs::read(dir.join("private.txt")).unwrap(), b"for root only");
+    m.unmount().unwrap();
+
+    // Without --allow-other, nobody else gets in at all.
+    let m = mount(&env, open_repo(&env), &MountOptions::default());
+    let dir = inside(&m.mountpoint().join("snapshots/latest"), &env.src);
+    let err = cat_as_nobody(&dir.join("public.txt")).unwrap_err();
+    assert!(err.contains("Permission denied"), "{err}");
+    assert_eq!(std::fs::read(dir.join("public.txt")).unwrap(), b"for everyone");
+}
+
+/// Is `path` a mount point now?
+fn is_mounted(path: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let path = path.as_os_str().as_bytes();
+    mounts.lines().any(|l| l.split(' ').nth(4).is_some_and(|p| p.as_bytes() == path))
+}
+
+/// A `coffer mount` process, killed and unmounted if a test fails.
+struct Running {
+    child: std::process::Child,
+    at: PathBuf,
+}
+
+impl Running {
+    fn start(env: &Env, at: &Path) -> Running {
+        std::fs::create_dir_all(at).unwrap();
+        let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("coffer"));
+        cmd.env("COFFER_REPOSITORY", &env.repo).env("COFFER_PASSWORD", crate::common::PASSWORD);
+        cmd.env_remove("COFFER_PASSWORD_FILE").env_remove("COFFER_PASSWORD_COMMAND");
+        let child = cmd.arg("mount").arg(at).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        let running = Running { child, at: at.to_path_buf() };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !is_mounted(at) {
+            assert!(Instant::now() < deadline, "coffer mount did not mount");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        running
+    }
+
+    fn wait(mut self) -> std::process::ExitStatus {
+        self.child.wait().unwrap()
+    }
+
+    /// SIGTERM, then the exit status and what it printed on stderr.
+    fn stop(mut self) -> (std::process::ExitStatus, String) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let status = self.child.wait().unwrap();
+        let mut stderr = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            e.read_to_string(&mut stderr).unwrap();
+        }
+        (status, stderr)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if is_mounted(&self.at) {
+            let _ = nix::mount::umount2(&self.at, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+#[test]
+fn coffer_mount_ends_cleanly_on_sigterm_and_on_fusermount() {
+    if !fuse_available() {
+        return;
+    }
+    let env = Env::init();
+    env.write("a.txt", b"through the binary");
+    env.backup_json(&[]);
+    let at = std::fs::canonicalize(env.dir.path()).unwrap().join("mnt");
+
+    let running = Running::start(&env, &at);
+    let file = inside(&at.join("snapshots/latest"), &env.src).join("a.txt");
+    assert_eq!(std::fs::read(&file).unwrap(), b"through the binary");
+    let (status, stderr) = running.stop();
+    assert!(status.success(), "{status:?}: {stderr}");
+    assert!(!is_mounted(&at), "still mounted after SIGTERM");
+
+    let running = Running::start(&env, &at);
+    assert_eq!(std::fs::read(&file).unwrap(), b"through the binary");
+    let tool =
+        if std::process::Command::new("fusermount3").arg("-V").output().is_ok() { "fusermount3" } else { "umount" };
+    let out =
+        std::process::Command::new(tool).arg(if tool == "umount" { "-v" } else { "-u" }).arg(&at).output().unwrap();
+    assert!(out.status.success(), "{tool}: {}", String::from_utf8_lossy(&out.stderr));
+    let status = running.wait();
+    assert!(status.success(), "{status:?}");
+    assert!(!is_mounted(&at));
+
+    // A file still open in it: the mount is detached, and coffer still ends.
+    let running = Running::start(&env, &at);
+    let open = std::fs::File::open(&file).unwrap();
+    let (status, stderr) = running.stop();
+    assert!(status.success(), "{status:?}: {stderr}");
+    assert!(stderr.contains("in use: detaching it"), "{stderr}");
+    assert!(!is_mounted(&at), "still mounted with a file open");
+    drop(open);
+}
+
+#[test]
+fn the_mount_point_must_be_an_existing_folder() {
+    let env = Env::init();
+    env.write("file", b"x");
+    for (at, why) in [(env.path("missing"), "No such file or directory"), (env.src.join("file"), "not a folder")] {
+        // No password anywhere: the mount point is checked before asking for one.
+        let out = env.coffer().env_remove("COFFER_PASSWORD").arg("mount").arg(&at).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains(why) && err.contains("must be an existing folder"), "{err}");
+    }
+}
