@@ -5,6 +5,7 @@
 
 mod common;
 
+mod backend_wrappers;
 mod backup_options;
 mod cli;
 mod crypto_objects;

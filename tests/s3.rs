@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use coffer_core::backend::Backend;
-use coffer_core::backend::s3::{S3Backend, S3Config, StaticCredentials};
+use coffer_core::backend::s3::S3Backend;
 
 use crate::common::s3::{self, S3Server};
 use crate::common::{Env, random_bytes};
@@ -129,13 +129,7 @@ fn unreachable_endpoint_says_so() {
 }
 
 fn library_backend(server: &S3Server, prefix: &str) -> S3Backend {
-    let mut config = S3Config::new("bucket", prefix);
-    config.endpoint = Some(server.endpoint());
-    config.path_style = true;
-    config.region = Some(s3::REGION.into());
-    config.credentials =
-        Some(StaticCredentials { access_key_id: s3::ACCESS_KEY.into(), secret_access_key: s3::SECRET_KEY.into() });
-    S3Backend::new(config).expect("backend")
+    server.backend("bucket", prefix)
 }
 
 #[test]

@@ -68,6 +68,19 @@ impl S3Server {
         self.running = Some(serve(self.dir.path(), listener));
     }
 
+    /// A library backend for `bucket/prefix` on this server, with the test
+    /// credentials (nothing read from the environment).
+    pub fn backend(&self, bucket: &str, prefix: &str) -> coffer_core::backend::s3::S3Backend {
+        use coffer_core::backend::s3::{S3Backend, S3Config, StaticCredentials};
+        let mut config = S3Config::new(bucket, prefix);
+        config.endpoint = Some(self.endpoint());
+        config.path_style = true;
+        config.region = Some(REGION.into());
+        config.credentials =
+            Some(StaticCredentials { access_key_id: ACCESS_KEY.into(), secret_access_key: SECRET_KEY.into() });
+        S3Backend::new(config).expect("backend")
+    }
+
     /// Every object key stored in `bucket` (as relative paths of files),
     /// leaving out the server's own metadata.
     pub fn keys(&self, bucket: &str) -> Vec<String> {
