@@ -17,3 +17,4 @@ mod restore_options;
 mod roundtrip;
 mod s3;
 mod smoke;
+mod wire_stats;

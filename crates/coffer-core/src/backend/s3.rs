@@ -25,7 +25,7 @@ use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::StorageClass;
 
-use super::{Backend, BackendError, BackendResult, Entry};
+use super::{Backend, BackendError, BackendResult, Entry, WireCounters, WireStats};
 
 /// Requests in flight by default: enough that a link with 20-50 ms per
 /// request still moves data at full speed. The bytes in flight are capped by
@@ -166,13 +166,14 @@ fn valid_bucket_name(name: &str) -> bool {
 pub struct S3Backend {
     config: S3Config,
     client: tokio::sync::OnceCell<Client>,
+    wire: WireCounters,
 }
 
 impl S3Backend {
     /// A backend for the bucket; nothing is contacted until the first request.
     pub fn new(config: S3Config) -> BackendResult<S3Backend> {
         config.validate()?;
-        Ok(S3Backend { config, client: tokio::sync::OnceCell::new() })
+        Ok(S3Backend { config, client: tokio::sync::OnceCell::new(), wire: WireCounters::default() })
     }
 
     pub fn config(&self) -> &S3Config {
@@ -251,6 +252,7 @@ impl S3Backend {
 
     async fn check_bucket(&self, client: &Client) -> BackendResult<()> {
         let bucket = &self.config.bucket;
+        self.wire.head();
         match client.head_bucket().bucket(bucket).send().await {
             Ok(_) => Ok(()),
             Err(e) if status(&e) == Some(404) || e.as_service_error().is_some_and(|s| s.is_not_found()) => {
@@ -281,6 +283,7 @@ impl S3Backend {
                     .build(),
             );
         }
+        self.wire.put(0);
         match req.send().await {
             Ok(_) => {
                 tracing::info!("created bucket {bucket}");
@@ -366,6 +369,10 @@ impl Backend for S3Backend {
         self.config.connections
     }
 
+    fn wire_stats(&self) -> WireStats {
+        self.wire.stats()
+    }
+
     async fn put(&self, key: &str, data: Vec<u8>) -> BackendResult<()> {
         let client = self.client().await?;
         let mut req = client.put_object().bucket(&self.config.bucket).key(self.full_key(key));
@@ -374,6 +381,7 @@ impl Backend for S3Backend {
         {
             req = req.storage_class(StorageClass::from(class.to_ascii_uppercase().as_str()));
         }
+        self.wire.put(data.len() as u64);
         // The body is in memory, so the SDK can resend it on a retry.
         req.body(ByteStream::from(data)).send().await.map_err(|e| self.error("PUT", key, e))?;
         Ok(())
@@ -386,6 +394,7 @@ impl Backend for S3Backend {
         // body streams in: that is retried here.
         let mut attempt = 1;
         loop {
+            self.wire.get();
             let resp = match client.get_object().bucket(&self.config.bucket).key(&full).send().await {
                 Ok(resp) => resp,
                 Err(e) => {
@@ -398,7 +407,11 @@ impl Backend for S3Backend {
                 }
             };
             match resp.body.collect().await {
-                Ok(body) => return Ok(body.into_bytes().to_vec()),
+                Ok(body) => {
+                    let data = body.into_bytes().to_vec();
+                    self.wire.received(data.len() as u64);
+                    return Ok(data);
+                }
                 Err(e) if attempt < self.config.max_attempts => {
                     tracing::debug!("GET {key}: body interrupted ({e}); retrying");
                     tokio::time::sleep(self.config.initial_backoff * attempt).await;
@@ -420,6 +433,7 @@ impl Backend for S3Backend {
             client.list_objects_v2().bucket(&self.config.bucket).prefix(self.full_key(prefix)).into_paginator().send();
         let mut out = Vec::new();
         while let Some(page) = pages.next().await {
+            self.wire.list();
             let page = page.map_err(|e| self.error("LIST", prefix, e))?;
             for obj in page.contents() {
                 let Some(full) = obj.key() else { continue };
@@ -437,6 +451,7 @@ impl Backend for S3Backend {
 
     async fn delete(&self, key: &str) -> BackendResult<()> {
         let client = self.client().await?;
+        self.wire.delete();
         match client.delete_object().bucket(&self.config.bucket).key(self.full_key(key)).send().await {
             Ok(_) => Ok(()),
             Err(e) if status(&e) == Some(404) && code(&e) != Some("NoSuchBucket") => Ok(()),
