@@ -167,6 +167,54 @@ fn listing_pages_past_1000_keys() {
     });
 }
 
+/// Puts `keys` (each with a 1-byte body) with 32 requests in flight.
+async fn put_many(backend: &Arc<S3Backend>, keys: Vec<String>) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for key in keys {
+        let b = backend.clone();
+        tasks.spawn(async move { b.put(&key, b"x".to_vec()).await });
+        if tasks.len() >= 32 {
+            tasks.join_next().await.unwrap().unwrap().unwrap();
+        }
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap().unwrap();
+    }
+}
+
+#[test]
+fn chunk_listing_goes_parallel_past_one_page() {
+    let server = S3Server::start();
+    let backend = Arc::new(library_backend(&server, "sharded"));
+    let rt = coffer_core::repo::new_runtime().unwrap();
+    rt.block_on(async {
+        // 1100 keys in one sub-folder (two pages of its own), a few in
+        // others before and after it, and names that are not objects.
+        let mut expected: Vec<String> = (0..1100).map(|i| format!("chunks/3c/3c{i:05}")).collect();
+        for shard in ["00", "1f", "3b", "3d", "a0", "ff"] {
+            expected.extend((0..3).map(|i| format!("chunks/{shard}/{shard}{i}")));
+        }
+        put_many(&backend, expected.clone()).await;
+        put_many(&backend, vec!["chunks/zz/x".into(), "chunks/AB/y".into(), "chunks/abc".into()]).await;
+        let before = backend.wire_stats();
+        let mut got: Vec<String> = backend.list("chunks/").await.unwrap().into_iter().map(|e| e.key).collect();
+        got.sort();
+        expected.sort();
+        assert_eq!(got, expected);
+        // The first page (1000 keys: 00, 1f, 3b and most of 3c) stops in
+        // 3c; 3c..ff are then listed one by one, 3c in two pages.
+        let lists = backend.wire_stats().since(&before).lists;
+        assert_eq!(lists, 1 + (0x100 - 0x3c) + 1);
+
+        // A small folder costs one request, malformed names left out.
+        let before = backend.wire_stats();
+        put_many(&backend, vec!["trees/01/01a".into(), "trees/xy/z".into()]).await;
+        let got: Vec<String> = backend.list("trees/").await.unwrap().into_iter().map(|e| e.key).collect();
+        assert_eq!(got, vec!["trees/01/01a".to_string()]);
+        assert_eq!(backend.wire_stats().since(&before).lists, 1);
+    });
+}
+
 #[test]
 fn storage_class_applies_to_chunks_only() {
     let server = S3Server::start();

@@ -170,7 +170,9 @@ pub trait Backend: Send + Sync + 'static {
     async fn get(&self, key: &str) -> BackendResult<Vec<u8>>;
 
     /// Lists every key that starts with `prefix` (a folder such as
-    /// `chunks/`), in no particular order. Temporary objects are left out.
+    /// `chunks/`), in no particular order. Temporary objects are left out;
+    /// for `chunks/` and `trees/` a store may also leave out keys outside the
+    /// 256 sub-folders `00/`…`ff/` (no well-formed object lives there).
     async fn list(&self, prefix: &str) -> BackendResult<Vec<Entry>>;
 
     /// Removes an object. Removing an object that does not exist is not an error.

@@ -348,6 +348,101 @@ impl S3Backend {
     }
 }
 
+/// Folders whose objects are spread over 256 sub-folders named by the first
+/// two hex digits of their id: `chunks/ab/ab12…`.
+const SHARDED: [&str; 2] = ["chunks/", "trees/"];
+
+/// Most keys one LIST page holds (S3's maximum and default).
+const PAGE: usize = 1000;
+
+/// The sub-folder (`ab`) of a key below a sharded folder, if it is one of
+/// the 256 well-formed ones.
+fn shard_of<'k>(key: &'k str, folder: &str) -> Option<&'k str> {
+    let rest = key.strip_prefix(folder)?;
+    let shard = rest.get(..2)?;
+    let well_formed = shard.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    (well_formed && rest.as_bytes().get(2) == Some(&b'/')).then_some(shard)
+}
+
+impl S3Backend {
+    /// Lists every key below `prefix`, page after page.
+    async fn list_all(&self, prefix: &str) -> BackendResult<Vec<Entry>> {
+        let client = self.client().await?;
+        let mut pages =
+            client.list_objects_v2().bucket(&self.config.bucket).prefix(self.full_key(prefix)).into_paginator().send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            self.wire.list();
+            let page = page.map_err(|e| self.error("LIST", prefix, e))?;
+            self.collect(prefix, page.contents(), &mut out);
+        }
+        Ok(out)
+    }
+
+    /// Appends the objects of one page that are ours.
+    fn collect(&self, prefix: &str, objects: &[aws_sdk_s3::types::Object], out: &mut Vec<Entry>) {
+        let strip = if self.config.prefix.is_empty() { 0 } else { self.config.prefix.len() + 1 };
+        for obj in objects {
+            let Some(full) = obj.key() else { continue };
+            // Only keys under our prefix are ours; a store that answered
+            // with anything else is not trusted with it.
+            let Some(key) = full.get(strip..).filter(|k| k.starts_with(prefix) && full.len() > strip) else {
+                continue;
+            };
+            let size = obj.size().and_then(|s| u64::try_from(s).ok()).unwrap_or(0);
+            out.push(Entry { key: key.to_string(), size });
+        }
+    }
+
+    /// Lists `chunks/` or `trees/`. One LIST request answers for a small
+    /// repository; when the first page is full, the sub-folders it did not
+    /// reach are listed in parallel (one paginated listing each, as many at
+    /// once as there are connections), since a single listing of a large
+    /// repository is a long chain of round trips, 1,000 keys each. Only keys
+    /// in the 256 well-formed sub-folders are returned.
+    async fn list_sharded(&self, prefix: &str) -> BackendResult<Vec<Entry>> {
+        use futures_util::StreamExt;
+
+        let client = self.client().await?;
+        self.wire.list();
+        let first = client
+            .list_objects_v2()
+            .bucket(&self.config.bucket)
+            .prefix(self.full_key(prefix))
+            .max_keys(PAGE as i32)
+            .send()
+            .await
+            .map_err(|e| self.error("LIST", prefix, e))?;
+        let mut out = Vec::new();
+        self.collect(prefix, first.contents(), &mut out);
+        out.retain(|e| shard_of(&e.key, prefix).is_some());
+        if first.is_truncated() != Some(true) {
+            return Ok(out);
+        }
+        // Keys come in order, so the sub-folders before the last key's are
+        // complete; that one is listed again from its start.
+        let last = first.contents().last().and_then(|o| o.key()).unwrap_or("");
+        let strip = if self.config.prefix.is_empty() { 0 } else { self.config.prefix.len() + 1 };
+        let last = last.get(strip..).unwrap_or("");
+        let resume = match shard_of(last, prefix) {
+            Some(shard) => u8::from_str_radix(shard, 16).unwrap_or(0),
+            None => 0,
+        };
+        out.retain(|e| shard_of(&e.key, prefix).and_then(|s| u8::from_str_radix(s, 16).ok()) < Some(resume));
+        let shards: Vec<String> = (resume..=255).map(|i| format!("{prefix}{i:02x}/")).collect();
+        type Listing<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = BackendResult<Vec<Entry>>> + Send + 'a>>;
+        let mut futures: Vec<Listing<'_>> = Vec::with_capacity(shards.len());
+        for shard in &shards {
+            futures.push(Box::pin(self.list_all(shard)));
+        }
+        let mut listings = futures_util::stream::iter(futures).buffer_unordered(self.config.connections.max(1));
+        while let Some(listing) = listings.next().await {
+            out.extend(listing?);
+        }
+        Ok(out)
+    }
+}
+
 fn status<E>(err: &SdkError<E, aws_smithy_runtime_api::http::Response>) -> Option<u16> {
     err.raw_response().map(|r| r.status().as_u16())
 }
@@ -427,26 +522,7 @@ impl Backend for S3Backend {
     }
 
     async fn list(&self, prefix: &str) -> BackendResult<Vec<Entry>> {
-        let client = self.client().await?;
-        let strip = if self.config.prefix.is_empty() { 0 } else { self.config.prefix.len() + 1 };
-        let mut pages =
-            client.list_objects_v2().bucket(&self.config.bucket).prefix(self.full_key(prefix)).into_paginator().send();
-        let mut out = Vec::new();
-        while let Some(page) = pages.next().await {
-            self.wire.list();
-            let page = page.map_err(|e| self.error("LIST", prefix, e))?;
-            for obj in page.contents() {
-                let Some(full) = obj.key() else { continue };
-                // Only keys under our prefix are ours; a store that answered
-                // with anything else is not trusted with it.
-                let Some(key) = full.get(strip..).filter(|k| k.starts_with(prefix) && full.len() > strip) else {
-                    continue;
-                };
-                let size = obj.size().and_then(|s| u64::try_from(s).ok()).unwrap_or(0);
-                out.push(Entry { key: key.to_string(), size });
-            }
-        }
-        Ok(out)
+        if SHARDED.contains(&prefix) { self.list_sharded(prefix).await } else { self.list_all(prefix).await }
     }
 
     async fn delete(&self, key: &str) -> BackendResult<()> {
@@ -485,6 +561,15 @@ mod tests {
         c.endpoint = Some("http://127.0.0.1:9000".into());
         assert_eq!(c.location(), "s3:http://127.0.0.1:9000/photos");
         assert_eq!(S3Backend::new(c).unwrap().full_key("keys/ab"), "keys/ab");
+    }
+
+    #[test]
+    fn well_formed_shards() {
+        assert_eq!(shard_of("chunks/ab/ab12", "chunks/"), Some("ab"));
+        assert_eq!(shard_of("trees/00/x", "trees/"), Some("00"));
+        for bad in ["chunks/AB/ab", "chunks/zz/x", "chunks/abc", "chunks/a/", "chunks/ab", "trees/ab/x"] {
+            assert_eq!(shard_of(bad, "chunks/"), None, "{bad}");
+        }
     }
 
     #[test]
