@@ -7,6 +7,7 @@ mod common;
 
 mod backend_wrappers;
 mod backup_options;
+mod chunk_set;
 mod cli;
 mod crypto_objects;
 mod dedup;

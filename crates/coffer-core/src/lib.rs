@@ -11,6 +11,7 @@ pub mod archiver;
 pub mod backend;
 pub mod blob;
 pub mod cache;
+pub mod chunk_set;
 pub mod chunker;
 pub mod config;
 pub mod crypto;
