@@ -279,3 +279,46 @@ fn server_stopped_mid_backup_leaves_no_snapshot() {
     let snaps: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(snaps.len(), 1);
 }
+
+#[test]
+fn conditional_chunk_upload_keeps_the_stored_object() {
+    let server = S3Server::start();
+    let backend = library_backend(&server, "cond");
+    let rt = coffer_core::repo::new_runtime().unwrap();
+    rt.block_on(async {
+        backend.put("chunks/aa/aa01", b"first".to_vec()).await.unwrap();
+        // s3s-fs honours If-None-Match: *, answering 412: the chunk is there.
+        backend.put("chunks/aa/aa01", b"second".to_vec()).await.unwrap();
+        assert_eq!(backend.get("chunks/aa/aa01").await.unwrap(), b"first");
+        // Only chunks are uploaded conditionally.
+        backend.put("snapshots/bb", b"first".to_vec()).await.unwrap();
+        backend.put("snapshots/bb", b"second".to_vec()).await.unwrap();
+        assert_eq!(backend.get("snapshots/bb").await.unwrap(), b"second");
+        assert_eq!(backend.wire_stats().puts, 4);
+    });
+}
+
+#[test]
+fn store_without_conditional_uploads_is_probed_once() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let conditional = Arc::new(AtomicUsize::new(0));
+    let seen = conditional.clone();
+    let server = S3Server::start_with_hook(move |req| {
+        req.headers().contains_key("if-none-match").then(|| {
+            seen.fetch_add(1, Ordering::SeqCst);
+            (501, "NotImplemented")
+        })
+    });
+    let backend = library_backend(&server, "nocond");
+    let rt = coffer_core::repo::new_runtime().unwrap();
+    rt.block_on(async {
+        backend.put("chunks/aa/aa01", b"one".to_vec()).await.unwrap();
+        backend.put("chunks/bb/bb01", b"two".to_vec()).await.unwrap();
+        backend.put("chunks/aa/aa01", b"again".to_vec()).await.unwrap();
+        assert_eq!(backend.get("chunks/bb/bb01").await.unwrap(), b"two");
+        // Without the condition, an upload replaces (with an equivalent object in real use).
+        assert_eq!(backend.get("chunks/aa/aa01").await.unwrap(), b"again");
+    });
+    assert_eq!(conditional.load(Ordering::SeqCst), 1, "the condition is sent until the first refusal only");
+    assert_eq!(backend.wire_stats().puts, 4, "the refused upload, its plain retry and two more");
+}

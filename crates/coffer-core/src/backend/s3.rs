@@ -167,13 +167,20 @@ pub struct S3Backend {
     config: S3Config,
     client: tokio::sync::OnceCell<Client>,
     wire: WireCounters,
+    /// Whether chunk uploads still send `If-None-Match: *` (see [`S3Backend::put`]).
+    conditional: std::sync::atomic::AtomicBool,
 }
 
 impl S3Backend {
     /// A backend for the bucket; nothing is contacted until the first request.
     pub fn new(config: S3Config) -> BackendResult<S3Backend> {
         config.validate()?;
-        Ok(S3Backend { config, client: tokio::sync::OnceCell::new(), wire: WireCounters::default() })
+        Ok(S3Backend {
+            config,
+            client: tokio::sync::OnceCell::new(),
+            wire: WireCounters::default(),
+            conditional: std::sync::atomic::AtomicBool::new(true),
+        })
     }
 
     pub fn config(&self) -> &S3Config {
@@ -443,6 +450,15 @@ impl S3Backend {
     }
 }
 
+/// Whether an answer to a conditional PUT says the store does not support
+/// the condition, rather than that the upload failed.
+fn unsupported_condition<E: ProvideErrorMetadata>(err: &SdkError<E, aws_smithy_runtime_api::http::Response>) -> bool {
+    let message = err.meta().message().unwrap_or("").to_ascii_lowercase();
+    matches!(code(err), Some("NotImplemented"))
+        || status(err) == Some(501)
+        || (status(err) == Some(400) && (message.contains("if-none-match") || message.contains("conditional")))
+}
+
 fn status<E>(err: &SdkError<E, aws_smithy_runtime_api::http::Response>) -> Option<u16> {
     err.raw_response().map(|r| r.status().as_u16())
 }
@@ -468,18 +484,61 @@ impl Backend for S3Backend {
         self.wire.stats()
     }
 
+    /// Chunk uploads are sent with `If-None-Match: *` until the store shows
+    /// that it does not support it: a chunk that is already stored is then
+    /// not replaced (no new version in a versioned bucket, no second copy
+    /// billed until the first is overwritten), and the `412` answer means it
+    /// is there. It is an optimisation only, never relied on: a store that
+    /// ignores the header (Garage) simply stores the equivalent object again
+    /// (invariant 3), and one that refuses it (`501`, `NotImplemented`, a
+    /// `400` naming the header) turns it off for the rest of the process
+    /// after the upload is retried without it.
     async fn put(&self, key: &str, data: Vec<u8>) -> BackendResult<()> {
+        use std::sync::atomic::Ordering;
         let client = self.client().await?;
-        let mut req = client.put_object().bucket(&self.config.bucket).key(self.full_key(key));
-        if let Some(class) = &self.config.storage_class
-            && key.starts_with("chunks/")
-        {
-            req = req.storage_class(StorageClass::from(class.to_ascii_uppercase().as_str()));
+        let chunk = key.starts_with("chunks/");
+        let conditional = chunk && self.conditional.load(Ordering::Relaxed);
+        let len = data.len() as u64;
+        let body = bytes::Bytes::from(data);
+        let request = |if_none_match: bool| {
+            let mut req = client.put_object().bucket(&self.config.bucket).key(self.full_key(key));
+            if let Some(class) = &self.config.storage_class
+                && chunk
+            {
+                req = req.storage_class(StorageClass::from(class.to_ascii_uppercase().as_str()));
+            }
+            if if_none_match {
+                req = req.if_none_match("*");
+            }
+            // The body is in memory, so the SDK can resend it on a retry;
+            // a clone of `Bytes` shares it.
+            req.body(ByteStream::from(body.clone()))
+        };
+        self.wire.put(len);
+        match request(conditional).send().await {
+            Ok(_) => Ok(()),
+            Err(e) if conditional && (status(&e) == Some(412) || code(&e) == Some("PreconditionFailed")) => {
+                tracing::debug!("PUT {key}: already stored");
+                Ok(())
+            }
+            // AWS: another conditional upload of the same key was in
+            // progress. Equivalent objects: upload it plainly.
+            Err(e) if conditional && code(&e) == Some("ConditionalRequestConflict") => {
+                self.wire.put(len);
+                request(false).send().await.map(|_| ()).map_err(|e| self.error("PUT", key, e))
+            }
+            Err(e) if conditional && unsupported_condition(&e) => {
+                tracing::info!(
+                    "{}: the store does not support conditional uploads ({}); uploading without them",
+                    self.location(),
+                    code(&e).unwrap_or("HTTP error")
+                );
+                self.conditional.store(false, Ordering::Relaxed);
+                self.wire.put(len);
+                request(false).send().await.map(|_| ()).map_err(|e| self.error("PUT", key, e))
+            }
+            Err(e) => Err(self.error("PUT", key, e)),
         }
-        self.wire.put(data.len() as u64);
-        // The body is in memory, so the SDK can resend it on a retry.
-        req.body(ByteStream::from(data)).send().await.map_err(|e| self.error("PUT", key, e))?;
-        Ok(())
     }
 
     async fn get(&self, key: &str) -> BackendResult<Vec<u8>> {
