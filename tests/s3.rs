@@ -322,3 +322,80 @@ fn store_without_conditional_uploads_is_probed_once() {
     assert_eq!(conditional.load(Ordering::SeqCst), 1, "the condition is sent until the first refusal only");
     assert_eq!(backend.wire_stats().puts, 4, "the refused upload, its plain retry and two more");
 }
+
+#[test]
+fn missing_region_is_a_clear_error_and_writes_nothing() {
+    let env = Env::new();
+    env.write("a", b"data");
+    // An AWS location (no endpoint), with no region anywhere: the test's
+    // AWS_REGION removed and the config files pointing at nothing.
+    for args in [&INIT[..], &["backup".as_ref(), env.src.to_str().unwrap()][..]] {
+        let out = s3::coffer(&env, "s3:coffer-no-region-bucket/repo").env_remove("AWS_REGION").args(args).output().unwrap();
+        let err = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("no AWS region is configured") && err.contains("--s3-region"), "{err}");
+    }
+    assert!(!env.path("cache").exists(), "nothing may be written locally either");
+}
+
+/// 40 one-chunk files, as a backup's worth of uploads.
+fn forty_files(env: &Env) {
+    for i in 0..40u64 {
+        env.write(&format!("p{i:02}.jpg"), &random_bytes(300_000, 100 + i));
+    }
+}
+
+#[test]
+fn slow_down_and_server_errors_are_retried() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // The first chunk uploads are answered 503 SlowDown and 500, four in all.
+    let faults = Arc::new(AtomicUsize::new(0));
+    let injected = faults.clone();
+    let server = S3Server::start_with_hook(move |req| {
+        let chunk_put = req.method() == http::Method::PUT && req.uri().path().contains("/chunks/");
+        if !chunk_put {
+            return None;
+        }
+        let n = injected.fetch_add(1, Ordering::SeqCst);
+        match n {
+            0 | 2 => Some((503, "SlowDown")),
+            1 | 3 => Some((500, "InternalError")),
+            _ => None,
+        }
+    });
+    let url = server.url("bucket/retry");
+    let env = Env::new();
+    forty_files(&env);
+    s3::coffer(&env, &url).args(INIT).assert().success();
+    let out = s3::coffer(&env, &url).env("COFFER_S3_MAX_ATTEMPTS", "6").args(["backup", "--json"]).arg(&env.src).output().unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(num(&report, "chunks_added"), 40, "{report}");
+    assert!(faults.load(Ordering::SeqCst) >= 44, "all four faults were served, and 40 uploads passed");
+    let target = env.path("restored");
+    s3::coffer(&env, &url).args(["restore", "latest", "--target"]).arg(&target).assert().success();
+    assert_eq!(std::fs::read(env.restored_src(&target).join("p07.jpg")).unwrap(), random_bytes(300_000, 107));
+}
+
+#[test]
+fn uploads_that_keep_failing_fail_the_backup_naming_the_key() {
+    let server = S3Server::start_with_hook(|req| {
+        (req.method() == http::Method::PUT && req.uri().path().contains("/chunks/")).then_some((500, "InternalError"))
+    });
+    let url = server.url("bucket/failing");
+    let env = Env::new();
+    forty_files(&env);
+    s3::coffer(&env, &url).args(INIT).assert().success();
+    let out = s3::coffer(&env, &url).env("COFFER_S3_MAX_ATTEMPTS", "2").arg("backup").arg(&env.src).output().unwrap();
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    // "PUT chunks/ab/ab12…(64 hex): InternalError …"
+    let at = err.find("PUT chunks/").unwrap_or_else(|| panic!("no key named: {err}"));
+    let key = &err[at + 4..];
+    let id: String = key["chunks/xx/".len()..].chars().take_while(|c| c.is_ascii_hexdigit()).collect();
+    assert_eq!(id.len(), 64, "{err}");
+    assert_eq!(&key[7..9], &id[..2], "{err}");
+    assert!(err.contains("InternalError"), "{err}");
+    eprintln!("MSG failing uploads: {err}");
+    assert!(server.keys("bucket").iter().all(|k| !k.starts_with("failing/snapshots/")), "a snapshot was written");
+}
