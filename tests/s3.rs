@@ -287,14 +287,22 @@ fn conditional_chunk_upload_keeps_the_stored_object() {
     let rt = coffer_core::repo::new_runtime().unwrap();
     rt.block_on(async {
         backend.put("chunks/aa/aa01", b"first".to_vec()).await.unwrap();
-        // s3s-fs honours If-None-Match: *, answering 412: the chunk is there.
-        backend.put("chunks/aa/aa01", b"second".to_vec()).await.unwrap();
+        // s3s-fs honours If-None-Match: *, answering 412; a HEAD finds an
+        // object of the same length there (an equivalent encoding): kept.
+        backend.put("chunks/aa/aa01", b"other".to_vec()).await.unwrap();
         assert_eq!(backend.get("chunks/aa/aa01").await.unwrap(), b"first");
+        let w = backend.wire_stats();
+        assert_eq!((w.puts, w.heads), (2, 2), "{w:?}");
+        // A stored object of another length (truncated) is replaced.
+        backend.put("chunks/aa/aa01", b"longer".to_vec()).await.unwrap();
+        assert_eq!(backend.get("chunks/aa/aa01").await.unwrap(), b"longer");
         // Only chunks are uploaded conditionally.
         backend.put("snapshots/bb", b"first".to_vec()).await.unwrap();
         backend.put("snapshots/bb", b"second".to_vec()).await.unwrap();
         assert_eq!(backend.get("snapshots/bb").await.unwrap(), b"second");
-        assert_eq!(backend.wire_stats().puts, 4);
+        let w = backend.wire_stats();
+        // The bucket check, and one HEAD after each 412.
+        assert_eq!((w.puts, w.heads), (6, 3), "{w:?}");
     });
 }
 

@@ -486,9 +486,9 @@ impl Backend for S3Backend {
 
     /// Chunk uploads are sent with `If-None-Match: *` until the store shows
     /// that it does not support it: a chunk that is already stored is then
-    /// not replaced (no new version in a versioned bucket, no second copy
-    /// billed until the first is overwritten), and the `412` answer means it
-    /// is there. It is an optimisation only, never relied on: a store that
+    /// not replaced (no new version in a versioned bucket), and after the
+    /// `412` answer a HEAD checks that what is there has the length of this
+    /// encoding (a truncated object is replaced, as it counts as absent). It is an optimisation only, never relied on: a store that
     /// ignores the header (Garage) simply stores the equivalent object again
     /// (invariant 3), and one that refuses it (`501`, `NotImplemented`, a
     /// `400` naming the header) turns it off for the rest of the process
@@ -518,8 +518,19 @@ impl Backend for S3Backend {
         match request(conditional).send().await {
             Ok(_) => Ok(()),
             Err(e) if conditional && (status(&e) == Some(412) || code(&e) == Some("PreconditionFailed")) => {
-                tracing::debug!("PUT {key}: already stored");
-                Ok(())
+                // Something is stored under the key, but a truncated or
+                // damaged object must be replaced (it counts as absent). An
+                // equivalent encoding has exactly this length, so a HEAD
+                // (cheaper than a PUT) tells which.
+                self.wire.head();
+                let head = client.head_object().bucket(&self.config.bucket).key(self.full_key(key)).send().await;
+                if head.ok().and_then(|h| h.content_length()) == Some(len as i64) {
+                    tracing::debug!("PUT {key}: already stored");
+                    return Ok(());
+                }
+                tracing::info!("PUT {key}: the stored object has another length; replacing it");
+                self.wire.put(len);
+                request(false).send().await.map(|_| ()).map_err(|e| self.error("PUT", key, e))
             }
             // AWS: another conditional upload of the same key was in
             // progress. Equivalent objects: upload it plainly.
