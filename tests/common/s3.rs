@@ -218,7 +218,14 @@ fn vars(env: &Env, url: &str) -> (Vec<(&'static str, std::ffi::OsString)>, [&'st
 /// The binary pointed at `url` on an S3 server, with the test credentials in
 /// the environment and nothing of the caller's AWS configuration.
 pub fn coffer(env: &Env, url: &str) -> Command {
-    let mut cmd = env.coffer();
+    let mut cmd = coffer_with_vars(env, url);
+    cmd.env("COFFER_CACHE_DIR", env.path("cache"));
+    cmd
+}
+
+/// The binary with the S3 variables for `url` (and no cache set).
+pub(super) fn coffer_with_vars(env: &Env, url: &str) -> Command {
+    let mut cmd = Command::cargo_bin("coffer").expect("coffer binary");
     let (set, removed) = vars(env, url);
     for var in removed {
         cmd.env_remove(var);
