@@ -33,8 +33,9 @@ fn keeps_requests_in_flight(inner: Arc<dyn Backend>, env: &Env) {
     let slow = Arc::new(LatencyBackend::new(inner, Duration::from_millis(20)));
     let repo = Repository::init(slow.clone(), b"pw", &cheap_init()).expect("init");
     slow.reset_max_in_flight();
-    let outcome = archiver::backup(&repo, &BackupOptions { paths: vec![env.src.clone()], ..Default::default() }, &NoProgress)
-        .expect("backup");
+    let outcome =
+        archiver::backup(&repo, &BackupOptions { paths: vec![env.src.clone()], ..Default::default() }, &NoProgress)
+            .expect("backup");
     assert!(outcome.snapshot.summary.chunks_added >= 32, "{:?}", outcome.snapshot.summary);
     let backup_max = slow.max_in_flight();
     assert!(backup_max >= 8, "backup kept only {backup_max} requests in flight");

@@ -3,13 +3,19 @@
 //! is stored again by the next backup (the design's invariant 4). All with the
 //! default chunker (min 512 KiB, avg 1 MiB, max 8 MiB), as users get it.
 
+use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use serde_json::Value;
 
 use crate::common::{Backend, Env, both_backends, open_repo, random_bytes};
 
-both_backends!(unchanged_data_is_neither_read_nor_stored_again, an_odd_length_insertion_costs_at_most_two_chunks, identical_files_are_stored_once, a_chunk_deleted_from_the_repository_is_stored_again, the_parent_is_the_latest_snapshot_of_the_same_host_and_paths);
+both_backends!(
+    unchanged_data_is_neither_read_nor_stored_again,
+    an_odd_length_insertion_costs_at_most_two_chunks,
+    identical_files_are_stored_once,
+    a_chunk_deleted_from_the_repository_is_stored_again,
+    the_parent_is_the_latest_snapshot_of_the_same_host_and_paths
+);
 
 const MIB: usize = 1 << 20;
 

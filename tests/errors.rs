@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 
 use coffer_core::crypto::ObjectKind;
 
-use crate::common::{Backend, Env, PASSWORD, both_backends, dir_state, object_file, open_repo, random_bytes, snapshot_node, snapshots_json};
+use crate::common::{
+    Backend, Env, PASSWORD, both_backends, dir_state, object_file, open_repo, random_bytes, snapshot_node,
+    snapshots_json,
+};
 
 both_backends!(
     wrong_password_is_exit_12_and_changes_nothing,

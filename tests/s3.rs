@@ -337,8 +337,9 @@ fn missing_region_is_a_clear_error_and_writes_nothing() {
     env.write("a", b"data");
     // An AWS location (no endpoint), with no region anywhere: the test's
     // AWS_REGION removed and the config files pointing at nothing.
-    for args in [&INIT[..], &["backup".as_ref(), env.src.to_str().unwrap()][..]] {
-        let out = s3::coffer(&env, "s3:coffer-no-region-bucket/repo").env_remove("AWS_REGION").args(args).output().unwrap();
+    for args in [&INIT[..], &["backup", env.src.to_str().unwrap()][..]] {
+        let out =
+            s3::coffer(&env, "s3:coffer-no-region-bucket/repo").env_remove("AWS_REGION").args(args).output().unwrap();
         let err = stderr_of(&out);
         assert_eq!(out.status.code(), Some(1), "{err}");
         assert!(err.contains("no AWS region is configured") && err.contains("--s3-region"), "{err}");
@@ -375,7 +376,12 @@ fn slow_down_and_server_errors_are_retried() {
     let env = Env::new();
     forty_files(&env);
     s3::coffer(&env, &url).args(INIT).assert().success();
-    let out = s3::coffer(&env, &url).env("COFFER_S3_MAX_ATTEMPTS", "6").args(["backup", "--json"]).arg(&env.src).output().unwrap();
+    let out = s3::coffer(&env, &url)
+        .env("COFFER_S3_MAX_ATTEMPTS", "6")
+        .args(["backup", "--json"])
+        .arg(&env.src)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr_of(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(num(&report, "chunks_added"), 40, "{report}");

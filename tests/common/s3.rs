@@ -44,7 +44,9 @@ impl S3Server {
     }
 
     /// Starts a server whose requests go through `hook` first.
-    pub fn start_with_hook(hook: impl Fn(&http::Request<hyper::body::Incoming>) -> Option<Fault> + Send + Sync + 'static) -> S3Server {
+    pub fn start_with_hook(
+        hook: impl Fn(&http::Request<hyper::body::Incoming>) -> Option<Fault> + Send + Sync + 'static,
+    ) -> S3Server {
         S3Server::start_with(Some(Arc::new(hook)))
     }
 

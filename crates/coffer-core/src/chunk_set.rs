@@ -253,13 +253,10 @@ mod tests {
 
     #[test]
     fn merge_keeps_order_and_drops_duplicates() {
-        assert_eq!(merge(&[id(1), id(3), id(5)], &[id(4), id(1), id(9), id(4)]), vec![
-            id(1),
-            id(3),
-            id(4),
-            id(5),
-            id(9)
-        ]);
+        assert_eq!(
+            merge(&[id(1), id(3), id(5)], &[id(4), id(1), id(9), id(4)]),
+            vec![id(1), id(3), id(4), id(5), id(9)]
+        );
         assert_eq!(merge(&[], &[id(2)]), vec![id(2)]);
         assert_eq!(merge(&[id(2)], &[]), vec![id(2)]);
     }

@@ -243,8 +243,7 @@ mod tests {
             b.delete("chunks/ab/abcd").await.unwrap();
             assert!(b.list("chunks/").await.unwrap().is_empty());
             assert!(b.list("nothing/").await.unwrap().is_empty());
-            let expected =
-                WireStats { puts: 1, gets: 2, lists: 3, deletes: 2, heads: 0, bytes_up: 4, bytes_down: 4 };
+            let expected = WireStats { puts: 1, gets: 2, lists: 3, deletes: 2, heads: 0, bytes_up: 4, bytes_down: 4 };
             assert_eq!(b.wire_stats(), expected);
         });
     }

@@ -219,7 +219,9 @@ impl FaultBackend {
             let message = format!("{} {key}: injected failure", op.name());
             return Err(match rule.fault.kind {
                 FaultKind::Transient => BackendError::Unavailable { location: self.inner.location(), message },
-                FaultKind::Permanent => BackendError::Io { key: key.to_string(), error: std::io::Error::other(message) },
+                FaultKind::Permanent => {
+                    BackendError::Io { key: key.to_string(), error: std::io::Error::other(message) }
+                }
             });
         }
         Ok(())
