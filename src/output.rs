@@ -14,6 +14,15 @@ pub fn bytes(n: u64) -> String {
     if unit == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[unit]) }
 }
 
+/// "12 PUT, 3 GET, 4 LIST (1.2 MiB up, 3.4 KiB down)": what a command cost
+/// on the wire; kinds with no request are left out.
+pub fn wire(w: &coffer_core::backend::WireStats) -> String {
+    let kinds = [("PUT", w.puts), ("GET", w.gets), ("LIST", w.lists), ("DELETE", w.deletes), ("HEAD", w.heads)];
+    let counts: Vec<String> = kinds.iter().filter(|(_, n)| *n > 0).map(|(k, n)| format!("{n} {k}")).collect();
+    let counts = if counts.is_empty() { "none".to_string() } else { counts.join(", ") };
+    format!("{counts} ({} up, {} down)", bytes(w.bytes_up), bytes(w.bytes_down))
+}
+
 pub fn duration_ms(ms: u64) -> String {
     if ms < 1000 {
         return format!("{ms} ms");

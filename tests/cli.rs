@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
-use crate::common::{Env, dir_state, files_below, open_repo, random_bytes, snapshots_json};
+use crate::common::{Backend, Env, both_backends, dir_state, files_below, open_repo, random_bytes, snapshots_json};
 
 /// The counts of a backup's summary, in its JSON report and in its snapshot.
 const SUMMARY_FIELDS: [&str; 11] = [
@@ -25,6 +25,8 @@ const SUMMARY_FIELDS: [&str; 11] = [
     "errors",
     "duration_ms",
 ];
+
+both_backends!(snapshots_table_and_json, ls_plain_long_and_json, restore_include_selects_a_subtree);
 
 fn stderr_of(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -78,9 +80,8 @@ fn filtered(env: &Env, args: &[&str]) -> Vec<String> {
     ids(&serde_json::from_str::<Vec<Value>>(&out).unwrap())
 }
 
-#[test]
-fn snapshots_table_and_json() {
-    let env = Env::init();
+fn snapshots_table_and_json(backend: Backend) {
+    let env = Env::init_on(backend);
     env.write("a.txt", b"hello");
     env.write("d/b.bin", &random_bytes(10_000, 1));
     let r1 = env.backup_json(&["--tag", "alpha", "--tag", "beta,gamma", "--host", "host-one"]);
@@ -219,9 +220,8 @@ fn ls_fixture(env: &Env) {
     std::os::unix::fs::symlink("docs/readme.txt", env.src.join("link")).unwrap();
 }
 
-#[test]
-fn ls_plain_long_and_json() {
-    let env = Env::init();
+fn ls_plain_long_and_json(backend: Backend) {
+    let env = Env::init_on(backend);
     ls_fixture(&env);
     env.backup_json(&[]);
     let base = src_str(&env);
@@ -363,9 +363,8 @@ fn snapshot_selection_by_latest_and_prefix() {
     assert!(err.contains("give more digits"), "{err}");
 }
 
-#[test]
-fn restore_include_selects_a_subtree() {
-    let env = Env::init();
+fn restore_include_selects_a_subtree(backend: Backend) {
+    let env = Env::init_on(backend);
     env.write("a/x.txt", b"x");
     env.write("a/sub/y.txt", b"y");
     env.write("a/sub/deeper/z.txt", b"z");

@@ -5,24 +5,36 @@ use std::path::{Path, PathBuf};
 
 use coffer_core::crypto::ObjectKind;
 
-use crate::common::{Env, PASSWORD, dir_state, object_file, open_repo, random_bytes, snapshot_node, snapshots_json};
+use crate::common::{
+    Backend, Env, PASSWORD, both_backends, dir_state, object_file, open_repo, random_bytes, snapshot_node,
+    snapshots_json,
+};
+
+both_backends!(
+    wrong_password_is_exit_12_and_changes_nothing,
+    init_refuses_an_existing_repository,
+    missing_source_path_writes_nothing,
+    unreadable_file_gives_a_partial_snapshot_and_exit_3,
+    damaged_chunk_fails_only_its_file,
+    missing_chunk_fails_only_its_file,
+    truncated_chunk_fails_only_its_file,
+);
 
 fn stderr_of(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// An initialised repository with one snapshot of two small files.
-fn env_with_snapshot() -> Env {
-    let env = Env::init();
+fn env_with_snapshot(backend: Backend) -> Env {
+    let env = Env::init_on(backend);
     env.write("a.txt", b"alpha");
     env.write("dir/b.bin", &random_bytes(50_000, 2));
     env.backup_json(&[]);
     env
 }
 
-#[test]
-fn wrong_password_is_exit_12_and_changes_nothing() {
-    let env = env_with_snapshot();
+fn wrong_password_is_exit_12_and_changes_nothing(backend: Backend) {
+    let env = env_with_snapshot(backend);
     let before = dir_state(&env.repo);
     let target = env.path("out");
     let runs: Vec<Vec<std::ffi::OsString>> = vec![
@@ -121,9 +133,8 @@ fn folder_with_a_foreign_config_file_is_not_a_repository() {
     assert_eq!(dir_state(&location), before);
 }
 
-#[test]
-fn init_refuses_an_existing_repository() {
-    let env = env_with_snapshot();
+fn init_refuses_an_existing_repository(backend: Backend) {
+    let env = env_with_snapshot(backend);
     let before = dir_state(&env.repo);
     for password in [PASSWORD, "another password"] {
         let out = env
@@ -135,7 +146,7 @@ fn init_refuses_an_existing_repository() {
         let err = stderr_of(&out);
         assert!(!out.status.success(), "init over a repository succeeded");
         assert!(err.contains("refusing to initialise"), "{err}");
-        assert!(err.contains(&env.repo.display().to_string()), "location not named: {err}");
+        assert!(err.contains(&env.location), "location not named: {err}");
         assert_eq!(dir_state(&env.repo), before, "init changed an existing repository");
     }
     // Still opens with the old password, with its snapshot.
@@ -176,9 +187,8 @@ fn init_refuses_a_non_empty_folder() {
     assert_eq!(snapshots_json(&env).len(), 0);
 }
 
-#[test]
-fn missing_source_path_writes_nothing() {
-    let env = env_with_snapshot();
+fn missing_source_path_writes_nothing(backend: Backend) {
+    let env = env_with_snapshot(backend);
     let before = dir_state(&env.repo);
     let missing = env.path("no-such-folder-e41b");
     for args in [vec![missing.clone()], vec![env.src.clone(), missing.clone()], vec![missing.clone(), env.src.clone()]]
@@ -247,9 +257,8 @@ fn make_unreadable_file(dir: &Path) -> String {
     name
 }
 
-#[test]
-fn unreadable_file_gives_a_partial_snapshot_and_exit_3() {
-    let env = Env::init();
+fn unreadable_file_gives_a_partial_snapshot_and_exit_3(backend: Backend) {
+    let env = Env::init_on(backend);
     env.write("good/first.txt", b"first");
     env.write("good/second.bin", &random_bytes(70_000, 5));
     env.write("zzz-last.txt", b"after the bad one");
@@ -295,8 +304,8 @@ fn unreadable_file_gives_a_partial_snapshot_and_exit_3() {
 }
 
 /// Backs up two files and returns the environment and the chunk ids of each.
-fn two_files_and_their_chunks() -> (Env, Vec<coffer_core::Id>, Vec<coffer_core::Id>) {
-    let env = Env::init();
+fn two_files_and_their_chunks(backend: Backend) -> (Env, Vec<coffer_core::Id>, Vec<coffer_core::Id>) {
+    let env = Env::init_on(backend);
     env.write("photos/good.jpg", &random_bytes(200_000, 11));
     env.write("photos/bad.jpg", &random_bytes(150_000, 12));
     env.backup_json(&[]);
@@ -330,9 +339,8 @@ fn restore_with_bad_chunk(env: &Env, bad_chunk: &coffer_core::Id) {
     assert_eq!(dir_state(&env.repo), before, "restore changed the repository");
 }
 
-#[test]
-fn damaged_chunk_fails_only_its_file() {
-    let (env, _, bad) = two_files_and_their_chunks();
+fn damaged_chunk_fails_only_its_file(backend: Backend) {
+    let (env, _, bad) = two_files_and_their_chunks(backend);
     let path = object_file(&env.repo, ObjectKind::Chunk, &bad[0]);
     let mut stored = std::fs::read(&path).unwrap();
     let mid = stored.len() / 2;
@@ -343,16 +351,14 @@ fn damaged_chunk_fails_only_its_file() {
     restore_with_bad_chunk(&env, &bad[0]);
 }
 
-#[test]
-fn missing_chunk_fails_only_its_file() {
-    let (env, _, bad) = two_files_and_their_chunks();
+fn missing_chunk_fails_only_its_file(backend: Backend) {
+    let (env, _, bad) = two_files_and_their_chunks(backend);
     std::fs::remove_file(object_file(&env.repo, ObjectKind::Chunk, &bad[0])).unwrap();
     restore_with_bad_chunk(&env, &bad[0]);
 }
 
-#[test]
-fn truncated_chunk_fails_only_its_file() {
-    let (env, _, bad) = two_files_and_their_chunks();
+fn truncated_chunk_fails_only_its_file(backend: Backend) {
+    let (env, _, bad) = two_files_and_their_chunks(backend);
     let path = object_file(&env.repo, ObjectKind::Chunk, &bad[0]);
     let stored = std::fs::read(&path).unwrap();
     std::fs::write(&path, &stored[..stored.len() - 100]).unwrap();
@@ -406,7 +412,7 @@ fn password_file_command_and_env_file() {
 
 #[test]
 fn password_file_wins_over_the_environment() {
-    let env = env_with_snapshot();
+    let env = env_with_snapshot(Backend::Local);
     let before = dir_state(&env.repo);
     let f = env.path("wrong.txt");
     std::fs::write(&f, "not the password\n").unwrap();
@@ -421,7 +427,7 @@ fn password_file_wins_over_the_environment() {
 
 #[test]
 fn bad_password_sources_are_reported() {
-    let env = env_with_snapshot();
+    let env = env_with_snapshot(Backend::Local);
     let before = dir_state(&env.repo);
     let missing = env.path("no-password-file");
     let out = env.coffer().arg("--password-file").arg(&missing).arg("snapshots").output().unwrap();

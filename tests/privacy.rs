@@ -5,7 +5,9 @@ use std::collections::BTreeSet;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use crate::common::{Env, files_below, open_repo, random_bytes, snapshot_node};
+use crate::common::{Backend, Env, both_backends, files_below, open_repo, random_bytes, snapshot_node};
+
+both_backends!(names_and_contents_never_appear_in_the_repository, separate_repositories_cut_the_same_file_differently);
 
 const MARKER: &str = "SECRETMARKER-7f3a";
 
@@ -30,9 +32,8 @@ fn names_below(dir: &Path) -> BTreeSet<Vec<u8>> {
     out
 }
 
-#[test]
-fn names_and_contents_never_appear_in_the_repository() {
-    let env = Env::init();
+fn names_and_contents_never_appear_in_the_repository(backend: Backend) {
+    let env = Env::init_on(backend);
     let text = format!("Dear diary, {MARKER} is the code.\n").repeat(200);
     env.write(&format!("{MARKER}-letter.txt"), text.as_bytes());
     env.write(&format!("{MARKER}-folder/holiday-in-lisbon.jpg"), &random_bytes(300_000, 1));
@@ -85,11 +86,10 @@ fn chunk_names(repo: &Path) -> BTreeSet<PathBuf> {
     files_below(&repo.join("chunks")).into_iter().map(|p| PathBuf::from(p.file_name().unwrap())).collect()
 }
 
-#[test]
-fn separate_repositories_cut_the_same_file_differently() {
+fn separate_repositories_cut_the_same_file_differently(backend: Backend) {
     let data = random_bytes(20 << 20, 77);
-    let a = Env::init();
-    let b = Env::init();
+    let a = Env::init_on(backend);
+    let b = Env::init_on(backend);
     for env in [&a, &b] {
         env.write("known-file.raw", &data);
         let report = env.backup_json(&[]);

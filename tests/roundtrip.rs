@@ -14,7 +14,9 @@ use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 
-use crate::common::{Env, random_bytes};
+use crate::common::{Backend, Env, both_backends, random_bytes};
+
+both_backends!(fixed_tree_round_trips, incremental_backup_restores_the_current_state);
 
 /// A file name (raw bytes, without `/` or NUL) or a symlink target; shown
 /// as a string with escapes.
@@ -325,7 +327,11 @@ fn make_removable(root: &Path) {
 }
 
 fn round_trip(spec: &Spec) -> Result<(), TestCaseError> {
-    let env = Env::init();
+    round_trip_on(spec, Backend::Local)
+}
+
+fn round_trip_on(spec: &Spec, backend: Backend) -> Result<(), TestCaseError> {
+    let env = Env::init_on(backend);
     let Spec::Dir { children, meta } = spec else { unreachable!("the root is a directory") };
     build(&env.src, children);
     set_meta(&env.src, meta);
@@ -368,8 +374,7 @@ proptest! {
 
 /// A fixed tree with one of everything, so the basic cases are always covered
 /// whatever the random cases turn out to be.
-#[test]
-fn fixed_tree_round_trips() {
+fn fixed_tree_round_trips(backend: Backend) {
     let meta = |mode, sec, nsec| Meta { mode, mtime: Times { sec, nsec }, owner: (1234, 5678) };
     let file =
         |size, seed, mode| Spec::File { size, content: Content::Random(seed), meta: meta(mode, 1_600_000_000, 1) };
@@ -392,7 +397,7 @@ fn fixed_tree_round_trips() {
     top.insert(Name(b"dangling".to_vec()), link(b"nowhere/\xff"));
     top.insert(Name(b"rel".to_vec()), link(b"sub/deep/empty"));
     top.insert(Name(b"text".to_vec()), Spec::File { size: 70_000, content: Content::Text(9), meta: meta(0o777, 3, 4) });
-    round_trip(&Spec::Dir { children: top, meta: meta(0o755, 1_700_000_000, 500) }).unwrap();
+    round_trip_on(&Spec::Dir { children: top, meta: meta(0o755, 1_700_000_000, 500) }, backend).unwrap();
 }
 
 /// The comparison itself notices each kind of difference.
@@ -438,9 +443,8 @@ fn diff_trees_reports_differences() {
 /// A second backup, made with the first as its parent, restores the tree as
 /// it is now: every kind of change since the parent is picked up, including
 /// a same-size edit with the old mtime put back (only ctime tells).
-#[test]
-fn incremental_backup_restores_the_current_state() {
-    let env = Env::init();
+fn incremental_backup_restores_the_current_state(backend: Backend) {
+    let env = Env::init_on(backend);
     let meta = |mode, sec| Meta { mode, mtime: Times { sec, nsec: 42 }, owner: (1000, 1000) };
     let file = |size, seed| Spec::File { size, content: Content::Random(seed), meta: meta(0o644, 1_600_000_000) };
     let mut sub = BTreeMap::new();

@@ -5,8 +5,10 @@
 
 mod common;
 
+mod backend_wrappers;
 mod backup_options;
 mod check;
+mod chunk_set;
 mod cli;
 mod crypto_objects;
 mod dedup;
@@ -23,3 +25,4 @@ mod roundtrip;
 mod s3;
 mod smoke;
 mod stats;
+mod wire_stats;

@@ -163,6 +163,54 @@ fn listing_pages_past_1000_keys() {
     });
 }
 
+/// Puts `keys` (each with a 1-byte body) with 32 requests in flight.
+async fn put_many(backend: &Arc<S3Backend>, keys: Vec<String>) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for key in keys {
+        let b = backend.clone();
+        tasks.spawn(async move { b.put(&key, b"x".to_vec()).await });
+        if tasks.len() >= 32 {
+            tasks.join_next().await.unwrap().unwrap().unwrap();
+        }
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap().unwrap();
+    }
+}
+
+#[test]
+fn chunk_listing_goes_parallel_past_one_page() {
+    let server = S3Server::start();
+    let backend = Arc::new(s3::library_backend(&server, "sharded"));
+    let rt = coffer_core::repo::new_runtime().unwrap();
+    rt.block_on(async {
+        // 1100 keys in one sub-folder (two pages of its own), a few in
+        // others before and after it, and names that are not objects.
+        let mut expected: Vec<String> = (0..1100).map(|i| format!("chunks/3c/3c{i:05}")).collect();
+        for shard in ["00", "1f", "3b", "3d", "a0", "ff"] {
+            expected.extend((0..3).map(|i| format!("chunks/{shard}/{shard}{i}")));
+        }
+        put_many(&backend, expected.clone()).await;
+        put_many(&backend, vec!["chunks/zz/x".into(), "chunks/AB/y".into(), "chunks/abc".into()]).await;
+        let before = backend.wire_stats();
+        let mut got: Vec<String> = backend.list("chunks/").await.unwrap().into_iter().map(|e| e.key).collect();
+        got.sort();
+        expected.sort();
+        assert_eq!(got, expected);
+        // The first page (1000 keys: 00, 1f, 3b and most of 3c) stops in
+        // 3c; 3c..ff are then listed one by one, 3c in two pages.
+        let lists = backend.wire_stats().since(&before).lists;
+        assert_eq!(lists, 1 + (0x100 - 0x3c) + 1);
+
+        // A small folder costs one request, malformed names left out.
+        let before = backend.wire_stats();
+        put_many(&backend, vec!["trees/01/01a".into(), "trees/xy/z".into()]).await;
+        let got: Vec<String> = backend.list("trees/").await.unwrap().into_iter().map(|e| e.key).collect();
+        assert_eq!(got, vec!["trees/01/01a".to_string()]);
+        assert_eq!(backend.wire_stats().since(&before).lists, 1);
+    });
+}
+
 #[test]
 fn storage_class_applies_to_chunks_only() {
     let server = S3Server::start();
@@ -226,4 +274,138 @@ fn server_stopped_mid_backup_leaves_no_snapshot() {
     let out = s3::coffer(&env, &url).args(["snapshots", "--json"]).output().unwrap();
     let snaps: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(snaps.len(), 1);
+}
+
+#[test]
+fn conditional_chunk_upload_keeps_the_stored_object() {
+    let server = S3Server::start();
+    let backend = s3::library_backend(&server, "cond");
+    let rt = coffer_core::repo::new_runtime().unwrap();
+    rt.block_on(async {
+        backend.put("chunks/aa/aa01", b"first".to_vec()).await.unwrap();
+        // s3s-fs honours If-None-Match: *, answering 412; a HEAD finds an
+        // object of the same length there (an equivalent encoding): kept.
+        backend.put("chunks/aa/aa01", b"other".to_vec()).await.unwrap();
+        assert_eq!(backend.get("chunks/aa/aa01").await.unwrap(), b"first");
+        let w = backend.wire_stats();
+        assert_eq!((w.puts, w.heads), (2, 2), "{w:?}");
+        // A stored object of another length (truncated) is replaced.
+        backend.put("chunks/aa/aa01", b"longer".to_vec()).await.unwrap();
+        assert_eq!(backend.get("chunks/aa/aa01").await.unwrap(), b"longer");
+        // Only chunks are uploaded conditionally.
+        backend.put("snapshots/bb", b"first".to_vec()).await.unwrap();
+        backend.put("snapshots/bb", b"second".to_vec()).await.unwrap();
+        assert_eq!(backend.get("snapshots/bb").await.unwrap(), b"second");
+        let w = backend.wire_stats();
+        // The bucket check, and one HEAD after each 412.
+        assert_eq!((w.puts, w.heads), (6, 3), "{w:?}");
+    });
+}
+
+#[test]
+fn store_without_conditional_uploads_is_probed_once() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let conditional = Arc::new(AtomicUsize::new(0));
+    let seen = conditional.clone();
+    let server = S3Server::start_with_hook(move |req| {
+        req.headers().contains_key("if-none-match").then(|| {
+            seen.fetch_add(1, Ordering::SeqCst);
+            (501, "NotImplemented")
+        })
+    });
+    let backend = s3::library_backend(&server, "nocond");
+    let rt = coffer_core::repo::new_runtime().unwrap();
+    rt.block_on(async {
+        backend.put("chunks/aa/aa01", b"one".to_vec()).await.unwrap();
+        backend.put("chunks/bb/bb01", b"two".to_vec()).await.unwrap();
+        backend.put("chunks/aa/aa01", b"again".to_vec()).await.unwrap();
+        assert_eq!(backend.get("chunks/bb/bb01").await.unwrap(), b"two");
+        // Without the condition, an upload replaces (with an equivalent object in real use).
+        assert_eq!(backend.get("chunks/aa/aa01").await.unwrap(), b"again");
+    });
+    assert_eq!(conditional.load(Ordering::SeqCst), 1, "the condition is sent until the first refusal only");
+    assert_eq!(backend.wire_stats().puts, 4, "the refused upload, its plain retry and two more");
+}
+
+#[test]
+fn missing_region_is_a_clear_error_and_writes_nothing() {
+    let env = Env::new();
+    env.write("a", b"data");
+    // An AWS location (no endpoint), with no region anywhere: the test's
+    // AWS_REGION removed and the config files pointing at nothing.
+    for args in [&INIT[..], &["backup", env.src.to_str().unwrap()][..]] {
+        let out =
+            s3::coffer(&env, "s3:coffer-no-region-bucket/repo").env_remove("AWS_REGION").args(args).output().unwrap();
+        let err = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("no AWS region is configured") && err.contains("--s3-region"), "{err}");
+    }
+    assert!(!env.path("cache").exists(), "nothing may be written locally either");
+}
+
+/// 40 one-chunk files, as a backup's worth of uploads.
+fn forty_files(env: &Env) {
+    for i in 0..40u64 {
+        env.write(&format!("p{i:02}.jpg"), &random_bytes(300_000, 100 + i));
+    }
+}
+
+#[test]
+fn slow_down_and_server_errors_are_retried() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // The first chunk uploads are answered 503 SlowDown and 500, four in all.
+    let faults = Arc::new(AtomicUsize::new(0));
+    let injected = faults.clone();
+    let server = S3Server::start_with_hook(move |req| {
+        let chunk_put = req.method() == http::Method::PUT && req.uri().path().contains("/chunks/");
+        if !chunk_put {
+            return None;
+        }
+        let n = injected.fetch_add(1, Ordering::SeqCst);
+        match n {
+            0 | 2 => Some((503, "SlowDown")),
+            1 | 3 => Some((500, "InternalError")),
+            _ => None,
+        }
+    });
+    let url = server.url("bucket/retry");
+    let env = Env::new();
+    forty_files(&env);
+    s3::coffer(&env, &url).args(INIT).assert().success();
+    let out = s3::coffer(&env, &url)
+        .env("COFFER_S3_MAX_ATTEMPTS", "6")
+        .args(["backup", "--json"])
+        .arg(&env.src)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(num(&report, "chunks_added"), 40, "{report}");
+    assert!(faults.load(Ordering::SeqCst) >= 44, "all four faults were served, and 40 uploads passed");
+    let target = env.path("restored");
+    s3::coffer(&env, &url).args(["restore", "latest", "--target"]).arg(&target).assert().success();
+    assert_eq!(std::fs::read(env.restored_src(&target).join("p07.jpg")).unwrap(), random_bytes(300_000, 107));
+}
+
+#[test]
+fn uploads_that_keep_failing_fail_the_backup_naming_the_key() {
+    let server = S3Server::start_with_hook(|req| {
+        (req.method() == http::Method::PUT && req.uri().path().contains("/chunks/")).then_some((500, "InternalError"))
+    });
+    let url = server.url("bucket/failing");
+    let env = Env::new();
+    forty_files(&env);
+    s3::coffer(&env, &url).args(INIT).assert().success();
+    let out = s3::coffer(&env, &url).env("COFFER_S3_MAX_ATTEMPTS", "2").arg("backup").arg(&env.src).output().unwrap();
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    // "PUT chunks/ab/ab12…(64 hex): InternalError …"
+    let at = err.find("PUT chunks/").unwrap_or_else(|| panic!("no key named: {err}"));
+    let key = &err[at + 4..];
+    let id: String = key["chunks/xx/".len()..].chars().take_while(|c| c.is_ascii_hexdigit()).collect();
+    assert_eq!(id.len(), 64, "{err}");
+    assert_eq!(&key[7..9], &id[..2], "{err}");
+    assert!(err.contains("InternalError"), "{err}");
+    eprintln!("MSG failing uploads: {err}");
+    assert!(server.keys("bucket").iter().all(|k| !k.starts_with("failing/snapshots/")), "a snapshot was written");
 }

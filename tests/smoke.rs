@@ -1,10 +1,11 @@
 //! The main job, end to end: init, backup, list, restore.
 
-use crate::common::{Env, random_bytes};
+use crate::common::{Backend, Env, both_backends, random_bytes};
 
-#[test]
-fn backup_and_restore_round_trip() {
-    let env = Env::init();
+both_backends!(backup_and_restore_round_trip);
+
+fn backup_and_restore_round_trip(backend: Backend) {
+    let env = Env::init_on(backend);
     env.write("photos/2024/a.jpg", &random_bytes(3 << 20, 1));
     env.write("notes.txt", b"hello");
     let report = env.backup_json(&[]);

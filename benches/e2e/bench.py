@@ -35,7 +35,11 @@ import mutate  # noqa: E402
 
 MiB = 1 << 20
 MARKER = ".coffer-bench-scratch"
-OWNED = ("data", "repos", "restore", "home", "logs")
+OWNED = ("data", "repos", "restore", "home", "logs", "s3")
+# The standalone S3 server's credentials (it listens on 127.0.0.1 only).
+S3_ACCESS_KEY = "COFFERBENCHACCESSKEY"
+S3_SECRET_KEY = "coffer-bench-secret-key-0123456789"
+S3_BUCKET = "bench"
 PASSWORD = "coffer-bench-password"
 PEERS = ("restic", "borg")
 
@@ -200,10 +204,25 @@ class Tool:
 class Coffer(Tool):
     name = "coffer"
 
-    def __init__(self, scratch, args, binary: Path):
+    def __init__(self, scratch, args, binary: Path, s3_endpoint: str | None = None):
         super().__init__(scratch, args)
         self.bin = str(binary)
         self.env["COFFER_PASSWORD"] = PASSWORD
+        self.env["COFFER_CACHE_DIR"] = str(scratch / "home" / "coffer-cache")
+        self.location = str(self.repo)
+        self.s3 = s3_endpoint is not None
+        if s3_endpoint:
+            # The repository lives in the server's folder: its size is measured there.
+            self.repo = scratch / "s3" / S3_BUCKET / "coffer"
+            self.location = f"s3:{s3_endpoint}/{S3_BUCKET}/coffer"
+            self.env.update({
+                "AWS_ACCESS_KEY_ID": S3_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY,
+                "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
+                "AWS_CONFIG_FILE": str(scratch / "home" / "no-aws-config"),
+                "AWS_SHARED_CREDENTIALS_FILE": str(scratch / "home" / "no-aws-credentials"),
+            })
+            for k in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION"):
+                self.env.pop(k, None)
         h = subprocess.run([self.bin, "check", "--help"], env=self.env, capture_output=True, text=True)
         self.has_check = h.returncode == 0
         self.check_read_data = self.has_check and "--read-data" in h.stdout
@@ -212,24 +231,26 @@ class Coffer(Tool):
         return capture([self.bin, "--version"], self.env)
 
     def settings(self):
-        return ("local repository, default settings: AES-256-PMAC-SIV, keyed BLAKE3 ids, FastCDC "
+        where = (f"S3 repository on the in-process s3s-fs server ({self.args.latency_ms} ms added per request)"
+                 if self.s3 else "local repository")
+        return (f"{where}, default settings: AES-256-PMAC-SIV, keyed BLAKE3 ids, FastCDC "
                 "512 KiB / 1 MiB / 8 MiB, zstd level 2 (kept only when it saves; large chunks probed first), Padmé padding, "
                 "argon2id m=64 MiB t=3 on every command")
 
     def init_cmd(self):
-        return [self.bin, "-r", str(self.repo), "-q", "init"], None
+        return [self.bin, "-r", self.location, "-q", "init"], None
 
     def backup_cmd(self, data, archive):
-        return [self.bin, "-r", str(self.repo), "--json", "backup", str(data)], None
+        return [self.bin, "-r", self.location, "--json", "backup", str(data)], None
 
     def restore_cmd(self, target):
-        return [self.bin, "-r", str(self.repo), "--json", "restore", "latest", "--target", str(target)], None
+        return [self.bin, "-r", self.location, "--json", "restore", "latest", "--target", str(target)], None
 
     def check_cmd(self):
         if not self.has_check:
             return None
         extra = ["--read-data"] if self.args.check_read_data and self.check_read_data else []
-        return [self.bin, "-r", str(self.repo), "check", *extra], None
+        return [self.bin, "-r", self.location, "check", *extra], None
 
     def _json(self, run):
         try:
@@ -243,7 +264,7 @@ class Coffer(Tool):
     def details(self, run):
         j = self._json(run)
         return {k: j[k] for k in ("files_new", "files_changed", "files_unchanged", "bytes_read", "bytes_added",
-                                  "chunks_added", "trees_added", "errors") if k in j}
+                                  "chunks_added", "trees_added", "errors", "wire") if k in j}
 
 
 class Restic(Tool):
@@ -363,7 +384,7 @@ def prepare_scratch(scratch: Path) -> None:
 
 
 def cleanup(scratch: Path) -> None:
-    for d in ("data", "repos", "restore", "home"):
+    for d in ("data", "repos", "restore", "home", "s3"):
         shutil.rmtree(scratch / d, ignore_errors=True)
 
 
@@ -376,6 +397,34 @@ def build_coffer(root: Path) -> Path:
     if not binary.exists():
         sys.exit(f"bench: built coffer but found no binary at {binary}")
     return binary
+
+
+def build_s3_server(root: Path) -> Path:
+    log("building the benchmark's S3 server (cargo build --release -p coffer-benches --bin coffer-s3-server)")
+    subprocess.run(["cargo", "build", "--release", "-p", "coffer-benches", "--bin", "coffer-s3-server"], cwd=root,
+                   check=True)
+    meta = json.loads(subprocess.run(["cargo", "metadata", "--format-version", "1", "--no-deps"], cwd=root,
+                                     check=True, capture_output=True, text=True).stdout)
+    binary = Path(meta["target_directory"]) / "release" / "coffer-s3-server"
+    if not binary.exists():
+        sys.exit(f"bench: built the S3 server but found no binary at {binary}")
+    return binary
+
+
+def start_s3_server(binary: Path, root: Path, latency_ms: int, logs: Path) -> tuple[subprocess.Popen, str]:
+    """Starts the server on a free port of 127.0.0.1; returns it and its endpoint."""
+    env = clean_env()
+    env.update({"AWS_ACCESS_KEY_ID": S3_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY})
+    err = open(logs / "s3-server.err", "wb")
+    p = subprocess.Popen([str(binary), "--root", str(root), "--bucket", S3_BUCKET, "--latency-ms", str(latency_ms)],
+                         env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, text=True)
+    line = p.stdout.readline() if p.stdout else ""
+    if not line.startswith("listening on "):
+        p.kill()
+        sys.exit(f"bench: the S3 server did not start (see {logs / 's3-server.err'})")
+    endpoint = "http://" + line.split()[-1]
+    log(f"S3 server at {endpoint}, {latency_ms} ms per request, objects in {root}")
+    return p, endpoint
 
 
 def install_peers() -> None:
@@ -520,6 +569,24 @@ def render(ctx: dict) -> str:
                 L.append(f"- {label}: " + ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}"
                                                    for k, v in d.items()))
         L.append("")
+    if "coffer" in tools and any("wire" in (ctx["details"].get(k, {}).get("coffer") or {}) for k, _, _ in PHASES):
+        L.append("## Requests")
+        L.append("")
+        L.append(f"coffer's own count of what each command cost on the wire ({ctx['backend']} repository). "
+                 "Per GiB: divided by the step's source data.")
+        L.append("")
+        L.append("| step | data MiB | PUT | GET | LIST | DELETE | HEAD | MiB up | MiB down | PUT / GiB | GET / GiB | LIST / GiB |")
+        L.append("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+        for key, label, _ in PHASES:
+            w = (ctx["details"].get(key, {}).get("coffer") or {}).get("wire")
+            data = ctx["phase_bytes"].get(key)
+            if not w or not data:
+                continue
+            gib = data / (1 << 30)
+            L.append(f"| {label} | {fmt_mib(data)} | {w['puts']:,} | {w['gets']:,} | {w['lists']:,} | "
+                     f"{w['deletes']:,} | {w['heads']:,} | {fmt_mib(w['bytes_up'])} | {fmt_mib(w['bytes_down'])} | "
+                     f"{w['puts'] / gib:,.0f} | {w['gets'] / gib:,.0f} | {w['lists'] / gib:,.1f} |")
+        L.append("")
     L.append("## Targets of issue 3")
     L.append("")
     L.append("| target | measured | met |")
@@ -620,6 +687,12 @@ def main() -> int:
     ap.add_argument("--no-verify", action="store_true", help="do not compare restored files with the source")
     ap.add_argument("--keep", action="store_true", help="keep data, repositories and caches at the end")
     ap.add_argument("--jobs", type=int, default=None, help="processes for generating data (default: all CPUs)")
+    ap.add_argument("--backend", choices=("local", "s3"), default="local",
+                    help="where coffer's repository lives: a local folder, or a bucket of a standalone s3s-fs "
+                         "server on 127.0.0.1 (coffer only; peers are compared on local repositories)")
+    ap.add_argument("--latency-ms", type=int, default=0, help="with --backend s3: time added to every request")
+    ap.add_argument("--s3-server-bin", type=Path, default=None,
+                    help="with --backend s3: use this coffer-s3-server binary instead of building one")
     args = ap.parse_args()
 
     scratch = args.scratch.resolve()
@@ -637,6 +710,14 @@ def main() -> int:
             drop_caches()
         except OSError as e:
             sys.exit(f"bench: cannot drop caches: {e}")
+    if args.backend == "s3":
+        dropped = [t for t in wanted if t != "coffer"]
+        if dropped:
+            notes.append(f"--backend s3 benchmarks coffer alone: {', '.join(dropped)} not run")
+            log(notes[-1])
+        wanted = [t for t in wanted if t == "coffer"]
+        if not wanted:
+            sys.exit("bench: --backend s3 needs coffer among --tools")
     if args.install_peers:
         install_peers()
     ensure_gnu_time()
@@ -653,10 +734,15 @@ def main() -> int:
     if free < need:
         sys.exit(f"bench: {scratch} has {free / MiB:,.0f} MiB free; this scale needs about {need / MiB:,.0f} MiB")
 
+    server = None
+    endpoint = None
+    if args.backend == "s3":
+        server_bin = args.s3_server_bin.resolve() if args.s3_server_bin else build_s3_server(repo_root)
+        server, endpoint = start_s3_server(server_bin, scratch / "s3", args.latency_ms, scratch / "logs")
     tools: list[Tool] = []
     for t in wanted:
         if t == "coffer":
-            tools.append(Coffer(scratch, args, coffer_bin))
+            tools.append(Coffer(scratch, args, coffer_bin, endpoint))
         elif shutil.which(t):
             tools.append(Restic(scratch, args) if t == "restic" else Borg(scratch, args))
         else:
@@ -667,6 +753,7 @@ def main() -> int:
         t.repo.parent.mkdir(parents=True, exist_ok=True)
     ctx = {
         "scale": args.scale, "seed": args.seed, "tools": names,
+        "backend": "local" if args.backend == "local" else f"S3 (s3s-fs on 127.0.0.1, {args.latency_ms} ms per request)",
         "cache": "dropped before every timed step" if args.drop_caches else
                  "warm (not dropped; the data set fits in memory, so reads come from the page cache)",
         "results": {k: {} for k, _, _ in PHASES}, "repo": {t: {} for t in names}, "added": {},
@@ -762,6 +849,9 @@ def main() -> int:
             (out_md.with_suffix(".json")).write_text(json.dumps(ctx, indent=2, default=str))
             print(text)
             log(f"results written to {out_md} and {out_md.with_suffix('.json')}; logs in {logs}")
+        if server is not None:
+            server.kill()
+            server.wait()
         if not args.keep:
             cleanup(scratch)
     failed = any(not r.get("ok", True) for p in ctx["results"].values() for r in p.values() if not r.get("na"))

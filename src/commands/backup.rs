@@ -20,6 +20,8 @@ struct Report<'a> {
     dry_run: bool,
     #[serde(flatten)]
     summary: &'a coffer_core::snapshot::Summary,
+    /// Requests and bytes this command cost, from opening the repository on.
+    wire: coffer_core::backend::WireStats,
 }
 
 pub fn run(g: &GlobalArgs, a: &BackupArgs) -> Result<u8> {
@@ -70,12 +72,14 @@ pub fn run(g: &GlobalArgs, a: &BackupArgs) -> Result<u8> {
     bar.finish();
     let outcome = result?;
     let s = &outcome.snapshot.summary;
+    let wire = repo.backend().wire_stats();
     if g.json {
         super::print_json(&Report {
             snapshot_id: outcome.snapshot_id.map(|id| id.to_hex()),
             parent: outcome.parent.map(|id| id.to_hex()),
             dry_run: a.dry_run,
             summary: s,
+            wire,
         })?;
     } else if !g.quiet {
         if let Some(p) = outcome.parent {
@@ -94,6 +98,7 @@ pub fn run(g: &GlobalArgs, a: &BackupArgs) -> Result<u8> {
         );
         println!("Total size:  {}", bytes(s.bytes_total));
         println!("Duration:    {}", duration_ms(s.duration_ms));
+        println!("Requests:    {}", crate::output::wire(&wire));
         match outcome.snapshot_id {
             Some(id) => println!("snapshot {} saved", id.short()),
             None => println!("dry run: no snapshot saved"),

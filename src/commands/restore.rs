@@ -24,6 +24,8 @@ struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     verify_failures: Option<u64>,
     errors: Vec<String>,
+    /// Requests and bytes this command cost, from opening the repository on.
+    wire: coffer_core::backend::WireStats,
 }
 
 pub fn run(g: &GlobalArgs, a: &RestoreArgs) -> Result<u8> {
@@ -60,6 +62,7 @@ pub fn run(g: &GlobalArgs, a: &RestoreArgs) -> Result<u8> {
             verified_bytes: a.verify.then_some(outcome.verified_bytes),
             verify_failures: a.verify.then_some(outcome.verify_failures),
             errors: outcome.problems.iter().map(|p| format!("{}: {}", p.path.display(), p.message)).collect(),
+            wire: repo.backend().wire_stats(),
         })?;
     } else if !g.quiet {
         let mut line = format!(

@@ -4,6 +4,27 @@
 
 pub mod s3;
 
+/// Runs each named test (a `fn(Backend)`) on a local folder and on the
+/// in-process S3 server: `name::local` and `name::s3`.
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn local() {
+                    super::$name(crate::common::Backend::Local);
+                }
+
+                #[test]
+                fn s3() {
+                    super::$name(crate::common::Backend::S3);
+                }
+            }
+        )*
+    };
+}
+pub(crate) use both_backends;
+
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
@@ -11,27 +32,65 @@ use tempfile::TempDir;
 
 pub const PASSWORD: &str = "correct horse battery staple";
 
+/// Where an environment's repository lives. The end-to-end tests that
+/// matter for both run on each (see [`both_backends!`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// A local folder.
+    Local,
+    /// A bucket of an in-process S3 server started for the environment.
+    S3,
+}
+
 /// A scratch folder with a repository location and a source folder in it.
 pub struct Env {
     pub dir: TempDir,
+    /// Where the repository's objects are stored on disk, to inspect or
+    /// damage them: the folder itself, or the folder the S3 server keeps the
+    /// repository's objects in (one file per object, under its key).
     pub repo: PathBuf,
     pub src: PathBuf,
+    pub backend: Backend,
+    /// The repository location given to the binary.
+    pub location: String,
+    /// The S3 server, for an S3 environment; stopped when the environment drops.
+    pub server: Option<s3::S3Server>,
 }
 
 impl Env {
-    /// A new environment; the repository is not initialised yet.
+    /// A new environment with a local repository, not initialised yet.
     pub fn new() -> Env {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let repo = dir.path().join("repo");
-        let src = dir.path().join("src");
-        std::fs::create_dir(&src).expect("create src");
-        Env { dir, repo, src }
+        Env::new_on(Backend::Local)
     }
 
-    /// A new environment with an initialised repository (cheap argon2id
-    /// parameters, so the suite stays fast; the format is the same).
+    /// A new environment on `backend`; the repository is not initialised yet.
+    pub fn new_on(backend: Backend) -> Env {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let src = dir.path().join("src");
+        std::fs::create_dir(&src).expect("create src");
+        let (repo, location, server) = match backend {
+            Backend::Local => {
+                let repo = dir.path().join("repo");
+                let location = repo.to_str().expect("UTF-8 temp path").to_string();
+                (repo, location, None)
+            }
+            Backend::S3 => {
+                let server = s3::S3Server::start();
+                (server.bucket_dir("bucket").join("repo"), server.url("bucket/repo"), Some(server))
+            }
+        };
+        Env { dir, repo, src, backend, location, server }
+    }
+
+    /// A new environment with an initialised local repository (cheap
+    /// argon2id parameters, so the suite stays fast; the format is the same).
     pub fn init() -> Env {
-        let env = Env::new();
+        Env::init_on(Backend::Local)
+    }
+
+    /// The same on `backend`.
+    pub fn init_on(backend: Backend) -> Env {
+        let env = Env::new_on(backend);
         env.coffer().args(["init", "--argon2-memory", "64", "--argon2-iterations", "1"]).assert().success();
         env
     }
@@ -39,14 +98,28 @@ impl Env {
     /// The binary, pointed at this repository with the password in the
     /// environment and nothing inherited from the caller's environment.
     pub fn coffer(&self) -> Command {
-        let mut cmd = Command::cargo_bin("coffer").expect("coffer binary");
-        for var in ["COFFER_PASSWORD_FILE", "COFFER_PASSWORD_COMMAND", "COFFER_LOG"] {
-            cmd.env_remove(var);
-        }
-        cmd.env("COFFER_REPOSITORY", &self.repo).env("COFFER_PASSWORD", PASSWORD);
+        let mut cmd = match self.backend {
+            Backend::Local => {
+                let mut cmd = Command::cargo_bin("coffer").expect("coffer binary");
+                for var in ["COFFER_PASSWORD_FILE", "COFFER_PASSWORD_COMMAND", "COFFER_LOG"] {
+                    cmd.env_remove(var);
+                }
+                cmd.env("COFFER_REPOSITORY", &self.repo).env("COFFER_PASSWORD", PASSWORD);
+                cmd
+            }
+            Backend::S3 => s3::coffer_with_vars(self, &self.location),
+        };
         // Each test has its own cache, never the caller's.
         cmd.env("COFFER_CACHE_DIR", self.dir.path().join("cache"));
         cmd
+    }
+
+    /// A library backend for this environment's repository.
+    pub fn library_backend(&self) -> std::sync::Arc<dyn coffer_core::backend::Backend> {
+        match &self.server {
+            None => std::sync::Arc::new(coffer_core::backend::local::LocalBackend::new(&self.repo)),
+            Some(server) => std::sync::Arc::new(server.backend("bucket", "repo")),
+        }
     }
 
     /// A path under the scratch folder.
@@ -151,7 +224,7 @@ pub fn dir_state(dir: &Path) -> Option<Vec<(PathBuf, String, Vec<u8>)>> {
 
 /// Opens an environment's repository through the library.
 pub fn open_repo(env: &Env) -> coffer_core::Repository {
-    open_repo_at(&env.repo)
+    coffer_core::Repository::open(env.library_backend(), PASSWORD.as_bytes()).expect("open repository")
 }
 
 /// Opens the repository in `path` through the library, with [`PASSWORD`].

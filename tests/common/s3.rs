@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use assert_cmd::Command;
 use tempfile::TempDir;
@@ -15,11 +16,20 @@ pub const ACCESS_KEY: &str = "COFFERTESTACCESSKEY";
 pub const SECRET_KEY: &str = "coffer-test-secret-key-0123456789abcdef";
 pub const REGION: &str = "us-east-1";
 
+/// An answer the server gives in place of the S3 service's: an HTTP status
+/// and an S3 error code, as a store under load or without a feature would.
+pub type Fault = (u16, &'static str);
+
+/// Sees every request before the S3 service does, and may answer it with a
+/// [`Fault`] instead.
+pub type Hook = Arc<dyn Fn(&http::Request<hyper::body::Incoming>) -> Option<Fault> + Send + Sync>;
+
 pub struct S3Server {
     /// The folder served: one sub-folder per bucket.
     dir: TempDir,
     addr: SocketAddr,
     running: Option<Running>,
+    hook: Option<Hook>,
 }
 
 struct Running {
@@ -30,12 +40,23 @@ struct Running {
 impl S3Server {
     /// Starts a server on a free port, with one empty bucket named `bucket`.
     pub fn start() -> S3Server {
+        S3Server::start_with(None)
+    }
+
+    /// Starts a server whose requests go through `hook` first.
+    pub fn start_with_hook(
+        hook: impl Fn(&http::Request<hyper::body::Incoming>) -> Option<Fault> + Send + Sync + 'static,
+    ) -> S3Server {
+        S3Server::start_with(Some(Arc::new(hook)))
+    }
+
+    fn start_with(hook: Option<Hook>) -> S3Server {
         let dir = tempfile::tempdir().expect("server temp dir");
         std::fs::create_dir(dir.path().join("bucket")).expect("create bucket folder");
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local addr");
-        let running = serve(dir.path(), listener);
-        S3Server { dir, addr, running: Some(running) }
+        let running = serve(dir.path(), listener, hook.clone());
+        S3Server { dir, addr, running: Some(running), hook }
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -65,7 +86,20 @@ impl S3Server {
     pub fn restart(&mut self) {
         self.stop();
         let listener = std::net::TcpListener::bind(self.addr).expect("rebind the same port");
-        self.running = Some(serve(self.dir.path(), listener));
+        self.running = Some(serve(self.dir.path(), listener, self.hook.clone()));
+    }
+
+    /// A library backend for `bucket/prefix` on this server, with the test
+    /// credentials (nothing read from the environment).
+    pub fn backend(&self, bucket: &str, prefix: &str) -> coffer_core::backend::s3::S3Backend {
+        use coffer_core::backend::s3::{S3Backend, S3Config, StaticCredentials};
+        let mut config = S3Config::new(bucket, prefix);
+        config.endpoint = Some(self.endpoint());
+        config.path_style = true;
+        config.region = Some(REGION.into());
+        config.credentials =
+            Some(StaticCredentials { access_key_id: ACCESS_KEY.into(), secret_access_key: SECRET_KEY.into() });
+        S3Backend::new(config).expect("backend")
     }
 
     /// Every object key stored in `bucket` (as relative paths of files),
@@ -89,7 +123,37 @@ impl Drop for S3Server {
     }
 }
 
-fn serve(root: &Path, listener: std::net::TcpListener) -> Running {
+/// The S3 service behind a [`Hook`].
+#[derive(Clone)]
+struct Hooked {
+    service: s3s::service::S3Service,
+    hook: Option<Hook>,
+}
+
+type Answer = std::pin::Pin<Box<dyn std::future::Future<Output = Result<s3s::HttpResponse, s3s::HttpError>> + Send>>;
+
+impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Hooked {
+    type Response = s3s::HttpResponse;
+    type Error = s3s::HttpError;
+    type Future = Answer;
+
+    fn call(&self, req: http::Request<hyper::body::Incoming>) -> Answer {
+        if let Some((status, code)) = self.hook.as_ref().and_then(|h| h(&req)) {
+            let body = format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>injected by the test server</Message></Error>"
+            );
+            let response = http::Response::builder()
+                .status(status)
+                .header("content-type", "application/xml")
+                .body(s3s::Body::from(body))
+                .expect("error response");
+            return Box::pin(async move { Ok(response) });
+        }
+        Box::pin(hyper::service::Service::call(&self.service, req))
+    }
+}
+
+fn serve(root: &Path, listener: std::net::TcpListener, hook: Option<Hook>) -> Running {
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use hyper_util::server::conn::auto::Builder as ConnBuilder;
     use s3s::auth::SimpleAuth;
@@ -99,7 +163,7 @@ fn serve(root: &Path, listener: std::net::TcpListener) -> Running {
     let fs = s3s_fs::FileSystem::new(root).expect("s3s-fs root");
     let mut builder = S3ServiceBuilder::new(fs);
     builder.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
-    let service = builder.build();
+    let service = Hooked { service: builder.build(), hook };
     let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
     let thread = std::thread::spawn(move || {
         let rt =
@@ -156,7 +220,14 @@ fn vars(env: &Env, url: &str) -> (Vec<(&'static str, std::ffi::OsString)>, [&'st
 /// The binary pointed at `url` on an S3 server, with the test credentials in
 /// the environment and nothing of the caller's AWS configuration.
 pub fn coffer(env: &Env, url: &str) -> Command {
-    let mut cmd = env.coffer();
+    let mut cmd = coffer_with_vars(env, url);
+    cmd.env("COFFER_CACHE_DIR", env.path("cache"));
+    cmd
+}
+
+/// The binary with the S3 variables for `url` (and no cache set).
+pub(super) fn coffer_with_vars(env: &Env, url: &str) -> Command {
+    let mut cmd = Command::cargo_bin("coffer").expect("coffer binary");
     let (set, removed) = vars(env, url);
     for var in removed {
         cmd.env_remove(var);
@@ -178,12 +249,5 @@ pub fn coffer_process(env: &Env, url: &str) -> std::process::Command {
 
 /// A library backend for `bucket/prefix` on this server, with the test credentials.
 pub fn library_backend(server: &S3Server, prefix: &str) -> coffer_core::backend::s3::S3Backend {
-    use coffer_core::backend::s3::{S3Backend, S3Config, StaticCredentials};
-    let mut config = S3Config::new("bucket", prefix);
-    config.endpoint = Some(server.endpoint());
-    config.path_style = true;
-    config.region = Some(REGION.into());
-    config.credentials =
-        Some(StaticCredentials { access_key_id: ACCESS_KEY.into(), secret_access_key: SECRET_KEY.into() });
-    S3Backend::new(config).expect("backend")
+    server.backend("bucket", prefix)
 }

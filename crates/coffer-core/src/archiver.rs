@@ -620,8 +620,9 @@ pub fn backup(repo: &Repository, options: &BackupOptions, progress: &dyn Progres
         None => (None, None),
     };
     let host_previous = snapshots.iter().rev().find(|(_, s)| s.host == host);
+    let mut known = crate::chunk_set::known_chunks(repo)?;
 
-    let up = Uploader {
+    let mut up = Uploader {
         keys: repo.keys().clone(),
         repo_id: *repo.repo_id(),
         compression: repo.compression(),
@@ -634,7 +635,7 @@ pub fn backup(repo: &Repository, options: &BackupOptions, progress: &dyn Progres
             cap: options.bytes_in_flight.max(1),
         }),
         inflight: Arc::new(InFlight::default()),
-        known_chunks: repo.list_ids(ObjectKind::Chunk)?,
+        known_chunks: std::mem::take(&mut known.ids),
         known_trees: repo.list_ids(ObjectKind::Tree)?,
         new_ids: Mutex::new(HashSet::new()),
         bytes_added: Arc::new(AtomicU64::new(0)),
@@ -705,6 +706,15 @@ pub fn backup(repo: &Repository, options: &BackupOptions, progress: &dyn Progres
         program_version: format!("coffer {}", crate::VERSION),
     };
     let snapshot_id = if options.dry_run { None } else { Some(repo.save_snapshot(&snapshot)?) };
+    if !options.dry_run {
+        // Every chunk uploaded is synced: the cached set may now include them.
+        let added: Vec<Id> = match up.new_ids.lock() {
+            Ok(ids) => ids.iter().filter(|(tree, _)| !tree).map(|(_, id)| *id).collect(),
+            Err(_) => Vec::new(),
+        };
+        known.ids = std::mem::take(&mut up.known_chunks);
+        crate::chunk_set::record(repo, &known, &added);
+    }
     Ok(BackupOutcome { snapshot_id, snapshot, parent: parent_id })
 }
 

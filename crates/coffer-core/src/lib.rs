@@ -12,6 +12,7 @@ pub mod backend;
 pub mod blob;
 pub mod cache;
 pub mod check;
+pub mod chunk_set;
 pub mod chunker;
 pub mod config;
 pub mod crypto;

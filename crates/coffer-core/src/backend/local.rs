@@ -11,7 +11,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{Backend, BackendError, BackendResult, Entry};
+use super::{Backend, BackendError, BackendResult, Entry, WireCounters, WireStats};
 
 /// Temporary files carry this marker; names containing it are never listed.
 const TEMP_MARKER: &str = ".tmp-";
@@ -20,11 +20,12 @@ pub struct LocalBackend {
     root: PathBuf,
     /// Folders that received a rename since the last sync.
     dirty_dirs: Mutex<BTreeSet<PathBuf>>,
+    wire: WireCounters,
 }
 
 impl LocalBackend {
     pub fn new(root: impl Into<PathBuf>) -> LocalBackend {
-        LocalBackend { root: root.into(), dirty_dirs: Mutex::new(BTreeSet::new()) }
+        LocalBackend { root: root.into(), dirty_dirs: Mutex::new(BTreeSet::new()), wire: WireCounters::default() }
     }
 
     pub fn root(&self) -> &Path {
@@ -106,9 +107,14 @@ impl Backend for LocalBackend {
         16
     }
 
+    fn wire_stats(&self) -> WireStats {
+        self.wire.stats()
+    }
+
     async fn put(&self, key: &str, data: Vec<u8>) -> BackendResult<()> {
         let path = self.path(key);
         let p = path.clone();
+        self.wire.put(data.len() as u64);
         tokio::task::spawn_blocking(move || write_atomic(&p, &data))
             .await
             .map_err(|e| BackendError::Io { key: key.to_string(), error: std::io::Error::other(e) })?
@@ -121,11 +127,15 @@ impl Backend for LocalBackend {
 
     async fn get(&self, key: &str) -> BackendResult<Vec<u8>> {
         let path = self.path(key);
+        self.wire.get();
         let res = tokio::task::spawn_blocking(move || std::fs::read(path))
             .await
             .map_err(|e| BackendError::Io { key: key.to_string(), error: std::io::Error::other(e) })?;
         match res {
-            Ok(data) => Ok(data),
+            Ok(data) => {
+                self.wire.received(data.len() as u64);
+                Ok(data)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(BackendError::NotFound { key: key.to_string() }),
             Err(e) => Err(BackendError::Io { key: key.to_string(), error: e }),
         }
@@ -134,6 +144,7 @@ impl Backend for LocalBackend {
     async fn list(&self, prefix: &str) -> BackendResult<Vec<Entry>> {
         let root = self.root.clone();
         let p = prefix.to_string();
+        self.wire.list();
         tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();
             list_dir(&root, &p, &mut out).map(|_| out)
@@ -145,6 +156,7 @@ impl Backend for LocalBackend {
 
     async fn delete(&self, key: &str) -> BackendResult<()> {
         let path = self.path(key);
+        self.wire.delete();
         match tokio::task::spawn_blocking(move || std::fs::remove_file(&path)).await {
             Ok(Ok(())) => {
                 if let Some(dir) = self.path(key).parent() {
@@ -231,6 +243,8 @@ mod tests {
             b.delete("chunks/ab/abcd").await.unwrap();
             assert!(b.list("chunks/").await.unwrap().is_empty());
             assert!(b.list("nothing/").await.unwrap().is_empty());
+            let expected = WireStats { puts: 1, gets: 2, lists: 3, deletes: 2, heads: 0, bytes_up: 4, bytes_down: 4 };
+            assert_eq!(b.wire_stats(), expected);
         });
     }
 }

@@ -7,6 +7,9 @@
 pub mod local;
 #[cfg(feature = "s3")]
 pub mod s3;
+pub mod testing;
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 
@@ -47,6 +50,98 @@ impl BackendError {
 
 pub type BackendResult<T> = Result<T, BackendError>;
 
+/// What a backend has cost on the wire so far: requests by kind and the
+/// bytes of object bodies moved. These are what a cloud store bills, so
+/// commands report them (`--json` and the backup summary).
+///
+/// A request is one HTTP request for S3 (each page of a listing is one LIST;
+/// retries of a failed attempt are not counted again) and one call for a
+/// local folder. Bytes are object bodies only, not headers or listings.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct WireStats {
+    pub puts: u64,
+    pub gets: u64,
+    pub lists: u64,
+    pub deletes: u64,
+    /// HEAD requests (S3 checks its bucket once with one).
+    pub heads: u64,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+}
+
+impl WireStats {
+    /// The requests of every kind together.
+    pub fn requests(&self) -> u64 {
+        self.puts + self.gets + self.lists + self.deletes + self.heads
+    }
+
+    /// What happened between an earlier reading and this one.
+    pub fn since(&self, earlier: &WireStats) -> WireStats {
+        WireStats {
+            puts: self.puts.saturating_sub(earlier.puts),
+            gets: self.gets.saturating_sub(earlier.gets),
+            lists: self.lists.saturating_sub(earlier.lists),
+            deletes: self.deletes.saturating_sub(earlier.deletes),
+            heads: self.heads.saturating_sub(earlier.heads),
+            bytes_up: self.bytes_up.saturating_sub(earlier.bytes_up),
+            bytes_down: self.bytes_down.saturating_sub(earlier.bytes_down),
+        }
+    }
+}
+
+/// The counters behind [`WireStats`], shared by the requests of a backend.
+#[derive(Debug, Default)]
+pub struct WireCounters {
+    puts: AtomicU64,
+    gets: AtomicU64,
+    lists: AtomicU64,
+    deletes: AtomicU64,
+    heads: AtomicU64,
+    bytes_up: AtomicU64,
+    bytes_down: AtomicU64,
+}
+
+impl WireCounters {
+    pub fn put(&self, bytes: u64) {
+        self.puts.fetch_add(1, Ordering::Relaxed);
+        self.bytes_up.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// A GET request was made (found or not).
+    pub fn get(&self) {
+        self.gets.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Bytes of an object body received.
+    pub fn received(&self, bytes: u64) {
+        self.bytes_down.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub fn list(&self) {
+        self.lists.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn delete(&self) {
+        self.deletes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn head(&self) {
+        self.heads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn stats(&self) -> WireStats {
+        WireStats {
+            puts: self.puts.load(Ordering::Relaxed),
+            gets: self.gets.load(Ordering::Relaxed),
+            lists: self.lists.load(Ordering::Relaxed),
+            deletes: self.deletes.load(Ordering::Relaxed),
+            heads: self.heads.load(Ordering::Relaxed),
+            bytes_up: self.bytes_up.load(Ordering::Relaxed),
+            bytes_down: self.bytes_down.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// An object store.
 ///
 /// Writes must be atomic: a reader sees either no object or the whole object,
@@ -60,6 +155,14 @@ pub trait Backend: Send + Sync + 'static {
     /// How many requests are worth having in flight at once.
     fn concurrency(&self) -> usize;
 
+    /// The requests made and bytes moved since the backend was created.
+    /// Every store counts its own requests; a wrapper must forward this to
+    /// the backend it wraps (the default, all zeros, is for a store that
+    /// costs nothing to ask).
+    fn wire_stats(&self) -> WireStats {
+        WireStats::default()
+    }
+
     /// Stores `data` under `key`, replacing any object already there.
     async fn put(&self, key: &str, data: Vec<u8>) -> BackendResult<()>;
 
@@ -67,7 +170,9 @@ pub trait Backend: Send + Sync + 'static {
     async fn get(&self, key: &str) -> BackendResult<Vec<u8>>;
 
     /// Lists every key that starts with `prefix` (a folder such as
-    /// `chunks/`), in no particular order. Temporary objects are left out.
+    /// `chunks/`), in no particular order. Temporary objects are left out;
+    /// for `chunks/` and `trees/` a store may also leave out keys outside the
+    /// 256 sub-folders `00/`…`ff/` (no well-formed object lives there).
     async fn list(&self, prefix: &str) -> BackendResult<Vec<Entry>>;
 
     /// Removes an object. Removing an object that does not exist is not an error.

@@ -25,7 +25,7 @@ use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::StorageClass;
 
-use super::{Backend, BackendError, BackendResult, Entry};
+use super::{Backend, BackendError, BackendResult, Entry, WireCounters, WireStats};
 
 /// Requests in flight by default: enough that a link with 20-50 ms per
 /// request still moves data at full speed. The bytes in flight are capped by
@@ -166,13 +166,21 @@ fn valid_bucket_name(name: &str) -> bool {
 pub struct S3Backend {
     config: S3Config,
     client: tokio::sync::OnceCell<Client>,
+    wire: WireCounters,
+    /// Whether chunk uploads still send `If-None-Match: *` (see [`S3Backend::put`]).
+    conditional: std::sync::atomic::AtomicBool,
 }
 
 impl S3Backend {
     /// A backend for the bucket; nothing is contacted until the first request.
     pub fn new(config: S3Config) -> BackendResult<S3Backend> {
         config.validate()?;
-        Ok(S3Backend { config, client: tokio::sync::OnceCell::new() })
+        Ok(S3Backend {
+            config,
+            client: tokio::sync::OnceCell::new(),
+            wire: WireCounters::default(),
+            conditional: std::sync::atomic::AtomicBool::new(true),
+        })
     }
 
     pub fn config(&self) -> &S3Config {
@@ -251,6 +259,7 @@ impl S3Backend {
 
     async fn check_bucket(&self, client: &Client) -> BackendResult<()> {
         let bucket = &self.config.bucket;
+        self.wire.head();
         match client.head_bucket().bucket(bucket).send().await {
             Ok(_) => Ok(()),
             Err(e) if status(&e) == Some(404) || e.as_service_error().is_some_and(|s| s.is_not_found()) => {
@@ -281,6 +290,7 @@ impl S3Backend {
                     .build(),
             );
         }
+        self.wire.put(0);
         match req.send().await {
             Ok(_) => {
                 tracing::info!("created bucket {bucket}");
@@ -345,6 +355,110 @@ impl S3Backend {
     }
 }
 
+/// Folders whose objects are spread over 256 sub-folders named by the first
+/// two hex digits of their id: `chunks/ab/ab12…`.
+const SHARDED: [&str; 2] = ["chunks/", "trees/"];
+
+/// Most keys one LIST page holds (S3's maximum and default).
+const PAGE: usize = 1000;
+
+/// The sub-folder (`ab`) of a key below a sharded folder, if it is one of
+/// the 256 well-formed ones.
+fn shard_of<'k>(key: &'k str, folder: &str) -> Option<&'k str> {
+    let rest = key.strip_prefix(folder)?;
+    let shard = rest.get(..2)?;
+    let well_formed = shard.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    (well_formed && rest.as_bytes().get(2) == Some(&b'/')).then_some(shard)
+}
+
+impl S3Backend {
+    /// Lists every key below `prefix`, page after page.
+    async fn list_all(&self, prefix: &str) -> BackendResult<Vec<Entry>> {
+        let client = self.client().await?;
+        let mut pages =
+            client.list_objects_v2().bucket(&self.config.bucket).prefix(self.full_key(prefix)).into_paginator().send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            self.wire.list();
+            let page = page.map_err(|e| self.error("LIST", prefix, e))?;
+            self.collect(prefix, page.contents(), &mut out);
+        }
+        Ok(out)
+    }
+
+    /// Appends the objects of one page that are ours.
+    fn collect(&self, prefix: &str, objects: &[aws_sdk_s3::types::Object], out: &mut Vec<Entry>) {
+        let strip = if self.config.prefix.is_empty() { 0 } else { self.config.prefix.len() + 1 };
+        for obj in objects {
+            let Some(full) = obj.key() else { continue };
+            // Only keys under our prefix are ours; a store that answered
+            // with anything else is not trusted with it.
+            let Some(key) = full.get(strip..).filter(|k| k.starts_with(prefix) && full.len() > strip) else {
+                continue;
+            };
+            let size = obj.size().and_then(|s| u64::try_from(s).ok()).unwrap_or(0);
+            out.push(Entry { key: key.to_string(), size });
+        }
+    }
+
+    /// Lists `chunks/` or `trees/`. One LIST request answers for a small
+    /// repository; when the first page is full, the sub-folders it did not
+    /// reach are listed in parallel (one paginated listing each, as many at
+    /// once as there are connections), since a single listing of a large
+    /// repository is a long chain of round trips, 1,000 keys each. Only keys
+    /// in the 256 well-formed sub-folders are returned.
+    async fn list_sharded(&self, prefix: &str) -> BackendResult<Vec<Entry>> {
+        use futures_util::StreamExt;
+
+        let client = self.client().await?;
+        self.wire.list();
+        let first = client
+            .list_objects_v2()
+            .bucket(&self.config.bucket)
+            .prefix(self.full_key(prefix))
+            .max_keys(PAGE as i32)
+            .send()
+            .await
+            .map_err(|e| self.error("LIST", prefix, e))?;
+        let mut out = Vec::new();
+        self.collect(prefix, first.contents(), &mut out);
+        out.retain(|e| shard_of(&e.key, prefix).is_some());
+        if first.is_truncated() != Some(true) {
+            return Ok(out);
+        }
+        // Keys come in order, so the sub-folders before the last key's are
+        // complete; that one is listed again from its start.
+        let last = first.contents().last().and_then(|o| o.key()).unwrap_or("");
+        let strip = if self.config.prefix.is_empty() { 0 } else { self.config.prefix.len() + 1 };
+        let last = last.get(strip..).unwrap_or("");
+        let resume = match shard_of(last, prefix) {
+            Some(shard) => u8::from_str_radix(shard, 16).unwrap_or(0),
+            None => 0,
+        };
+        out.retain(|e| shard_of(&e.key, prefix).and_then(|s| u8::from_str_radix(s, 16).ok()) < Some(resume));
+        let shards: Vec<String> = (resume..=255).map(|i| format!("{prefix}{i:02x}/")).collect();
+        type Listing<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = BackendResult<Vec<Entry>>> + Send + 'a>>;
+        let mut futures: Vec<Listing<'_>> = Vec::with_capacity(shards.len());
+        for shard in &shards {
+            futures.push(Box::pin(self.list_all(shard)));
+        }
+        let mut listings = futures_util::stream::iter(futures).buffer_unordered(self.config.connections.max(1));
+        while let Some(listing) = listings.next().await {
+            out.extend(listing?);
+        }
+        Ok(out)
+    }
+}
+
+/// Whether an answer to a conditional PUT says the store does not support
+/// the condition, rather than that the upload failed.
+fn unsupported_condition<E: ProvideErrorMetadata>(err: &SdkError<E, aws_smithy_runtime_api::http::Response>) -> bool {
+    let message = err.meta().message().unwrap_or("").to_ascii_lowercase();
+    matches!(code(err), Some("NotImplemented"))
+        || status(err) == Some(501)
+        || (status(err) == Some(400) && (message.contains("if-none-match") || message.contains("conditional")))
+}
+
 fn status<E>(err: &SdkError<E, aws_smithy_runtime_api::http::Response>) -> Option<u16> {
     err.raw_response().map(|r| r.status().as_u16())
 }
@@ -366,17 +480,76 @@ impl Backend for S3Backend {
         self.config.connections
     }
 
+    fn wire_stats(&self) -> WireStats {
+        self.wire.stats()
+    }
+
+    /// Chunk uploads are sent with `If-None-Match: *` until the store shows
+    /// that it does not support it: a chunk that is already stored is then
+    /// not replaced (no new version in a versioned bucket), and after the
+    /// `412` answer a HEAD checks that what is there has the length of this
+    /// encoding (a truncated object is replaced, as it counts as absent). It is an optimisation only, never relied on: a store that
+    /// ignores the header (Garage) simply stores the equivalent object again
+    /// (invariant 3), and one that refuses it (`501`, `NotImplemented`, a
+    /// `400` naming the header) turns it off for the rest of the process
+    /// after the upload is retried without it.
     async fn put(&self, key: &str, data: Vec<u8>) -> BackendResult<()> {
+        use std::sync::atomic::Ordering;
         let client = self.client().await?;
-        let mut req = client.put_object().bucket(&self.config.bucket).key(self.full_key(key));
-        if let Some(class) = &self.config.storage_class
-            && key.starts_with("chunks/")
-        {
-            req = req.storage_class(StorageClass::from(class.to_ascii_uppercase().as_str()));
+        let chunk = key.starts_with("chunks/");
+        let conditional = chunk && self.conditional.load(Ordering::Relaxed);
+        let len = data.len() as u64;
+        let body = bytes::Bytes::from(data);
+        let request = |if_none_match: bool| {
+            let mut req = client.put_object().bucket(&self.config.bucket).key(self.full_key(key));
+            if let Some(class) = &self.config.storage_class
+                && chunk
+            {
+                req = req.storage_class(StorageClass::from(class.to_ascii_uppercase().as_str()));
+            }
+            if if_none_match {
+                req = req.if_none_match("*");
+            }
+            // The body is in memory, so the SDK can resend it on a retry;
+            // a clone of `Bytes` shares it.
+            req.body(ByteStream::from(body.clone()))
+        };
+        self.wire.put(len);
+        match request(conditional).send().await {
+            Ok(_) => Ok(()),
+            Err(e) if conditional && (status(&e) == Some(412) || code(&e) == Some("PreconditionFailed")) => {
+                // Something is stored under the key, but a truncated or
+                // damaged object must be replaced (it counts as absent). An
+                // equivalent encoding has exactly this length, so a HEAD
+                // (cheaper than a PUT) tells which.
+                self.wire.head();
+                let head = client.head_object().bucket(&self.config.bucket).key(self.full_key(key)).send().await;
+                if head.ok().and_then(|h| h.content_length()) == Some(len as i64) {
+                    tracing::debug!("PUT {key}: already stored");
+                    return Ok(());
+                }
+                tracing::info!("PUT {key}: the stored object has another length; replacing it");
+                self.wire.put(len);
+                request(false).send().await.map(|_| ()).map_err(|e| self.error("PUT", key, e))
+            }
+            // AWS: another conditional upload of the same key was in
+            // progress. Equivalent objects: upload it plainly.
+            Err(e) if conditional && code(&e) == Some("ConditionalRequestConflict") => {
+                self.wire.put(len);
+                request(false).send().await.map(|_| ()).map_err(|e| self.error("PUT", key, e))
+            }
+            Err(e) if conditional && unsupported_condition(&e) => {
+                tracing::info!(
+                    "{}: the store does not support conditional uploads ({}); uploading without them",
+                    self.location(),
+                    code(&e).unwrap_or("HTTP error")
+                );
+                self.conditional.store(false, Ordering::Relaxed);
+                self.wire.put(len);
+                request(false).send().await.map(|_| ()).map_err(|e| self.error("PUT", key, e))
+            }
+            Err(e) => Err(self.error("PUT", key, e)),
         }
-        // The body is in memory, so the SDK can resend it on a retry.
-        req.body(ByteStream::from(data)).send().await.map_err(|e| self.error("PUT", key, e))?;
-        Ok(())
     }
 
     async fn get(&self, key: &str) -> BackendResult<Vec<u8>> {
@@ -386,6 +559,7 @@ impl Backend for S3Backend {
         // body streams in: that is retried here.
         let mut attempt = 1;
         loop {
+            self.wire.get();
             let resp = match client.get_object().bucket(&self.config.bucket).key(&full).send().await {
                 Ok(resp) => resp,
                 Err(e) => {
@@ -398,7 +572,11 @@ impl Backend for S3Backend {
                 }
             };
             match resp.body.collect().await {
-                Ok(body) => return Ok(body.into_bytes().to_vec()),
+                Ok(body) => {
+                    let data = body.into_bytes().to_vec();
+                    self.wire.received(data.len() as u64);
+                    return Ok(data);
+                }
                 Err(e) if attempt < self.config.max_attempts => {
                     tracing::debug!("GET {key}: body interrupted ({e}); retrying");
                     tokio::time::sleep(self.config.initial_backoff * attempt).await;
@@ -414,29 +592,12 @@ impl Backend for S3Backend {
     }
 
     async fn list(&self, prefix: &str) -> BackendResult<Vec<Entry>> {
-        let client = self.client().await?;
-        let strip = if self.config.prefix.is_empty() { 0 } else { self.config.prefix.len() + 1 };
-        let mut pages =
-            client.list_objects_v2().bucket(&self.config.bucket).prefix(self.full_key(prefix)).into_paginator().send();
-        let mut out = Vec::new();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| self.error("LIST", prefix, e))?;
-            for obj in page.contents() {
-                let Some(full) = obj.key() else { continue };
-                // Only keys under our prefix are ours; a store that answered
-                // with anything else is not trusted with it.
-                let Some(key) = full.get(strip..).filter(|k| k.starts_with(prefix) && full.len() > strip) else {
-                    continue;
-                };
-                let size = obj.size().and_then(|s| u64::try_from(s).ok()).unwrap_or(0);
-                out.push(Entry { key: key.to_string(), size });
-            }
-        }
-        Ok(out)
+        if SHARDED.contains(&prefix) { self.list_sharded(prefix).await } else { self.list_all(prefix).await }
     }
 
     async fn delete(&self, key: &str) -> BackendResult<()> {
         let client = self.client().await?;
+        self.wire.delete();
         match client.delete_object().bucket(&self.config.bucket).key(self.full_key(key)).send().await {
             Ok(_) => Ok(()),
             Err(e) if status(&e) == Some(404) && code(&e) != Some("NoSuchBucket") => Ok(()),
@@ -470,6 +631,15 @@ mod tests {
         c.endpoint = Some("http://127.0.0.1:9000".into());
         assert_eq!(c.location(), "s3:http://127.0.0.1:9000/photos");
         assert_eq!(S3Backend::new(c).unwrap().full_key("keys/ab"), "keys/ab");
+    }
+
+    #[test]
+    fn well_formed_shards() {
+        assert_eq!(shard_of("chunks/ab/ab12", "chunks/"), Some("ab"));
+        assert_eq!(shard_of("trees/00/x", "trees/"), Some("00"));
+        for bad in ["chunks/AB/ab", "chunks/zz/x", "chunks/abc", "chunks/a/", "chunks/ab", "trees/ab/x"] {
+            assert_eq!(shard_of(bad, "chunks/"), None, "{bad}");
+        }
     }
 
     #[test]

@@ -1,0 +1,132 @@
+//! The pipelines against slow and failing backends, through the test
+//! wrappers of `coffer_core::backend::testing`, on a local folder and on the
+//! in-process S3 server alike.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use coffer_core::Repository;
+use coffer_core::archiver::{self, BackupOptions};
+use coffer_core::backend::Backend;
+use coffer_core::backend::local::LocalBackend;
+use coffer_core::backend::testing::{Fault, FaultBackend, FaultKind, LatencyBackend, Op};
+use coffer_core::crypto::ObjectKind;
+use coffer_core::key::KdfParams;
+use coffer_core::progress::NoProgress;
+use coffer_core::repo::InitOptions;
+use coffer_core::restorer::{self, RestoreOptions};
+
+use crate::common::s3::S3Server;
+use crate::common::{Env, random_bytes};
+
+pub fn cheap_init() -> InitOptions {
+    InitOptions { kdf: KdfParams { memory_kib: 64, iterations: 1, parallelism: 1 }, ..InitOptions::default() }
+}
+
+/// With 20 ms added to every request, backup and restore of 40 one-chunk
+/// files must keep many requests in flight: one at a time would make the
+/// latency, not the link, the limit.
+fn keeps_requests_in_flight(inner: Arc<dyn Backend>, env: &Env) {
+    for i in 0..40u64 {
+        // 600 kB: above the 512 KiB minimum chunk, below the average, so one chunk each.
+        env.write(&format!("photo-{i:02}.jpg"), &random_bytes(600_000, i + 1));
+    }
+    let slow = Arc::new(LatencyBackend::new(inner, Duration::from_millis(20)));
+    let repo = Repository::init(slow.clone(), b"pw", &cheap_init()).expect("init");
+    slow.reset_max_in_flight();
+    let outcome =
+        archiver::backup(&repo, &BackupOptions { paths: vec![env.src.clone()], ..Default::default() }, &NoProgress)
+            .expect("backup");
+    assert!(outcome.snapshot.summary.chunks_added >= 32, "{:?}", outcome.snapshot.summary);
+    let backup_max = slow.max_in_flight();
+    assert!(backup_max >= 8, "backup kept only {backup_max} requests in flight");
+
+    slow.reset_max_in_flight();
+    let target = env.path("restored");
+    let options = RestoreOptions { target: target.clone(), ..Default::default() };
+    let restored = restorer::restore(&repo, &outcome.snapshot.tree, &options, &NoProgress).expect("restore");
+    assert_eq!(restored.files, 40);
+    assert!(restored.problems.is_empty(), "{:?}", restored.problems);
+    let restore_max = slow.max_in_flight();
+    assert!(restore_max >= 8, "restore kept only {restore_max} requests in flight");
+    let back = env.restored_src(&target);
+    for i in [0u64, 17, 39] {
+        let name = format!("photo-{i:02}.jpg");
+        assert_eq!(std::fs::read(back.join(&name)).unwrap(), random_bytes(600_000, i + 1), "{name}");
+    }
+}
+
+#[test]
+fn latency_keeps_requests_in_flight_local() {
+    let env = Env::new();
+    keeps_requests_in_flight(Arc::new(LocalBackend::new(&env.repo)), &env);
+}
+
+#[test]
+fn latency_keeps_requests_in_flight_s3() {
+    let server = S3Server::start();
+    let env = Env::new();
+    keeps_requests_in_flight(Arc::new(server.backend("bucket", "slow")), &env);
+}
+
+/// Ten files of one chunk each (300 kB, below the minimum chunk size).
+fn ten_files(env: &Env) {
+    for i in 0..10u64 {
+        env.write(&format!("f{i}"), &random_bytes(300_000, 200 + i));
+    }
+}
+
+/// Chunk uploads fail after the third: the backup fails naming the object,
+/// writes no snapshot, and the next backup reuses the three chunks stored.
+fn failed_uploads_leave_no_snapshot(inner: Arc<dyn Backend>, env: &Env) {
+    ten_files(env);
+    let faulty = Arc::new(FaultBackend::new(inner));
+    let repo = Repository::init(faulty.clone(), b"pw", &cheap_init()).expect("init");
+    faulty.add(Fault::after(Op::Put, "chunks/", 3, FaultKind::Permanent));
+    let options = BackupOptions { paths: vec![env.src.clone()], ..Default::default() };
+    let err = archiver::backup(&repo, &options, &NoProgress).expect_err("the backup must fail").to_string();
+    assert!(err.contains("chunks/") && err.contains("injected failure"), "{err}");
+    assert!(faulty.injected() >= 1);
+    assert!(repo.list_ids(ObjectKind::Snapshot).unwrap().is_empty(), "a snapshot was written");
+    assert_eq!(repo.list_ids(ObjectKind::Chunk).unwrap().len(), 3);
+
+    faulty.clear();
+    let outcome = archiver::backup(&repo, &options, &NoProgress).expect("backup");
+    assert_eq!(outcome.snapshot.summary.chunks_added, 7, "{:?}", outcome.snapshot.summary);
+    assert_eq!(repo.list_ids(ObjectKind::Snapshot).unwrap().len(), 1);
+}
+
+#[test]
+fn failed_uploads_leave_no_snapshot_local() {
+    let env = Env::new();
+    failed_uploads_leave_no_snapshot(Arc::new(LocalBackend::new(&env.repo)), &env);
+}
+
+#[test]
+fn failed_uploads_leave_no_snapshot_s3() {
+    let server = S3Server::start();
+    let env = Env::new();
+    failed_uploads_leave_no_snapshot(Arc::new(server.backend("bucket", "faulty")), &env);
+}
+
+/// With the chunk-set cache, a backup under an unchanged prune generation
+/// does not LIST `chunks/` at all: a listing that would fail does not matter.
+/// Once the generation changes it must list, and the failure shows.
+#[test]
+fn cached_chunk_set_spares_the_chunk_listing() {
+    let env = Env::new();
+    ten_files(&env);
+    let faulty = Arc::new(FaultBackend::new(Arc::new(LocalBackend::new(&env.repo))));
+    let repo = Repository::init(faulty.clone(), b"pw", &cheap_init()).expect("init").with_cache(&env.path("cache"));
+    let options = BackupOptions { paths: vec![env.src.clone()], ..Default::default() };
+    archiver::backup(&repo, &options, &NoProgress).expect("first backup");
+    faulty.add(Fault::always(Op::List, "chunks/", FaultKind::Permanent));
+    env.write("f-new", &random_bytes(300_000, 999));
+    let second = archiver::backup(&repo, &options, &NoProgress).expect("a backup trusting the cache");
+    assert_eq!(second.snapshot.summary.chunks_added, 1);
+    assert_eq!(faulty.injected(), 0, "chunks/ was listed");
+
+    repo.runtime().block_on(repo.bump_generation()).unwrap();
+    let err = archiver::backup(&repo, &options, &NoProgress).expect_err("a stale cache must not be trusted");
+    assert!(err.to_string().contains("LIST chunks/"), "{err}");
+}

@@ -1,0 +1,96 @@
+//! What a command costs on the wire: the request counts and bytes of
+//! `backup --json` and `restore --json` are exact for a tiny known backup, on
+//! a local folder and on the in-process S3 server.
+
+use std::path::Path;
+
+use assert_cmd::Command;
+
+use crate::common::Env;
+use crate::common::s3::{self, S3Server};
+
+const INIT: [&str; 5] = ["init", "--argon2-memory", "64", "--argon2-iterations", "1"];
+
+/// Total size of the stored objects below `dir` whose key starts with one of
+/// `prefixes` (the S3 server's own metadata files left out).
+fn stored_bytes(dir: &Path, prefixes: &[&str]) -> u64 {
+    crate::common::files_below(dir)
+        .iter()
+        .filter(|p| !p.to_string_lossy().contains(".s3s"))
+        .filter(|p| prefixes.iter().any(|pre| p.to_string_lossy().starts_with(pre)))
+        .map(|p| std::fs::metadata(dir.join(p)).expect("object size").len())
+        .sum()
+}
+
+fn run_json(mut cmd: Command) -> serde_json::Value {
+    let out = cmd.output().expect("run coffer");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("JSON report")
+}
+
+fn n(v: &serde_json::Value, field: &str) -> u64 {
+    v[field].as_u64().unwrap_or_else(|| panic!("no {field} in {v}"))
+}
+
+/// `coffer` is the binary pointed at the repository; `objects` is where its
+/// objects are stored on disk; `heads` the HEAD requests of one command.
+fn counts_are_exact(env: &Env, coffer: &dyn Fn() -> Command, objects: &Path, heads: u64) {
+    coffer().args(INIT).assert().success();
+    env.write("a.txt", b"a small file: one chunk");
+
+    let mut cmd = coffer();
+    cmd.arg("backup").arg("--json").arg(&env.src);
+    let report = run_json(cmd);
+    let (chunks, trees) = (n(&report, "chunks_added"), n(&report, "trees_added"));
+    assert_eq!(chunks, 1, "{report}");
+    let wire = &report["wire"];
+    // Every new object once, and the snapshot.
+    assert_eq!(n(wire, "puts"), chunks + trees + 1, "{report}");
+    // Opening: config and the one key; then the prune generation (absent),
+    // to know whether a cached chunk set could be trusted.
+    assert_eq!(n(wire, "gets"), 3, "{report}");
+    // keys/, snapshots/ (empty), chunks/, trees/: each a single page.
+    assert_eq!(n(wire, "lists"), 4, "{report}");
+    assert_eq!(n(wire, "deletes"), 0, "{report}");
+    assert_eq!(n(wire, "heads"), heads, "{report}");
+    assert_eq!(n(wire, "bytes_up"), stored_bytes(objects, &["chunks/", "trees/", "snapshots/"]), "{report}");
+    assert_eq!(n(wire, "bytes_down"), stored_bytes(objects, &["config", "keys/"]), "{report}");
+
+    let mut cmd = coffer();
+    cmd.args(["restore", "latest", "--json", "--target"]).arg(env.path("restored"));
+    let report = run_json(cmd);
+    let wire = &report["wire"];
+    assert_eq!(n(wire, "puts"), 0, "{report}");
+    // config, key, the snapshot, every tree and the chunk: each read once.
+    assert_eq!(n(wire, "gets"), 3 + trees + chunks, "{report}");
+    assert_eq!(n(wire, "lists"), 2, "keys/ and snapshots/: {report}");
+    assert_eq!(n(wire, "heads"), heads, "{report}");
+    assert_eq!(n(wire, "bytes_up"), 0, "{report}");
+    assert_eq!(n(wire, "bytes_down"), stored_bytes(objects, &[""]), "everything stored is read once: {report}");
+}
+
+#[test]
+fn wire_counts_are_exact_local() {
+    let env = Env::new();
+    counts_are_exact(&env, &|| env.coffer(), &env.repo, 0);
+}
+
+#[test]
+fn wire_counts_are_exact_s3() {
+    let server = S3Server::start();
+    let url = server.url("bucket/costs");
+    let env = Env::new();
+    // One HEAD per command: the bucket check when the client connects.
+    counts_are_exact(&env, &|| s3::coffer(&env, &url), &server.bucket_dir("bucket").join("costs"), 1);
+}
+
+#[test]
+fn backup_summary_shows_requests() {
+    let env = Env::init();
+    env.write("f", b"x");
+    let out = env.coffer().arg("backup").arg(&env.src).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.starts_with("Requests:")).unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains(" PUT, ") && line.contains(" LIST") && line.contains(" up, "), "{line}");
+}
