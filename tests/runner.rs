@@ -11,6 +11,7 @@ mod crypto_objects;
 mod dedup;
 mod dump;
 mod errors;
+mod locks;
 mod privacy;
 mod restore_options;
 mod roundtrip;

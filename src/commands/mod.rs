@@ -4,8 +4,10 @@ mod backup;
 mod dump;
 mod init;
 mod ls;
+mod prune;
 mod restore;
 mod snapshots;
+mod unlock;
 
 use anyhow::Result;
 
@@ -20,6 +22,8 @@ pub fn run(args: Cli) -> Result<u8> {
         Command::Ls(a) => ls::run(g, a),
         Command::Restore(a) => restore::run(g, a),
         Command::Dump(a) => dump::run(g, a),
+        Command::Prune(a) => prune::run(g, a),
+        Command::Unlock(a) => unlock::run(g, a),
     }
 }
 

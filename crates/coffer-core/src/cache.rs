@@ -15,6 +15,9 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::crypto::ObjectKind;
+use crate::id::Id;
+
 /// The base folder that holds every repository's cache, as the XDG base
 /// directory specification places it; `None` when there is no home to put
 /// it in (the cache is then off).
@@ -47,6 +50,56 @@ pub fn tag(base: &Path) -> std::io::Result<()> {
          # This file is a cache directory tag created by coffer.\n\
          # For information about cache directory tags, see https://bford.info/cachedir/\n",
     )
+}
+
+/// Where the copy of a snapshot or tree lives in a repository's cache
+/// folder: `snapshots/<id>` and `trees/<xx>/<id>`, as in the repository.
+/// Other kinds are not cached.
+pub fn object_path(dir: &Path, kind: ObjectKind, id: &Id) -> Option<PathBuf> {
+    match kind {
+        ObjectKind::Snapshot | ObjectKind::Tree => Some(dir.join(crate::repo::object_key(kind, id))),
+        _ => None,
+    }
+}
+
+/// The cached stored bytes of an object, if there are any. The caller
+/// authenticates them exactly as if they had been fetched.
+pub fn read(dir: &Path, kind: ObjectKind, id: &Id) -> Option<Vec<u8>> {
+    std::fs::read(object_path(dir, kind, id)?).ok()
+}
+
+/// Keeps a copy of an object's stored bytes. Written to a temporary name and
+/// renamed, so a reader never sees part of one; not fsynced, as a lost copy
+/// only costs a download. Failures are logged and otherwise ignored.
+pub fn write(dir: &Path, kind: ObjectKind, id: &Id, stored: &[u8]) {
+    let Some(path) = object_path(dir, kind, id) else { return };
+    let result = (|| {
+        let parent = path.parent().ok_or_else(|| std::io::Error::other("no parent folder"))?;
+        std::fs::create_dir_all(parent)?;
+        let mut rnd = [0u8; 8];
+        crate::crypto::fill_random(&mut rnd);
+        let tmp = parent.join(format!(".tmp-{}", hex::encode(rnd)));
+        std::fs::write(&tmp, stored)?;
+        std::fs::rename(&tmp, &path).inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
+    })();
+    if let Err(e) = result {
+        tracing::debug!("cannot cache {}: {e}", path.display());
+    }
+}
+
+/// Drops the copy of an object (it is damaged, or gone from the repository).
+pub fn remove(dir: &Path, kind: ObjectKind, id: &Id) {
+    if let Some(path) = object_path(dir, kind, id) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// The snapshot ids that have a copy in the cache.
+pub fn cached_snapshots(dir: &Path) -> Vec<Id> {
+    let Ok(rd) = std::fs::read_dir(dir.join("snapshots")) else { return Vec::new() };
+    rd.flatten().filter_map(|e| e.file_name().to_str().and_then(Id::from_hex)).collect()
 }
 
 #[cfg(test)]

@@ -97,7 +97,8 @@ mod tests {
     use crate::repo::InitOptions;
 
     fn repo(dir: &std::path::Path) -> Repository {
-        let options = InitOptions { kdf: KdfParams { memory_kib: 64, iterations: 1, parallelism: 1 }, ..InitOptions::default() };
+        let options =
+            InitOptions { kdf: KdfParams { memory_kib: 64, iterations: 1, parallelism: 1 }, ..InitOptions::default() };
         Repository::init(Arc::new(LocalBackend::new(dir)), b"pw", &options).unwrap()
     }
 
