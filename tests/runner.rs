@@ -13,6 +13,7 @@ mod dump;
 mod errors;
 mod locks;
 mod privacy;
+mod prune;
 mod restore_options;
 mod roundtrip;
 mod s3;
