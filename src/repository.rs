@@ -126,6 +126,19 @@ pub fn open(global: &GlobalArgs) -> Result<Repository> {
     }
     locks.retry = global.retry_lock.unwrap_or_default();
     repo.set_lock_settings(locks);
+    if let Some(base) = coffer_core::state::default_base() {
+        repo = repo.with_state(&base);
+        let report = repo.check_state()?;
+        for id in &report.vanished {
+            eprintln!(
+                "WARNING: snapshot {id}, which this host saw, is gone from the repository without a forget from here: \
+                 another machine forgot it, or the storage lost it or was rolled back"
+            );
+        }
+        if report.config_changed {
+            eprintln!("WARNING: the repository's config object changed since this host last saw it");
+        }
+    }
     if global.no_cache {
         return Ok(repo);
     }

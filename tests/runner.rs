@@ -12,6 +12,7 @@ mod dedup;
 mod dump;
 mod errors;
 mod locks;
+mod metadata;
 mod privacy;
 mod prune;
 mod restore_options;

@@ -46,6 +46,7 @@ impl Env {
         cmd.env("COFFER_REPOSITORY", &self.repo).env("COFFER_PASSWORD", PASSWORD);
         // Each test has its own cache, never the caller's.
         cmd.env("COFFER_CACHE_DIR", self.dir.path().join("cache"));
+        cmd.env("COFFER_STATE_DIR", self.dir.path().join("state"));
         cmd
     }
 
@@ -240,6 +241,7 @@ impl Env {
         }
         cmd.env("COFFER_REPOSITORY", &self.repo).env("COFFER_PASSWORD", PASSWORD);
         cmd.env("COFFER_CACHE_DIR", self.dir.path().join("cache"));
+        cmd.env("COFFER_STATE_DIR", self.dir.path().join("state"));
         cmd
     }
 }

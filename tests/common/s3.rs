@@ -139,6 +139,8 @@ fn vars(env: &Env, url: &str) -> (Vec<(&'static str, std::ffi::OsString)>, [&'st
         ("AWS_SHARED_CREDENTIALS_FILE", env.path("no-aws-credentials").into()),
         ("AWS_EC2_METADATA_DISABLED", "true".into()),
         ("COFFER_S3_MAX_ATTEMPTS", "3".into()),
+        ("COFFER_CACHE_DIR", env.path("cache").into()),
+        ("COFFER_STATE_DIR", env.path("state").into()),
     ];
     let removed = [
         "COFFER_PASSWORD_FILE",

@@ -27,6 +27,7 @@ pub mod prune;
 pub mod repo;
 pub mod restorer;
 pub mod snapshot;
+pub mod state;
 pub mod tree;
 pub mod walk;
 

@@ -46,6 +46,8 @@ pub struct Repository {
     /// This repository's own cache folder, if caching is on.
     cache_dir: Option<std::path::PathBuf>,
     lock_settings: crate::lock::LockSettings,
+    /// What this host remembers of the repository, if that is on.
+    pub(crate) state: Option<crate::state::State>,
 }
 
 /// The key of an object in the store: `chunks/ab/ab12…`, `snapshots/ab12…`.
@@ -155,6 +157,7 @@ impl Repository {
             key_name,
             cache_dir: None,
             lock_settings: Default::default(),
+            state: None,
         })
     }
 
@@ -215,6 +218,7 @@ impl Repository {
                             key_name: name.clone(),
                             cache_dir: None,
                             lock_settings: Default::default(),
+                            state: None,
                         });
                     }
                     // A key from another repository with the same password:
@@ -441,6 +445,7 @@ impl Repository {
             self.backend.put(&name, stored).await?;
             self.backend.sync().await
         })?;
+        self.remember_snapshot(&id);
         Ok(id)
     }
 
