@@ -210,7 +210,7 @@ fn soak_backups_against_prunes() {
         x ^= x >> 7;
         x ^= x << 17;
         env.write(&format!("f{}.bin", x % 5), &random_bytes(300_000 + (x % 700_000) as usize, x));
-        if x % 3 == 0 {
+        if x.is_multiple_of(3) {
             let _ = std::fs::remove_file(env.src.join(format!("f{}.bin", (x >> 8) % 5)));
         }
         let out = env.coffer().args(["backup", "--json", "--retry-lock", "10m"]).arg(&env.src).output().unwrap();

@@ -691,6 +691,19 @@ mod tests {
         assert!(LockRecord::open(&keys, &[4u8; 32], &r.name(), &stored).is_err());
     }
 
+    proptest::proptest! {
+        #[test]
+        fn damaged_records_are_errors_not_panics(pos in proptest::prelude::any::<usize>(), val in proptest::prelude::any::<u8>()) {
+            let keys = Keys::from_master(&[9u8; 64]);
+            let r = LockRecord::for_this_process(false, "backup", jiff::SignedDuration::ZERO);
+            let mut plain = rmp_serde::to_vec_named(&r).unwrap();
+            let i = pos % plain.len();
+            plain[i] = val;
+            let stored = blob::seal_random(&keys, &[1; 32], ObjectKind::Lock, &r.name(), b"", &plain);
+            let _ = LockRecord::open(&keys, &[1; 32], &r.name(), &stored);
+        }
+    }
+
     #[test]
     fn observations_measure_an_unchanged_counter() {
         let mut o = Observations::default();
