@@ -716,8 +716,12 @@ pub fn backup(repo: &Repository, options: &BackupOptions, progress: &dyn Progres
             Some(repo.save_snapshot(&snapshot)?)
         }
     };
-    if let Some(lock) = lock {
-        lock.release()?;
+    if let Some(lock) = lock
+        && let Err(e) = lock.release()
+    {
+        // The snapshot is written; a lock left behind turns stale and is
+        // ignored, so this is not the backup's failure.
+        tracing::warn!("could not remove the backup's lock: {e}");
     }
     Ok(BackupOutcome { snapshot_id, snapshot, parent: parent_id })
 }

@@ -1,7 +1,7 @@
 //! Where the local cache lives.
 //!
 //! The cache holds copies of what the repository already has (which chunks
-//! exist, snapshots, trees), so that a nightly backup or a prune does not
+//! exist, trees), so that a nightly backup or a prune does not
 //! download or list it all again. Nothing in it is trusted more than the
 //! repository itself: copies of objects are authenticated on every read like
 //! anything fetched, and the chunk set only while the prune generation it was
@@ -52,12 +52,14 @@ pub fn tag(base: &Path) -> std::io::Result<()> {
     )
 }
 
-/// Where the copy of a snapshot or tree lives in a repository's cache
-/// folder: `snapshots/<id>` and `trees/<xx>/<id>`, as in the repository.
-/// Other kinds are not cached.
+/// Where the copy of a tree lives in a repository's cache folder:
+/// `trees/<xx>/<id>`, as in the repository. Trees are immutable and
+/// content-addressed, so a copy is right for as long as anything references
+/// it. Snapshots are not cached: they are small, and reading them from the
+/// repository each time lets every command report a damaged one.
 pub fn object_path(dir: &Path, kind: ObjectKind, id: &Id) -> Option<PathBuf> {
     match kind {
-        ObjectKind::Snapshot | ObjectKind::Tree => Some(dir.join(crate::repo::object_key(kind, id))),
+        ObjectKind::Tree => Some(dir.join(crate::repo::object_key(kind, id))),
         _ => None,
     }
 }
@@ -94,12 +96,6 @@ pub fn remove(dir: &Path, kind: ObjectKind, id: &Id) {
     if let Some(path) = object_path(dir, kind, id) {
         let _ = std::fs::remove_file(path);
     }
-}
-
-/// The snapshot ids that have a copy in the cache.
-pub fn cached_snapshots(dir: &Path) -> Vec<Id> {
-    let Ok(rd) = std::fs::read_dir(dir.join("snapshots")) else { return Vec::new() };
-    rd.flatten().filter_map(|e| e.file_name().to_str().and_then(Id::from_hex)).collect()
 }
 
 #[cfg(test)]

@@ -494,10 +494,11 @@ struct GuardState {
 }
 
 impl GuardState {
-    fn refresh(&self) {
-        let Ok(mut held) = self.held.lock() else { return };
+    /// One refresh; false if it failed.
+    fn refresh(&self) -> bool {
+        let Ok(mut held) = self.held.lock() else { return false };
         if held.lost.is_some() {
-            return;
+            return false;
         }
         let now = boottime();
         if now.saturating_sub(held.last_ok) > self.parts.settings.give_up_after() {
@@ -506,7 +507,7 @@ impl GuardState {
                 now.saturating_sub(held.last_ok).as_secs()
             ));
             tracing::error!("{}", held.lost.as_deref().unwrap_or_default());
-            return;
+            return false;
         }
         held.record.counter += 1;
         held.record.time = wall_time(self.parts.settings.wall_clock_offset);
@@ -521,8 +522,12 @@ impl GuardState {
             Ok(()) => {
                 held.confirmed = held.record.counter;
                 held.last_ok = now;
+                true
             }
-            Err(e) => tracing::warn!("could not refresh the lock {name}: {e}"),
+            Err(e) => {
+                tracing::warn!("could not refresh the lock {name}: {e}");
+                false
+            }
         }
     }
 
@@ -565,8 +570,11 @@ impl LockGuard {
         let thread = std::thread::Builder::new()
             .name("coffer-lock".into())
             .spawn(move || {
-                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
-                    s.refresh();
+                let mut wait = interval;
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(wait) {
+                    // After a failed refresh, try again sooner: there are
+                    // only a few chances before half the stale time is up.
+                    wait = if s.refresh() { interval } else { interval / 4 };
                 }
             })
             .ok();

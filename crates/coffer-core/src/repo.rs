@@ -358,7 +358,7 @@ impl Repository {
         self.decode_tree(id, &stored)
     }
 
-    /// The stored bytes of a snapshot or tree: the cached copy if `valid`
+    /// The stored bytes of a tree: the cached copy if `valid`
     /// accepts it (it authenticates exactly as a fetched object would), else
     /// the repository's, which is then cached. A copy that fails is dropped.
     async fn get_cached<T>(&self, kind: ObjectKind, id: &Id, valid: impl Fn(&[u8]) -> Result<T>) -> Result<Vec<u8>> {
@@ -406,13 +406,11 @@ impl Repository {
         blob::encode(&self.keys, self.repo_id(), ObjectKind::Chunk, id, plaintext, self.compression())
     }
 
-    /// Loads a snapshot, from the local cache when it has a copy that
-    /// authenticates. Which snapshots exist always comes from a listing of
-    /// the repository, never from the cache.
+    /// Loads a snapshot. Snapshots are small and always read from the
+    /// repository, not the cache: a damaged one is then reported by every
+    /// command that lists it, not only by `check`.
     pub fn load_snapshot(&self, id: &Id) -> Result<Snapshot> {
-        let stored = self
-            .runtime
-            .block_on(self.get_cached(ObjectKind::Snapshot, id, |stored| self.decode_snapshot(id, stored)))?;
+        let stored = self.get(ObjectKind::Snapshot, id)?;
         self.decode_snapshot(id, &stored)
     }
 
@@ -454,15 +452,6 @@ impl Repository {
     pub fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
         let mut out = Vec::new();
         let ids = self.list_ids(ObjectKind::Snapshot)?;
-        // Copies of snapshots that are gone (forgotten, here or elsewhere)
-        // are dropped, so the cache does not grow without bound.
-        if let Some(dir) = &self.cache_dir {
-            for cached in crate::cache::cached_snapshots(dir) {
-                if ids.binary_search(&cached).is_err() {
-                    crate::cache::remove(dir, ObjectKind::Snapshot, &cached);
-                }
-            }
-        }
         for id in ids {
             match self.load_snapshot(&id) {
                 Ok(s) => out.push((id, s)),
