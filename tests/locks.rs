@@ -5,8 +5,8 @@
 //! references a missing object, and every snapshot restores byte-identical.
 //!
 //! The cases run in-process on two `Repository` handles over the same store
-//! (as two machines would see it) and are written against [`Store`], so that
-//! every backend runs them.
+//! (as two machines would see it) and are written against [`Store`]: each
+//! runs on a local folder and on the in-process S3 server.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -244,4 +244,28 @@ fn exclusive_lock_conflicts_are_typed() {
     exclusive.release().unwrap();
     let (locks, damaged) = repo.locks().unwrap();
     assert!(locks.is_empty() && damaged.is_empty(), "released locks are removed");
+}
+
+fn s3(_dir: &Path) -> Box<dyn Store> {
+    Box::new(crate::common::s3::S3Store::start("races"))
+}
+
+#[test]
+fn a_paused_backup_survives_a_prune_s3() {
+    paused_backup_survives_prune(&Fixture::new(s3), jiff::SignedDuration::ZERO);
+}
+
+#[test]
+fn a_prune_whose_clock_is_two_hours_ahead_still_waits_s3() {
+    paused_backup_survives_prune(&Fixture::new(s3), jiff::SignedDuration::from_hours(2));
+}
+
+#[test]
+fn a_backup_that_cannot_refresh_its_lock_aborts_s3() {
+    backup_with_failing_refreshes_aborts(&Fixture::new(s3));
+}
+
+#[test]
+fn two_prunes_at_once_both_finish_s3() {
+    two_prunes_both_finish(&Fixture::new(s3));
 }

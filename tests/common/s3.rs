@@ -177,3 +177,44 @@ pub fn coffer_process(env: &Env, url: &str) -> std::process::Command {
     cmd.envs(set);
     cmd
 }
+
+/// A repository under `bucket/<prefix>` on a server of its own, for the
+/// tests written against [`super::Store`].
+pub struct S3Store {
+    pub server: S3Server,
+    pub prefix: String,
+}
+
+impl S3Store {
+    pub fn start(prefix: &str) -> S3Store {
+        S3Store { server: S3Server::start(), prefix: prefix.to_string() }
+    }
+
+    fn library_backend(&self) -> coffer_core::backend::s3::S3Backend {
+        use coffer_core::backend::s3::{S3Backend, S3Config, StaticCredentials};
+        let mut config = S3Config::new("bucket", &self.prefix);
+        config.endpoint = Some(self.server.endpoint());
+        config.path_style = true;
+        config.region = Some(REGION.into());
+        config.credentials =
+            Some(StaticCredentials { access_key_id: ACCESS_KEY.into(), secret_access_key: SECRET_KEY.into() });
+        S3Backend::new(config).expect("S3 backend")
+    }
+}
+
+impl super::Store for S3Store {
+    fn backend(&self) -> std::sync::Arc<dyn coffer_core::backend::Backend> {
+        std::sync::Arc::new(self.library_backend())
+    }
+
+    fn location(&self) -> String {
+        self.server.url(&format!("bucket/{}", self.prefix))
+    }
+
+    fn remove(&self, key: &str) {
+        use coffer_core::backend::Backend;
+        let backend = self.library_backend();
+        let rt = coffer_core::repo::new_runtime().expect("runtime");
+        rt.block_on(backend.delete(key)).expect("delete object");
+    }
+}
