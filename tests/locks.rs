@@ -173,6 +173,31 @@ fn backup_with_failing_refreshes_aborts(fx: &Fixture) {
     assert_eq!(fx.check(true), vec![fx.snap_b]);
 }
 
+/// Someone removes a running backup's lock: the backup must not write its
+/// snapshot (nor write the lock back), whether its refresh or its re-read
+/// before the snapshot notices first.
+fn backup_whose_lock_is_removed_aborts(fx: &Fixture) {
+    let backup_backend = PausingBackend::new(fx.store.backend());
+    let listed = backup_backend.pause_after(Op::List, "chunks/");
+    let backup_repo = open(backup_backend.clone(), settings(Duration::from_secs(3), Duration::ZERO));
+    let src = fx.src_a.clone();
+    let backup_thread = std::thread::spawn(move || backup(&backup_repo, &src, ParentChoice::Auto));
+    listed.wait_reached();
+    let watcher = open(fx.store.backend(), LockSettings::default());
+    let (locks, _) = watcher.locks().unwrap();
+    assert_eq!(locks.len(), 1, "the backup's shared lock");
+    fx.store.remove(&locks[0].name());
+    listed.release();
+    let result = backup_thread.join().unwrap();
+    assert!(matches!(result, Err(Error::LockLost { .. })), "the backup must abort: {result:?}");
+    assert!(watcher.locks().unwrap().0.is_empty(), "the removed lock was not written back");
+    let mut snaps = fx.check(false);
+    snaps.sort();
+    let mut expected = vec![fx.snap_a, fx.snap_b];
+    expected.sort();
+    assert_eq!(snaps, expected);
+}
+
 /// Two prunes at once: one is held after marking (holding its shared lock)
 /// while the other marks and waits for its exclusive phase; both finish.
 fn two_prunes_both_finish(fx: &Fixture) {
@@ -212,6 +237,11 @@ fn a_prune_whose_clock_is_two_hours_ahead_still_waits_local() {
 #[test]
 fn a_backup_that_cannot_refresh_its_lock_aborts_local() {
     backup_with_failing_refreshes_aborts(&Fixture::new(local));
+}
+
+#[test]
+fn a_backup_whose_lock_is_removed_aborts_local() {
+    backup_whose_lock_is_removed_aborts(&Fixture::new(local));
 }
 
 #[test]
@@ -268,4 +298,9 @@ fn a_backup_that_cannot_refresh_its_lock_aborts_s3() {
 #[test]
 fn two_prunes_at_once_both_finish_s3() {
     two_prunes_both_finish(&Fixture::new(s3));
+}
+
+#[test]
+fn a_backup_whose_lock_is_removed_aborts_s3() {
+    backup_whose_lock_is_removed_aborts(&Fixture::new(s3));
 }

@@ -509,11 +509,25 @@ impl GuardState {
             tracing::error!("{}", held.lost.as_deref().unwrap_or_default());
             return false;
         }
+        let name = held.record.name();
+        let backend = &self.parts.backend;
+        // A lock that someone removed is not written back: whoever removed
+        // it may already act as if this process were gone.
+        match self.parts.runtime.block_on(backend.get(&name)) {
+            Err(e) if e.is_not_found() => {
+                held.lost = Some(format!("{name} was removed by another process"));
+                tracing::error!("{}", held.lost.as_deref().unwrap_or_default());
+                return false;
+            }
+            Err(e) => {
+                tracing::warn!("could not read the lock {name} back: {e}");
+                return false;
+            }
+            Ok(_) => {}
+        }
         held.record.counter += 1;
         held.record.time = wall_time(self.parts.settings.wall_clock_offset);
         let stored = held.record.seal(&self.parts.keys, &self.parts.repo_id);
-        let name = held.record.name();
-        let backend = &self.parts.backend;
         let result = self.parts.runtime.block_on(async {
             backend.put(&name, stored).await?;
             backend.sync().await
