@@ -151,7 +151,16 @@ fn mark_snapshots(
 ) -> Result<()> {
     let mut level = Vec::new();
     for id in snapshots {
-        let snap = repo.load_snapshot(id)?;
+        let snap = match repo.load_snapshot(id) {
+            Ok(s) => s,
+            // Forgotten since the listing (forget runs beside prune's
+            // marking): what only it referenced is garbage now.
+            Err(Error::Missing { .. }) => {
+                tracing::info!("snapshot {id} was forgotten while prune ran");
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         if marks.trees.insert(snap.tree) {
             level.push(snap.tree);
         }
