@@ -45,6 +45,13 @@ pub struct GlobalArgs {
     /// Use no local cache: read everything from the repository
     #[arg(long, global = true)]
     pub no_cache: bool,
+    /// Wait up to this long for a lock held by another process (e.g. 30s, 10m, 1h; default: do not wait).
+    /// Locks of a prune are always waited for: its exclusive phase is short
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
+    pub retry_lock: Option<std::time::Duration>,
+    /// Seconds without a refresh after which a lock counts as stale (default 1800)
+    #[arg(long, hide = true, env = "COFFER_LOCK_STALE_SECS", global = true, value_name = "SECONDS")]
+    pub lock_stale_secs: Option<u64>,
     /// S3 region (default: from AWS_REGION or the AWS profile)
     #[arg(long, env = "COFFER_S3_REGION", global = true, value_name = "REGION")]
     pub s3_region: Option<String>,
@@ -91,6 +98,71 @@ pub enum Command {
     /// Browse the snapshots as a read-only folder (FUSE), until unmounted or interrupted
     #[cfg(all(feature = "mount", target_os = "linux"))]
     Mount(MountArgs),
+    /// Delete the trees and chunks that no snapshot references
+    Prune(PruneArgs),
+    /// Remove stale locks (left by processes that are gone)
+    Unlock(UnlockArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    /// Only say how many objects and bytes would be deleted
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct UnlockArgs {
+    /// Also watch the locks of other machines for the stale time (30 min) and remove those that were
+    /// not refreshed meanwhile
+    #[arg(long)]
+    pub wait: bool,
+}
+
+/// Parses `90`, `90s`, `15m`, `2h`, `1h30m`, `500ms`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("{s:?} is not a duration: expected e.g. 30s, 10m, 1h30m");
+    let mut total = std::time::Duration::ZERO;
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(bad());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "" | "s" => std::time::Duration::from_secs(n),
+            "ms" => std::time::Duration::from_millis(n),
+            "m" => std::time::Duration::from_secs(n.saturating_mul(60)),
+            "h" => std::time::Duration::from_secs(n.saturating_mul(3600)),
+            _ => return Err(bad()),
+        };
+        total = total.saturating_add(unit);
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        for bad in ["", "m", "5x", "1.5h", "-3s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
 }
 
 #[derive(Args, Debug)]

@@ -29,6 +29,7 @@ fn exit_code(err: &anyhow::Error) -> u8 {
             return match e {
                 coffer_core::Error::WrongPassword => exit::WRONG_PASSWORD,
                 coffer_core::Error::NotARepository { .. } => exit::NO_REPOSITORY,
+                coffer_core::Error::Locked { .. } => exit::LOCKED,
                 _ => exit::FATAL,
             };
         }

@@ -24,7 +24,7 @@ pub fn backend_for(global: &GlobalArgs, create_bucket: bool) -> Result<Arc<dyn B
         bail!("the repository location is empty");
     }
     if let Some(rest) = location.strip_prefix("local:") {
-        return Ok(Arc::new(LocalBackend::new(rest)));
+        return Ok(with_test_hook(Arc::new(LocalBackend::new(rest))));
     }
     if let Some(rest) = location.strip_prefix("s3:") {
         let parsed = parse_s3(rest)?;
@@ -37,9 +37,36 @@ pub fn backend_for(global: &GlobalArgs, create_bucket: bool) -> Result<Arc<dyn B
         config.storage_class = global.s3_storage_class.clone();
         config.max_attempts = global.s3_max_attempts;
         config.create_bucket = create_bucket;
-        return Ok(Arc::new(S3Backend::new(config)?));
+        return Ok(with_test_hook(Arc::new(S3Backend::new(config)?)));
     }
-    Ok(Arc::new(LocalBackend::new(location)))
+    Ok(with_test_hook(Arc::new(LocalBackend::new(location))))
+}
+
+/// For the tests of locks only: `COFFER_TEST_STOP_AFTER=OP:PREFIX` (e.g.
+/// `list:chunks/`) makes the process stop itself with SIGSTOP right after
+/// the first such call, so that a test can freeze it at an exact point and
+/// resume it later with SIGCONT.
+fn with_test_hook(backend: Arc<dyn Backend>) -> Arc<dyn Backend> {
+    use coffer_core::backend::pausing::{Action, Op, PausingBackend};
+    let Ok(spec) = std::env::var("COFFER_TEST_STOP_AFTER") else { return backend };
+    let Some((op, prefix)) = spec.split_once(':').and_then(|(op, p)| Some((Op::parse(op)?, p))) else {
+        tracing::warn!("ignoring COFFER_TEST_STOP_AFTER={spec:?}: expected OP:PREFIX");
+        return backend;
+    };
+    let wrapped = PausingBackend::new(backend);
+    wrapped.add_rule(
+        op,
+        prefix,
+        0,
+        1,
+        Action::Hook(Arc::new(|| {
+            // SAFETY: raise only sends a signal to this process.
+            unsafe {
+                libc::raise(libc::SIGSTOP);
+            }
+        })),
+    );
+    wrapped
 }
 
 /// The parts of an `s3:` location.
@@ -91,7 +118,27 @@ pub fn open(global: &GlobalArgs) -> Result<Repository> {
             .map(|pw| zeroize::Zeroizing::new(pw.as_bytes().to_vec()))
             .map_err(|e| coffer_core::Error::InvalidInput(format!("{e:#}")))
     })?;
+    let mut repo = repo;
     tracing::debug!("opened {location} with {}", repo.key_name());
+    let mut locks = coffer_core::lock::LockSettings::default();
+    if let Some(secs) = global.lock_stale_secs {
+        locks.stale = std::time::Duration::from_secs(secs.max(1));
+    }
+    locks.retry = global.retry_lock.unwrap_or_default();
+    repo.set_lock_settings(locks);
+    if let Some(base) = coffer_core::state::default_base() {
+        repo = repo.with_state(&base);
+        let report = repo.check_state()?;
+        for id in &report.vanished {
+            eprintln!(
+                "WARNING: snapshot {id}, which this host saw, is gone from the repository without a forget from here: \
+                 another machine forgot it, or the storage lost it or was rolled back"
+            );
+        }
+        if report.config_changed {
+            eprintln!("WARNING: the repository's config object changed since this host last saw it");
+        }
+    }
     if global.no_cache {
         return Ok(repo);
     }

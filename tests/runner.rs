@@ -19,7 +19,10 @@ mod forget;
 mod keys;
 #[cfg(all(feature = "mount", target_os = "linux"))]
 mod mount;
+mod locks;
+mod metadata;
 mod privacy;
+mod prune;
 mod restore_options;
 mod roundtrip;
 mod s3;

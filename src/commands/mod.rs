@@ -10,9 +10,11 @@ mod key;
 mod ls;
 #[cfg(all(feature = "mount", target_os = "linux"))]
 mod mount;
+mod prune;
 mod restore;
 mod snapshots;
 mod stats;
+mod unlock;
 
 use anyhow::Result;
 
@@ -34,6 +36,8 @@ pub fn run(args: Cli) -> Result<u8> {
         Command::Check(a) => check::run(g, a),
         #[cfg(all(feature = "mount", target_os = "linux"))]
         Command::Mount(a) => mount::run(g, a),
+        Command::Prune(a) => prune::run(g, a),
+        Command::Unlock(a) => unlock::run(g, a),
     }
 }
 

@@ -111,6 +111,7 @@ impl Env {
         };
         // Each test has its own cache, never the caller's.
         cmd.env("COFFER_CACHE_DIR", self.dir.path().join("cache"));
+        cmd.env("COFFER_STATE_DIR", self.dir.path().join("state"));
         cmd
     }
 
@@ -271,4 +272,104 @@ pub fn files_below_or_empty(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// Where a test repository lives. The race and prune tests are written
+/// against this, so that each runs on every backend that implements it.
+pub trait Store: Send + Sync {
+    /// A new handle on the store (each `Repository` gets its own, so that a
+    /// test can wrap one in a pausing backend and not the other).
+    fn backend(&self) -> std::sync::Arc<dyn coffer_core::backend::Backend>;
+    /// The location the binary is given (`--repo`).
+    fn location(&self) -> String;
+    /// Removes an object by its key, behind coffer's back (as another
+    /// machine's `forget`, or a storage operator, would).
+    fn remove(&self, key: &str);
+}
+
+/// A local-folder repository.
+pub struct LocalStore(pub PathBuf);
+
+impl Store for LocalStore {
+    fn backend(&self) -> std::sync::Arc<dyn coffer_core::backend::Backend> {
+        std::sync::Arc::new(coffer_core::backend::local::LocalBackend::new(&self.0))
+    }
+
+    fn location(&self) -> String {
+        self.0.display().to_string()
+    }
+
+    fn remove(&self, key: &str) {
+        std::fs::remove_file(self.0.join(key)).expect("remove object");
+    }
+}
+
+impl Env {
+    /// The binary as a plain process (for tests that run it in the
+    /// background or signal it), set up as [`Env::coffer`].
+    pub fn coffer_process(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("coffer"));
+        for var in ["COFFER_PASSWORD_FILE", "COFFER_PASSWORD_COMMAND", "COFFER_LOG"] {
+            cmd.env_remove(var);
+        }
+        cmd.env("COFFER_REPOSITORY", &self.repo).env("COFFER_PASSWORD", PASSWORD);
+        cmd.env("COFFER_CACHE_DIR", self.dir.path().join("cache"));
+        cmd.env("COFFER_STATE_DIR", self.dir.path().join("state"));
+        cmd
+    }
+}
+
+/// The files below `dir` with their content, by path relative to `dir`.
+pub fn contents(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    files_below(dir).into_iter().map(|rel| (rel.clone(), std::fs::read(dir.join(&rel)).expect("read file"))).collect()
+}
+
+/// Every tree and chunk reachable from the repository's snapshots, read
+/// without any cache: each tree loads and authenticates, each chunk exists,
+/// decodes and has the length its tree records. Panics naming the first
+/// object that does not.
+pub fn reachable_objects(
+    repo: &coffer_core::Repository,
+) -> (std::collections::BTreeSet<coffer_core::Id>, std::collections::BTreeSet<coffer_core::Id>) {
+    let mut trees = std::collections::BTreeSet::new();
+    let mut chunks = std::collections::BTreeSet::new();
+    for (id, snap) in repo.snapshots().expect("list snapshots") {
+        let mut stack = vec![snap.tree];
+        while let Some(t) = stack.pop() {
+            if !trees.insert(t) {
+                continue;
+            }
+            let tree = repo.load_tree(&t).unwrap_or_else(|e| panic!("snapshot {id}: tree {t}: {e}"));
+            for node in tree.nodes {
+                for c in &node.content {
+                    if chunks.insert(c.0) {
+                        let data =
+                            repo.load_chunk(&c.0).unwrap_or_else(|e| panic!("snapshot {id}: chunk {}: {e}", c.0));
+                        assert_eq!(data.len(), c.1 as usize, "snapshot {id}: chunk {} length", c.0);
+                    }
+                }
+                stack.extend(node.subtree);
+            }
+        }
+    }
+    (trees, chunks)
+}
+
+/// Restores a snapshot's copy of `src` through the library and returns its
+/// files with their content.
+pub fn restored_contents(
+    repo: &coffer_core::Repository,
+    snapshot: &coffer_core::Id,
+    src: &Path,
+) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    let target = tempfile::tempdir().expect("restore target");
+    let snap = repo.load_snapshot(snapshot).expect("load snapshot");
+    let options = coffer_core::restorer::RestoreOptions {
+        target: target.path().to_path_buf(),
+        includes: vec![src.to_path_buf()],
+        ..Default::default()
+    };
+    coffer_core::restorer::restore(repo, &snap.tree, &options, &coffer_core::progress::NoProgress)
+        .unwrap_or_else(|e| panic!("restore {snapshot}: {e}"));
+    contents(&target.path().join(src.strip_prefix("/").expect("absolute src")))
 }

@@ -203,6 +203,8 @@ fn vars(env: &Env, url: &str) -> (Vec<(&'static str, std::ffi::OsString)>, [&'st
         ("AWS_SHARED_CREDENTIALS_FILE", env.path("no-aws-credentials").into()),
         ("AWS_EC2_METADATA_DISABLED", "true".into()),
         ("COFFER_S3_MAX_ATTEMPTS", "3".into()),
+        ("COFFER_CACHE_DIR", env.path("cache").into()),
+        ("COFFER_STATE_DIR", env.path("state").into()),
     ];
     let removed = [
         "COFFER_PASSWORD_FILE",
@@ -250,4 +252,38 @@ pub fn coffer_process(env: &Env, url: &str) -> std::process::Command {
 /// A library backend for `bucket/prefix` on this server, with the test credentials.
 pub fn library_backend(server: &S3Server, prefix: &str) -> coffer_core::backend::s3::S3Backend {
     server.backend("bucket", prefix)
+}
+
+/// A repository under `bucket/<prefix>` on a server of its own, for the
+/// tests written against [`super::Store`].
+pub struct S3Store {
+    pub server: S3Server,
+    pub prefix: String,
+}
+
+impl S3Store {
+    pub fn start(prefix: &str) -> S3Store {
+        S3Store { server: S3Server::start(), prefix: prefix.to_string() }
+    }
+
+    fn library_backend(&self) -> coffer_core::backend::s3::S3Backend {
+        self.server.backend("bucket", &self.prefix)
+    }
+}
+
+impl super::Store for S3Store {
+    fn backend(&self) -> std::sync::Arc<dyn coffer_core::backend::Backend> {
+        std::sync::Arc::new(self.library_backend())
+    }
+
+    fn location(&self) -> String {
+        self.server.url(&format!("bucket/{}", self.prefix))
+    }
+
+    fn remove(&self, key: &str) {
+        use coffer_core::backend::Backend;
+        let backend = self.library_backend();
+        let rt = coffer_core::repo::new_runtime().expect("runtime");
+        rt.block_on(backend.delete(key)).expect("delete object");
+    }
 }

@@ -288,6 +288,9 @@ struct Walker<'a> {
     /// Ids of all-zero chunks by length: holes of sparse files are neither
     /// scanned nor hashed twice.
     zero_ids: HashMap<usize, Id>,
+    /// The backup's shared lock: checked at every entry, so a backup whose
+    /// lock was lost stops early instead of at the end.
+    lock: Option<&'a crate::lock::LockGuard>,
 }
 
 /// The backed-up paths arranged as a tree of path components, so that the
@@ -387,6 +390,9 @@ impl Walker<'_> {
     ) -> Result<Option<Node>> {
         if self.up.inflight.failed() {
             return Err(self.up.inflight.wait().err().unwrap_or_else(|| Error::InvalidInput("upload failed".into())));
+        }
+        if let Some(lock) = self.lock {
+            lock.alive()?;
         }
         let mut node = metadata::node_from_metadata(name, meta, &self.owners);
         match metadata::read_xattrs(path) {
@@ -597,6 +603,13 @@ pub fn backup(repo: &Repository, options: &BackupOptions, progress: &dyn Progres
     let path_strings: Vec<String> = paths.iter().map(|p| p.to_string_lossy().into_owned()).collect();
     let host = options.host.clone().unwrap_or_else(crate::repo::host_name);
 
+    // Invariant 6: the shared lock is held from before the first look at the
+    // repository (the snapshots, the chunk listing this backup reuses
+    // chunks from) until the snapshot is written, so prune's exclusive phase
+    // cannot delete anything in between. A dry run writes nothing and needs
+    // no lock.
+    let lock = if options.dry_run { None } else { Some(repo.lock_shared("backup")?) };
+
     let snapshots = repo.snapshots()?;
     let parent_id = match &options.parent {
         ParentChoice::None => None,
@@ -658,6 +671,7 @@ pub fn backup(repo: &Repository, options: &BackupOptions, progress: &dyn Progres
         device: 0,
         hard_links: HashMap::new(),
         zero_ids: HashMap::new(),
+        lock: lock.as_ref(),
     };
 
     let mut trie = PathTrie::default();
@@ -705,8 +719,16 @@ pub fn backup(repo: &Repository, options: &BackupOptions, progress: &dyn Progres
         summary,
         program_version: format!("coffer {}", crate::VERSION),
     };
-    let snapshot_id = if options.dry_run { None } else { Some(repo.save_snapshot(&snapshot)?) };
-    if !options.dry_run {
+    let snapshot_id = match &lock {
+        None => None,
+        Some(lock) => {
+            // Re-read our own lock just before committing: if it was lost,
+            // a prune may have deleted chunks this snapshot reuses.
+            lock.check()?;
+            Some(repo.save_snapshot(&snapshot)?)
+        }
+    };
+    if snapshot_id.is_some() {
         // Every chunk uploaded is synced: the cached set may now include them.
         let added: Vec<Id> = match up.new_ids.lock() {
             Ok(ids) => ids.iter().filter(|(tree, _)| !tree).map(|(_, id)| *id).collect(),
@@ -714,6 +736,13 @@ pub fn backup(repo: &Repository, options: &BackupOptions, progress: &dyn Progres
         };
         known.ids = std::mem::take(&mut up.known_chunks);
         crate::chunk_set::record(repo, &known, &added);
+    }
+    if let Some(lock) = lock
+        && let Err(e) = lock.release()
+    {
+        // The snapshot is written; a lock left behind turns stale and is
+        // ignored, so this is not the backup's failure.
+        tracing::warn!("could not remove the backup's lock: {e}");
     }
     Ok(BackupOutcome { snapshot_id, snapshot, parent: parent_id })
 }

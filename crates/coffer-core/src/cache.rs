@@ -1,7 +1,7 @@
 //! Where the local cache lives.
 //!
 //! The cache holds copies of what the repository already has (which chunks
-//! exist, snapshots, trees), so that a nightly backup or a prune does not
+//! exist, trees), so that a nightly backup or a prune does not
 //! download or list it all again. Nothing in it is trusted more than the
 //! repository itself: copies of objects are authenticated on every read like
 //! anything fetched, and the chunk set only while the prune generation it was
@@ -14,6 +14,9 @@
 //! `~/.cache/coffer`.
 
 use std::path::{Path, PathBuf};
+
+use crate::crypto::ObjectKind;
+use crate::id::Id;
 
 /// The base folder that holds every repository's cache, as the XDG base
 /// directory specification places it; `None` when there is no home to put
@@ -47,6 +50,52 @@ pub fn tag(base: &Path) -> std::io::Result<()> {
          # This file is a cache directory tag created by coffer.\n\
          # For information about cache directory tags, see https://bford.info/cachedir/\n",
     )
+}
+
+/// Where the copy of a tree lives in a repository's cache folder:
+/// `trees/<xx>/<id>`, as in the repository. Trees are immutable and
+/// content-addressed, so a copy is right for as long as anything references
+/// it. Snapshots are not cached: they are small, and reading them from the
+/// repository each time lets every command report a damaged one.
+pub fn object_path(dir: &Path, kind: ObjectKind, id: &Id) -> Option<PathBuf> {
+    match kind {
+        ObjectKind::Tree => Some(dir.join(crate::repo::object_key(kind, id))),
+        _ => None,
+    }
+}
+
+/// The cached stored bytes of an object, if there are any. The caller
+/// authenticates them exactly as if they had been fetched.
+pub fn read(dir: &Path, kind: ObjectKind, id: &Id) -> Option<Vec<u8>> {
+    std::fs::read(object_path(dir, kind, id)?).ok()
+}
+
+/// Keeps a copy of an object's stored bytes. Written to a temporary name and
+/// renamed, so a reader never sees part of one; not fsynced, as a lost copy
+/// only costs a download. Failures are logged and otherwise ignored.
+pub fn write(dir: &Path, kind: ObjectKind, id: &Id, stored: &[u8]) {
+    let Some(path) = object_path(dir, kind, id) else { return };
+    let result = (|| {
+        let parent = path.parent().ok_or_else(|| std::io::Error::other("no parent folder"))?;
+        std::fs::create_dir_all(parent)?;
+        let mut rnd = [0u8; 8];
+        crate::crypto::fill_random(&mut rnd);
+        let tmp = parent.join(format!(".tmp-{}", hex::encode(rnd)));
+        std::fs::write(&tmp, stored)?;
+        std::fs::rename(&tmp, &path).inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
+    })();
+    if let Err(e) = result {
+        tracing::debug!("cannot cache {}: {e}", path.display());
+    }
+}
+
+/// Drops the copy of an object (it is damaged, or gone from the repository).
+pub fn remove(dir: &Path, kind: ObjectKind, id: &Id) {
+    if let Some(path) = object_path(dir, kind, id) {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 #[cfg(test)]

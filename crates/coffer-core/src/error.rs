@@ -48,6 +48,17 @@ pub enum Error {
     #[error("{0}")]
     InvalidInput(String),
 
+    /// Another process holds a lock that conflicts with the one asked for,
+    /// and waiting for it (`--retry-lock`) did not help.
+    #[error("the repository is locked by {holder}{hint}")]
+    Locked { holder: String, hint: String },
+
+    /// This process's own lock can no longer be relied on (it could not be
+    /// refreshed in time, or someone removed it): the operation stops before
+    /// it writes anything that depends on its view of the repository.
+    #[error("the lock on the repository was lost: {reason}; stopping without writing")]
+    LockLost { reason: String },
+
     /// A key envelope asks for more than this client is willing to spend.
     #[error("key {name}: {reason}")]
     KeyParameters { name: String, reason: String },

@@ -45,6 +45,9 @@ pub struct Repository {
     key_name: String,
     /// This repository's own cache folder, if caching is on.
     cache_dir: Option<std::path::PathBuf>,
+    lock_settings: crate::lock::LockSettings,
+    /// What this host remembers of the repository, if that is on.
+    pub(crate) state: Option<crate::state::State>,
 }
 
 /// The key of an object in the store: `chunks/ab/ab12…`, `snapshots/ab12…`.
@@ -149,7 +152,17 @@ impl Repository {
             backend.put(config::NAME, config_bytes).await?;
             backend.sync().await
         })?;
-        Ok(Repository { backend, runtime, keys: Arc::new(keys), header, config, key_name, cache_dir: None })
+        Ok(Repository {
+            backend,
+            runtime,
+            keys: Arc::new(keys),
+            header,
+            config,
+            key_name,
+            cache_dir: None,
+            lock_settings: Default::default(),
+            state: None,
+        })
     }
 
     /// Opens an existing repository with a password.
@@ -208,6 +221,8 @@ impl Repository {
                             config,
                             key_name: name.clone(),
                             cache_dir: None,
+                            lock_settings: Default::default(),
+                            state: None,
                         });
                     }
                     // A key from another repository with the same password:
@@ -247,6 +262,15 @@ impl Repository {
     /// This repository's cache folder, when the cache is on.
     pub fn cache_dir(&self) -> Option<&std::path::Path> {
         self.cache_dir.as_deref()
+    }
+
+    /// How locks are timed and waited for (see [`crate::lock`]).
+    pub fn lock_settings(&self) -> crate::lock::LockSettings {
+        self.lock_settings
+    }
+
+    pub fn set_lock_settings(&mut self, settings: crate::lock::LockSettings) {
+        self.lock_settings = settings;
     }
 
     pub fn backend(&self) -> &Arc<dyn Backend> {
@@ -330,9 +354,47 @@ impl Repository {
         Tree::from_bytes(&id.to_hex(), &plain)
     }
 
+    /// Loads a tree, from the local cache when it has a copy that
+    /// authenticates, else from the repository (and keeps a copy).
     pub fn load_tree(&self, id: &Id) -> Result<Tree> {
-        let stored = self.get(ObjectKind::Tree, id)?;
+        self.runtime.block_on(self.load_tree_async(id))
+    }
+
+    /// [`Repository::load_tree`] for async callers.
+    pub async fn load_tree_async(&self, id: &Id) -> Result<Tree> {
+        let stored = self.get_cached(ObjectKind::Tree, id, |stored| self.decode_tree(id, stored)).await?;
         self.decode_tree(id, &stored)
+    }
+
+    /// The stored bytes of a tree: the cached copy if `valid`
+    /// accepts it (it authenticates exactly as a fetched object would), else
+    /// the repository's, which is then cached. A copy that fails is dropped.
+    async fn get_cached<T>(&self, kind: ObjectKind, id: &Id, valid: impl Fn(&[u8]) -> Result<T>) -> Result<Vec<u8>> {
+        if let Some(dir) = &self.cache_dir
+            && let Some(stored) = crate::cache::read(dir, kind, id)
+        {
+            match valid(&stored) {
+                Ok(_) => return Ok(stored),
+                Err(e) => {
+                    tracing::warn!("dropping the cached copy of {} {}: {e}", kind.name(), id.to_hex());
+                    crate::cache::remove(dir, kind, id);
+                }
+            }
+        }
+        let stored = self.get_async(kind, id).await?;
+        if let Some(dir) = &self.cache_dir
+            && valid(&stored).is_ok()
+        {
+            crate::cache::write(dir, kind, id, &stored);
+        }
+        Ok(stored)
+    }
+
+    /// Drops the cached copy of an object that is gone from the repository.
+    pub fn forget_cached(&self, kind: ObjectKind, id: &Id) {
+        if let Some(dir) = &self.cache_dir {
+            crate::cache::remove(dir, kind, id);
+        }
     }
 
     /// Encodes a tree; returns its id and stored bytes.
@@ -352,11 +414,20 @@ impl Repository {
         blob::encode(&self.keys, self.repo_id(), ObjectKind::Chunk, id, plaintext, self.compression())
     }
 
+    /// Loads a snapshot. Snapshots are small and always read from the
+    /// repository, not the cache: a damaged one is then reported by every
+    /// command that lists it, not only by `check`.
     pub fn load_snapshot(&self, id: &Id) -> Result<Snapshot> {
-        let name = object_key(ObjectKind::Snapshot, id);
         let stored = self.get(ObjectKind::Snapshot, id)?;
+        self.decode_snapshot(id, &stored)
+    }
+
+    /// Authenticates and parses a snapshot's stored bytes; its id is checked
+    /// against the plaintext like a chunk's.
+    pub fn decode_snapshot(&self, id: &Id, stored: &[u8]) -> Result<Snapshot> {
+        let name = object_key(ObjectKind::Snapshot, id);
         let plain =
-            blob::open_random(&self.keys, self.repo_id(), ObjectKind::Snapshot, &name, b"", &stored, MAX_SNAPSHOT_LEN)?;
+            blob::open_random(&self.keys, self.repo_id(), ObjectKind::Snapshot, &name, b"", stored, MAX_SNAPSHOT_LEN)?;
         if self.keys.id(&plain) != *id {
             return Err(Error::corrupt("snapshot", id.to_hex(), "content does not match its id"));
         }
@@ -380,6 +451,7 @@ impl Repository {
             self.backend.put(&name, stored).await?;
             self.backend.sync().await
         })?;
+        self.remember_snapshot(&id);
         Ok(id)
     }
 
@@ -397,8 +469,15 @@ impl Repository {
     /// listing that silently skips one would hide data loss.
     pub fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
         let mut out = Vec::new();
-        for id in self.list_ids(ObjectKind::Snapshot)? {
-            out.push((id, self.load_snapshot(&id)?));
+        let ids = self.list_ids(ObjectKind::Snapshot)?;
+        for id in ids {
+            match self.load_snapshot(&id) {
+                Ok(s) => out.push((id, s)),
+                // Forgotten between the listing and the read: it is gone,
+                // not damaged.
+                Err(Error::Missing { .. }) => tracing::debug!("snapshot {id} vanished while listing"),
+                Err(e) => return Err(e),
+            }
         }
         out.sort_by(|a, b| a.1.time_key().cmp(&b.1.time_key()).then(a.0.cmp(&b.0)));
         Ok(out)

@@ -5,6 +5,7 @@
 //! injects failures) is easy to write and hard to get wrong.
 
 pub mod local;
+pub mod pausing;
 #[cfg(feature = "s3")]
 pub mod s3;
 pub mod testing;

@@ -1,0 +1,228 @@
+//! What this host remembers of each repository, to notice a rollback.
+//!
+//! The storage operator (or anyone with write access to the bucket) cannot
+//! read or forge objects, but can delete them or put back an older copy of
+//! the whole repository. Only a client that remembers what it saw can
+//! notice. Per repository id, this host keeps the ids of the snapshots it
+//! wrote or saw, and hashes of the `config` object and of the set of key
+//! names. On open, a remembered snapshot that is no longer listed and was
+//! not forgotten from here is reported loudly, as is a changed `config`
+//! (nothing ever rewrites it).
+//!
+//! Layout: `<base>/<repository id in hex>/state`, where the base is the
+//! first of `$COFFER_STATE_DIR`, `$XDG_STATE_HOME/coffer` and
+//! `~/.local/state/coffer`. The file is text, one record a line:
+//!
+//! ```text
+//! coffer state 1
+//! config <64 hex: BLAKE3 of the stored config object>
+//! keys <64 hex: BLAKE3 of the sorted key names, one per line>
+//! snapshot <64 hex: a snapshot id>
+//! ```
+//!
+//! Unknown lines are ignored; a missing or unreadable file starts afresh.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use crate::error::Result;
+use crate::id::Id;
+use crate::repo::Repository;
+
+const HEADER: &str = "coffer state 1";
+
+/// The base folder of every repository's state.
+pub fn default_base() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("COFFER_STATE_DIR").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(dir));
+    }
+    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").map(PathBuf::from).filter(|d| d.is_absolute()) {
+        return Some(dir.join("coffer"));
+    }
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(|home| Path::new(&home).join(".local").join("state").join("coffer"))
+}
+
+#[derive(Default, Debug, Clone, PartialEq, Eq)]
+struct Data {
+    config: Option<String>,
+    keys: Option<String>,
+    snapshots: BTreeSet<Id>,
+}
+
+impl Data {
+    fn parse(text: &str) -> Data {
+        let mut data = Data::default();
+        let mut lines = text.lines();
+        if lines.next() != Some(HEADER) {
+            return data;
+        }
+        for line in lines {
+            match line.split_once(' ') {
+                Some(("config", h)) => data.config = Some(h.to_string()),
+                Some(("keys", h)) => data.keys = Some(h.to_string()),
+                Some(("snapshot", id)) => data.snapshots.extend(Id::from_hex(id)),
+                _ => {}
+            }
+        }
+        data
+    }
+
+    fn render(&self) -> String {
+        let mut out = format!("{HEADER}\n");
+        if let Some(c) = &self.config {
+            out.push_str(&format!("config {c}\n"));
+        }
+        if let Some(k) = &self.keys {
+            out.push_str(&format!("keys {k}\n"));
+        }
+        for id in &self.snapshots {
+            out.push_str(&format!("snapshot {id}\n"));
+        }
+        out
+    }
+}
+
+/// One repository's remembered state.
+pub struct State {
+    path: PathBuf,
+    data: Mutex<Data>,
+}
+
+/// What changed since this host last looked.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct StateReport {
+    /// Snapshots this host wrote or saw that are gone, without a forget
+    /// from here.
+    pub vanished: Vec<Id>,
+    /// The `config` object is not the one seen before.
+    pub config_changed: bool,
+    /// Keys were added or removed.
+    pub keys_changed: bool,
+}
+
+impl State {
+    /// The state of the repository `repo_id` under `base`.
+    pub fn load(base: &Path, repo_id: &[u8; 32]) -> State {
+        let path = base.join(hex::encode(repo_id)).join("state");
+        let data = std::fs::read_to_string(&path).map(|t| Data::parse(&t)).unwrap_or_default();
+        State { path, data: Mutex::new(data) }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes the state (atomically: a temporary file renamed into place).
+    fn save(&self, data: &Data) {
+        let result = (|| {
+            let dir = self.path.parent().ok_or_else(|| std::io::Error::other("no parent folder"))?;
+            std::fs::create_dir_all(dir)?;
+            let tmp = dir.join(format!("state.tmp-{}", std::process::id()));
+            std::fs::write(&tmp, data.render())?;
+            std::fs::File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, &self.path)
+        })();
+        if let Err(e) = result {
+            tracing::warn!("cannot save {}: {e}", self.path.display());
+        }
+    }
+
+    fn update(&self, change: impl FnOnce(&mut Data)) {
+        let Ok(mut data) = self.data.lock() else { return };
+        let before = data.clone();
+        change(&mut data);
+        if *data != before {
+            self.save(&data);
+        }
+    }
+}
+
+impl Repository {
+    /// Turns on the remembered state (see [`crate::state`]) under `base`.
+    pub fn with_state(mut self, base: &Path) -> Repository {
+        self.state = Some(State::load(base, self.repo_id()));
+        self
+    }
+
+    /// Compares the repository with what this host remembers, reports what
+    /// vanished or changed, and remembers what it sees now. Every vanished
+    /// snapshot and a changed config are also logged as warnings.
+    pub fn check_state(&self) -> Result<StateReport> {
+        let Some(state) = &self.state else { return Ok(StateReport::default()) };
+        let listed: BTreeSet<Id> = self.list_ids(crate::crypto::ObjectKind::Snapshot)?.into_iter().collect();
+        let (config, keys) = self.runtime().block_on(async {
+            let config = self.backend().get(crate::config::NAME).await?;
+            let mut names: Vec<String> = self.backend().list("keys/").await?.into_iter().map(|e| e.key).collect();
+            names.sort();
+            Ok::<_, crate::Error>((blake3::hash(&config).to_hex().to_string(), {
+                let mut h = blake3::Hasher::new();
+                for n in &names {
+                    h.update(n.as_bytes());
+                    h.update(b"\n");
+                }
+                h.finalize().to_hex().to_string()
+            }))
+        })?;
+        let mut report = StateReport::default();
+        state.update(|data| {
+            report.vanished = data.snapshots.difference(&listed).copied().collect();
+            report.config_changed = data.config.as_ref().is_some_and(|c| *c != config);
+            report.keys_changed = data.keys.as_ref().is_some_and(|k| *k != keys);
+            data.snapshots = listed;
+            data.config = Some(config);
+            data.keys = Some(keys);
+        });
+        for id in &report.vanished {
+            tracing::warn!(
+                "snapshot {id}, which this host saw, has vanished from the repository without a forget from here: \
+                 another machine forgot it, or the storage lost it or was rolled back"
+            );
+        }
+        if report.config_changed {
+            tracing::warn!("the repository's config object changed since this host last saw it; nothing rewrites it");
+        }
+        if report.keys_changed {
+            tracing::info!("keys were added to or removed from the repository since this host last saw it");
+        }
+        Ok(report)
+    }
+
+    /// Remembers a snapshot this host wrote.
+    pub(crate) fn remember_snapshot(&self, id: &Id) {
+        if let Some(state) = &self.state {
+            state.update(|d| {
+                d.snapshots.insert(*id);
+            });
+        }
+    }
+
+    /// Forget's hook: these snapshots were removed from here, so their
+    /// absence is no news.
+    pub fn forgotten(&self, ids: &[Id]) {
+        if let Some(state) = &self.state {
+            state.update(|d| {
+                for id in ids {
+                    d.snapshots.remove(id);
+                }
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_render_round_trip_and_junk_is_ignored() {
+        let mut d = Data { config: Some("ab".into()), keys: Some("cd".into()), ..Data::default() };
+        d.snapshots.insert(Id([1; 32]));
+        assert_eq!(Data::parse(&d.render()), d);
+        assert_eq!(Data::parse("not a state\nsnapshot x"), Data::default());
+        let junk = format!("{HEADER}\nsnapshot nothex\nwhat ever\n");
+        assert_eq!(Data::parse(&junk), Data::default());
+    }
+}

@@ -1,0 +1,37 @@
+use anyhow::Result;
+use coffer_core::prune::{self, PruneOptions};
+
+use crate::cli::{GlobalArgs, PruneArgs};
+use crate::exit;
+use crate::output::bytes;
+
+pub fn run(g: &GlobalArgs, a: &PruneArgs) -> Result<u8> {
+    let repo = crate::repository::open(g)?;
+    let outcome = prune::prune(&repo, &PruneOptions { dry_run: a.dry_run })?;
+    if g.json {
+        super::print_json(&outcome)?;
+    } else if !g.quiet {
+        println!(
+            "{} snapshots reference {} trees and {} chunks",
+            outcome.snapshots, outcome.trees_kept, outcome.chunks_kept
+        );
+        if outcome.snapshots_added_meanwhile > 0 {
+            println!("{} of them were written while prune was marking", outcome.snapshots_added_meanwhile);
+        }
+        let verb = if a.dry_run { "would delete" } else { "deleted" };
+        println!(
+            "{verb} {} objects ({} trees, {} chunks), {}",
+            outcome.trees_deleted + outcome.chunks_deleted,
+            outcome.trees_deleted,
+            outcome.chunks_deleted,
+            bytes(outcome.bytes_deleted)
+        );
+    }
+    if outcome.missing > 0 {
+        eprintln!(
+            "warning: {} objects that snapshots reference are missing from the repository; run `coffer check`",
+            outcome.missing
+        );
+    }
+    Ok(exit::OK)
+}

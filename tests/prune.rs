@@ -1,0 +1,231 @@
+//! `coffer prune` and `coffer unlock` end to end: prune reclaims exactly the
+//! unreferenced objects and every remaining snapshot restores; a live lock
+//! makes prune fail with exit 11 naming its holder and `unlock` refuse it; a
+//! backup frozen with SIGSTOP past the stale time aborts when resumed; and a
+//! short soak of backups in one process against prunes in another.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use coffer_core::Id;
+use coffer_core::crypto::ObjectKind;
+use coffer_core::lock::LockRecord;
+use coffer_core::repo::object_key;
+
+use crate::common::{Env, contents, open_repo, random_bytes, reachable_objects, restored_contents};
+
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn backup_id(env: &Env, extra: &[&str]) -> Id {
+    let report = env.backup_json(extra);
+    report["snapshot_id"].as_str().and_then(Id::from_hex).unwrap_or_else(|| panic!("no snapshot id in {report}"))
+}
+
+/// Objects in the repository against those reachable from its snapshots.
+fn assert_exactly_reachable(env: &Env) {
+    let repo = open_repo(env);
+    let (trees, chunks) = reachable_objects(&repo);
+    let listed_trees: BTreeSet<Id> = repo.list_ids(ObjectKind::Tree).unwrap().into_iter().collect();
+    let listed_chunks: BTreeSet<Id> = repo.list_ids(ObjectKind::Chunk).unwrap().into_iter().collect();
+    assert_eq!(listed_trees, trees);
+    assert_eq!(listed_chunks, chunks);
+}
+
+fn prune_json(env: &Env, extra: &[&str]) -> serde_json::Value {
+    let out = env.coffer().args(["prune", "--json"]).args(extra).output().unwrap();
+    assert!(out.status.success(), "prune failed: {}", stderr_of(&out));
+    serde_json::from_slice(&out.stdout).expect("prune JSON")
+}
+
+#[test]
+fn prune_reclaims_exactly_the_unreferenced_objects() {
+    let env = Env::init();
+    let mut expected: BTreeMap<Id, BTreeMap<PathBuf, Vec<u8>>> = BTreeMap::new();
+    let mut ids = Vec::new();
+    for round in 0..4u64 {
+        env.write(&format!("photo{round}.jpg"), &random_bytes(1_200_000, round + 10));
+        env.write("changing.txt", format!("round {round}").as_bytes());
+        if round == 2 {
+            std::fs::remove_file(env.src.join("photo0.jpg")).unwrap();
+        }
+        let id = backup_id(&env, &[]);
+        expected.insert(id, contents(&env.src));
+        ids.push(id);
+    }
+    // Forget the first two snapshots behind coffer's back.
+    for id in &ids[..2] {
+        std::fs::remove_file(env.repo.join(object_key(ObjectKind::Snapshot, id))).unwrap();
+    }
+    let before = crate::common::files_below(&env.repo);
+    let dry = prune_json(&env, &["--dry-run"]);
+    assert_eq!(crate::common::files_below(&env.repo), before, "a dry run deletes nothing");
+    assert!(dry["chunks_deleted"].as_u64().unwrap() >= 1, "photo0's chunk goes: {dry}");
+    assert!(dry["bytes_deleted"].as_u64().unwrap() > 1_000_000, "{dry}");
+    let text = env.coffer().args(["prune", "--dry-run"]).output().unwrap();
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    let total = dry["trees_deleted"].as_u64().unwrap() + dry["chunks_deleted"].as_u64().unwrap();
+    assert!(text.contains(&format!("would delete {total} objects")), "{text}");
+
+    let done = prune_json(&env, &[]);
+    assert_eq!(done["chunks_deleted"], dry["chunks_deleted"], "{done}");
+    assert_eq!(done["trees_deleted"], dry["trees_deleted"], "{done}");
+    assert_eq!(done["bytes_deleted"], dry["bytes_deleted"], "{done}");
+    assert_exactly_reachable(&env);
+    let repo = open_repo(&env);
+    for id in &ids[2..] {
+        assert_eq!(restored_contents(&repo, id, &env.src), expected[id], "snapshot {id}");
+    }
+    // Nothing left to do, and no lock left behind.
+    let again = prune_json(&env, &[]);
+    assert_eq!(again["chunks_deleted"], 0);
+    assert_eq!(again["trees_deleted"], 0);
+    assert!(crate::common::files_below_or_empty(&env.repo.join("locks")).is_empty());
+    // Prune bumped the generation before deleting.
+    assert!(env.repo.join("generation").exists());
+}
+
+#[test]
+fn a_live_lock_makes_prune_fail_with_exit_11_and_unlock_refuse() {
+    let env = Env::init();
+    env.write("f", b"data");
+    backup_id(&env, &[]);
+    let repo = open_repo(&env);
+    let held = repo.lock_shared("backup").unwrap();
+    let pid = std::process::id().to_string();
+    for extra in [&[][..], &["--retry-lock", "1s"][..]] {
+        let out = env.coffer().arg("prune").args(extra).output().unwrap();
+        assert_eq!(out.status.code(), Some(11), "{}", stderr_of(&out));
+        let err = stderr_of(&out);
+        assert!(err.contains("locked by backup (shared lock)") && err.contains(&format!("pid {pid}")), "{err}");
+        assert!(err.contains(&held.record().host), "{err}");
+    }
+    let out = env.coffer().arg("unlock").output().unwrap();
+    assert_eq!(out.status.code(), Some(11), "{}", stderr_of(&out));
+    assert!(stderr_of(&out).contains("in use"), "{}", stderr_of(&out));
+    held.check().expect("unlock left the live lock alone");
+    // A backup takes a shared lock beside it.
+    env.write("g", b"more");
+    backup_id(&env, &[]);
+    held.release().unwrap();
+
+    // The lock of a process of this machine that is gone is stale: backup
+    // ignores it, and unlock removes it.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    repo.write_lock_record(&LockRecord::for_process(dead, true, "repair")).unwrap();
+    backup_id(&env, &[]);
+    let out = env.coffer().arg("unlock").output().unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("removed the stale lock of repair") && text.contains("is gone"), "{text}");
+    assert!(repo.locks().unwrap().0.is_empty());
+}
+
+/// Waits until a process is stopped (state `T` in /proc).
+fn wait_stopped(pid: u32) {
+    for _ in 0..6000 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('T')) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("process {pid} did not stop");
+}
+
+#[test]
+fn a_backup_stopped_past_the_stale_time_aborts_when_resumed() {
+    let env = Env::init();
+    env.write("photo.jpg", &random_bytes(1_500_000, 7));
+    let first = backup_id(&env, &[]);
+    std::fs::write(env.src.join("new.txt"), b"after the first snapshot").unwrap();
+    // Frozen right after listing the chunks it will reuse from `first`.
+    let backup = env
+        .coffer_process()
+        .args(["backup", "--parent", &first.to_hex()])
+        .arg(&env.src)
+        .env("COFFER_LOCK_STALE_SECS", "2")
+        .env("COFFER_TEST_STOP_AFTER", "list:chunks/")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_stopped(backup.id());
+    std::fs::remove_file(env.repo.join(object_key(ObjectKind::Snapshot, &first))).unwrap();
+    // Prune waits until it has seen the frozen backup's lock unchanged for
+    // the stale time, then deletes what only `first` referenced.
+    let out = env
+        .coffer()
+        .args(["prune", "--json", "--retry-lock", "5m"])
+        .env("COFFER_LOCK_STALE_SECS", "2")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let pruned: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(pruned["chunks_deleted"].as_u64().unwrap() > 0, "{pruned}");
+
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(backup.id() as i32), nix::sys::signal::Signal::SIGCONT).unwrap();
+    let out = backup.wait_with_output().unwrap();
+    assert!(!out.status.success(), "the resumed backup must abort");
+    assert!(stderr_of(&out).contains("lock on the repository was lost"), "{}", stderr_of(&out));
+    let repo = open_repo(&env);
+    assert!(repo.snapshots().unwrap().is_empty(), "no snapshot was written");
+    assert_exactly_reachable(&env);
+}
+
+/// Backups of changing data in one process while prune loops in another.
+/// `COFFER_SOAK_ROUNDS` makes it longer (default 4, for CI).
+#[test]
+fn soak_backups_against_prunes() {
+    let rounds: u64 = std::env::var("COFFER_SOAK_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(4);
+    let env = std::sync::Arc::new(Env::init());
+    env.write("keep.jpg", &random_bytes(800_000, 1));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pruner = {
+        let env = env.clone();
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut prunes = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) || prunes == 0 {
+                // Forget all but the newest snapshot, then prune.
+                let repo = open_repo(&env);
+                let snaps = repo.snapshots().unwrap();
+                for (id, _) in snaps.iter().rev().skip(1) {
+                    let _ = std::fs::remove_file(env.repo.join(object_key(ObjectKind::Snapshot, id)));
+                }
+                let out = env.coffer().args(["prune", "--retry-lock", "10m"]).output().unwrap();
+                assert!(out.status.success(), "prune: {}", stderr_of(&out));
+                prunes += 1;
+            }
+        })
+    };
+    let mut expected = BTreeMap::new();
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for round in 0..rounds {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        env.write(&format!("f{}.bin", x % 5), &random_bytes(300_000 + (x % 700_000) as usize, x));
+        if x.is_multiple_of(3) {
+            let _ = std::fs::remove_file(env.src.join(format!("f{}.bin", (x >> 8) % 5)));
+        }
+        let out = env.coffer().args(["backup", "--json", "--retry-lock", "10m"]).arg(&env.src).output().unwrap();
+        assert!(out.status.success(), "backup {round}: {}", stderr_of(&out));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let id = report["snapshot_id"].as_str().and_then(Id::from_hex).unwrap();
+        expected.insert(id, contents(&env.src));
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    pruner.join().unwrap();
+    let repo = open_repo(&env);
+    let (_trees, _chunks) = reachable_objects(&repo);
+    let snaps = repo.snapshots().unwrap();
+    assert!(!snaps.is_empty(), "the newest snapshot is never forgotten");
+    for (id, _) in snaps {
+        assert_eq!(restored_contents(&repo, &id, &env.src), expected[&id], "snapshot {id}");
+    }
+}
