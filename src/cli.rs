@@ -367,6 +367,9 @@ pub struct ForgetArgs {
     /// Show what would be removed and why the rest is kept, remove nothing
     #[arg(short = 'n', long)]
     pub dry_run: bool,
+    /// Then delete the data no remaining snapshot references (as `coffer prune`)
+    #[arg(long)]
+    pub prune: bool,
 }
 
 #[derive(Subcommand, Debug)]

@@ -36,10 +36,11 @@ fn cache_file(env: &Env) -> PathBuf {
     repos[0].join("chunks")
 }
 
-/// keys/, snapshots/, chunks/ and trees/ are listed by a backup without a
-/// usable cache; keys/, snapshots/ and trees/ with one.
-const LISTS_WITHOUT_CACHE: u64 = 4;
-const LISTS_WITH_CACHE: u64 = 3;
+/// A backup with a usable cache lists keys/ (opening), snapshots/ (the
+/// per-host state), locks/ twice (write-then-list), snapshots/ (the parent)
+/// and trees/; without one, chunks/ too.
+const LISTS_WITH_CACHE: u64 = 6;
+const LISTS_WITHOUT_CACHE: u64 = LISTS_WITH_CACHE + 1;
 
 fn second_backup_lists_no_chunks(env: &Env, coffer: &dyn Fn() -> Command) {
     coffer().args(INIT).assert().success();

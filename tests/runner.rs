@@ -17,10 +17,10 @@ mod dump;
 mod errors;
 mod forget;
 mod keys;
-#[cfg(all(feature = "mount", target_os = "linux"))]
-mod mount;
 mod locks;
 mod metadata;
+#[cfg(all(feature = "mount", target_os = "linux"))]
+mod mount;
 mod privacy;
 mod prune;
 mod restore_options;

@@ -44,17 +44,25 @@ fn counts_are_exact(env: &Env, coffer: &dyn Fn() -> Command, objects: &Path, hea
     let (chunks, trees) = (n(&report, "chunks_added"), n(&report, "trees_added"));
     assert_eq!(chunks, 1, "{report}");
     let wire = &report["wire"];
-    // Every new object once, and the snapshot.
-    assert_eq!(n(wire, "puts"), chunks + trees + 1, "{report}");
-    // Opening: config and the one key; then the prune generation (absent),
-    // to know whether a cached chunk set could be trusted.
-    assert_eq!(n(wire, "gets"), 3, "{report}");
-    // keys/, snapshots/ (empty), chunks/, trees/: each a single page.
-    assert_eq!(n(wire, "lists"), 4, "{report}");
-    assert_eq!(n(wire, "deletes"), 0, "{report}");
+    // Every new object once, the snapshot, and the backup's lock record.
+    assert_eq!(n(wire, "puts"), chunks + trees + 1 + 1, "{report}");
+    // Opening: config and the one key; the prune generation (absent), to know
+    // whether a cached chunk set could be trusted; the lock record read back
+    // after writing it (write-then-list) and again just before the snapshot.
+    assert_eq!(n(wire, "gets"), 5, "{report}");
+    // keys/ (opening), snapshots/ (the per-host state), locks/ before and
+    // after writing the lock, snapshots/ (the parent), chunks/, trees/: each
+    // a single page.
+    assert_eq!(n(wire, "lists"), 7, "{report}");
+    // The lock, released.
+    assert_eq!(n(wire, "deletes"), 1, "{report}");
     assert_eq!(n(wire, "heads"), heads, "{report}");
-    assert_eq!(n(wire, "bytes_up"), stored_bytes(objects, &["chunks/", "trees/", "snapshots/"]), "{report}");
-    assert_eq!(n(wire, "bytes_down"), stored_bytes(objects, &["config", "keys/"]), "{report}");
+    // The bytes of the stored objects exactly, plus the lock record: written
+    // once and read twice, then deleted, so it is not on disk to measure.
+    let lock_up = n(wire, "bytes_up") - stored_bytes(objects, &["chunks/", "trees/", "snapshots/"]);
+    let lock_down = n(wire, "bytes_down") - stored_bytes(objects, &["config", "keys/"]);
+    assert!(lock_up > 0 && lock_up < 1024, "one small lock record: {report}");
+    assert_eq!(lock_down, 2 * lock_up, "the lock read back twice: {report}");
 
     let mut cmd = coffer();
     cmd.args(["restore", "latest", "--json", "--target"]).arg(env.path("restored"));
@@ -63,7 +71,7 @@ fn counts_are_exact(env: &Env, coffer: &dyn Fn() -> Command, objects: &Path, hea
     assert_eq!(n(wire, "puts"), 0, "{report}");
     // config, key, the snapshot, every tree and the chunk: each read once.
     assert_eq!(n(wire, "gets"), 3 + trees + chunks, "{report}");
-    assert_eq!(n(wire, "lists"), 2, "keys/ and snapshots/: {report}");
+    assert_eq!(n(wire, "lists"), 3, "keys/, snapshots/ for the state and for `latest`: {report}");
     assert_eq!(n(wire, "heads"), heads, "{report}");
     assert_eq!(n(wire, "bytes_up"), 0, "{report}");
     assert_eq!(n(wire, "bytes_down"), stored_bytes(objects, &[""]), "everything stored is read once: {report}");

@@ -16,7 +16,13 @@ pub fn run(g: &GlobalArgs, a: &CheckArgs) -> Result<u8> {
         (false, None) => ReadData::None,
     };
     let repo = crate::repository::open(g)?;
+    // A shared lock keeps prune's delete phase out while checking, so an
+    // object prune removes mid-check is never reported as missing.
+    let lock = repo.lock_shared("check")?;
     let report = coffer_core::check::check(&repo, read)?;
+    if let Err(e) = lock.release() {
+        tracing::warn!("could not remove check's lock: {e}");
+    }
     if g.json {
         super::print_json(&report)?;
     } else {

@@ -1,6 +1,6 @@
 //! `coffer forget`: remove named snapshots, or those a retention policy does
 //! not keep. Only snapshot objects are deleted; the chunks and trees they
-//! referenced stay until a prune.
+//! referenced stay until a prune (`--prune` runs one right after).
 
 use anyhow::{Result, bail};
 use coffer_core::Id;
@@ -71,6 +71,9 @@ pub fn run(g: &GlobalArgs, a: &ForgetArgs) -> Result<u8> {
         );
     }
     let repo = crate::repository::open(g)?;
+    // Forget holds a shared lock, as backup does: prune's delete phase
+    // (exclusive) then never runs while snapshots are being removed.
+    let lock = if a.dry_run { None } else { Some(repo.lock_shared(coffer_core::lock::FORGET)?) };
 
     let (removed, groups, all) = if a.snapshots.is_empty() {
         let mut all = repo.snapshots()?;
@@ -137,13 +140,20 @@ pub fn run(g: &GlobalArgs, a: &ForgetArgs) -> Result<u8> {
     }
 
     for id in &removed {
-        if !a.dry_run {
+        if let Some(lock) = &lock {
+            lock.alive()?;
             repo.remove_snapshot(id)?;
+            repo.forgotten(std::slice::from_ref(id));
         }
         if !g.json && !g.quiet {
             let verb = if a.dry_run { "would remove" } else { "removed" };
             println!("{verb} snapshot {}", id.short());
         }
+    }
+    if let Some(lock) = lock
+        && let Err(e) = lock.release()
+    {
+        tracing::warn!("could not remove forget's lock: {e}");
     }
     if g.json {
         super::print_json(&Report {
@@ -154,6 +164,18 @@ pub fn run(g: &GlobalArgs, a: &ForgetArgs) -> Result<u8> {
         })?;
     } else if !g.quiet && removed.is_empty() {
         println!("no snapshot removed");
+    }
+    if a.prune {
+        // After the snapshots are gone; a dry run marks as if they were.
+        if !g.json && !g.quiet {
+            println!();
+        }
+        let options = coffer_core::prune::PruneOptions {
+            dry_run: a.dry_run,
+            assume_forgotten: if a.dry_run { removed.clone() } else { Vec::new() },
+        };
+        let outcome = coffer_core::prune::prune(&repo, &options)?;
+        super::prune::report(g, &outcome, a.dry_run)?;
     }
     Ok(exit::OK)
 }

@@ -7,7 +7,13 @@ use crate::output::bytes;
 
 pub fn run(g: &GlobalArgs, a: &PruneArgs) -> Result<u8> {
     let repo = crate::repository::open(g)?;
-    let outcome = prune::prune(&repo, &PruneOptions { dry_run: a.dry_run })?;
+    let outcome = prune::prune(&repo, &PruneOptions { dry_run: a.dry_run, ..PruneOptions::default() })?;
+    report(g, &outcome, a.dry_run)?;
+    Ok(exit::OK)
+}
+
+/// Prints what a prune did (also after `forget --prune`).
+pub fn report(g: &GlobalArgs, outcome: &prune::PruneOutcome, dry_run: bool) -> Result<()> {
     if g.json {
         super::print_json(&outcome)?;
     } else if !g.quiet {
@@ -18,7 +24,7 @@ pub fn run(g: &GlobalArgs, a: &PruneArgs) -> Result<u8> {
         if outcome.snapshots_added_meanwhile > 0 {
             println!("{} of them were written while prune was marking", outcome.snapshots_added_meanwhile);
         }
-        let verb = if a.dry_run { "would delete" } else { "deleted" };
+        let verb = if dry_run { "would delete" } else { "deleted" };
         println!(
             "{verb} {} objects ({} trees, {} chunks), {}",
             outcome.trees_deleted + outcome.chunks_deleted,
@@ -33,5 +39,5 @@ pub fn run(g: &GlobalArgs, a: &PruneArgs) -> Result<u8> {
             outcome.missing
         );
     }
-    Ok(exit::OK)
+    Ok(())
 }

@@ -35,6 +35,9 @@ use crate::repo::{Repository, parse_object_key};
 pub struct PruneOptions {
     /// Mark and count, delete nothing (and take no exclusive lock).
     pub dry_run: bool,
+    /// Snapshots to leave out of the marking as if they were gone: what
+    /// `forget --prune --dry-run` would free, with nothing removed.
+    pub assume_forgotten: Vec<Id>,
 }
 
 /// What prune found and did.
@@ -74,7 +77,10 @@ struct Candidate {
 pub fn prune(repo: &Repository, options: &PruneOptions) -> Result<PruneOutcome> {
     let shared = repo.lock_shared(PRUNE)?;
     let mut outcome = PruneOutcome { dry_run: options.dry_run, ..PruneOutcome::default() };
-    let s1: HashSet<Id> = repo.list_ids(ObjectKind::Snapshot)?.into_iter().collect();
+    let mut s1: HashSet<Id> = repo.list_ids(ObjectKind::Snapshot)?.into_iter().collect();
+    for id in &options.assume_forgotten {
+        s1.remove(id);
+    }
     let mut marks = Marks::default();
     mark_snapshots(repo, &s1, &mut marks, Some(&shared))?;
     let mut candidates = Vec::new();

@@ -48,6 +48,9 @@ pub struct Repository {
     lock_settings: crate::lock::LockSettings,
     /// What this host remembers of the repository, if that is on.
     pub(crate) state: Option<crate::state::State>,
+    /// Fingerprints of the config object and of the key names as read when
+    /// opening, so that the state check need not fetch them again.
+    pub(crate) seen_at_open: Option<crate::state::Fingerprints>,
 }
 
 /// The key of an object in the store: `chunks/ab/ab12…`, `snapshots/ab12…`.
@@ -162,6 +165,7 @@ impl Repository {
             cache_dir: None,
             lock_settings: Default::default(),
             state: None,
+            seen_at_open: None,
         })
     }
 
@@ -223,6 +227,10 @@ impl Repository {
                             cache_dir: None,
                             lock_settings: Default::default(),
                             state: None,
+                            seen_at_open: Some(crate::state::Fingerprints::of(
+                                &config_bytes,
+                                envelopes.iter().map(|(name, _)| name.as_str()),
+                            )),
                         });
                     }
                     // A key from another repository with the same password:

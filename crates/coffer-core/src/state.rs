@@ -140,6 +140,27 @@ impl State {
     }
 }
 
+/// Hashes of the `config` object and of the set of key names, compared
+/// between one open and the next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fingerprints {
+    pub config: String,
+    pub keys: String,
+}
+
+impl Fingerprints {
+    pub fn of<'a>(config: &[u8], key_names: impl Iterator<Item = &'a str>) -> Fingerprints {
+        let mut names: Vec<&str> = key_names.collect();
+        names.sort_unstable();
+        let mut h = blake3::Hasher::new();
+        for n in &names {
+            h.update(n.as_bytes());
+            h.update(b"\n");
+        }
+        Fingerprints { config: blake3::hash(config).to_hex().to_string(), keys: h.finalize().to_hex().to_string() }
+    }
+}
+
 impl Repository {
     /// Turns on the remembered state (see [`crate::state`]) under `base`.
     pub fn with_state(mut self, base: &Path) -> Repository {
@@ -153,19 +174,14 @@ impl Repository {
     pub fn check_state(&self) -> Result<StateReport> {
         let Some(state) = &self.state else { return Ok(StateReport::default()) };
         let listed: BTreeSet<Id> = self.list_ids(crate::crypto::ObjectKind::Snapshot)?.into_iter().collect();
-        let (config, keys) = self.runtime().block_on(async {
-            let config = self.backend().get(crate::config::NAME).await?;
-            let mut names: Vec<String> = self.backend().list("keys/").await?.into_iter().map(|e| e.key).collect();
-            names.sort();
-            Ok::<_, crate::Error>((blake3::hash(&config).to_hex().to_string(), {
-                let mut h = blake3::Hasher::new();
-                for n in &names {
-                    h.update(n.as_bytes());
-                    h.update(b"\n");
-                }
-                h.finalize().to_hex().to_string()
-            }))
-        })?;
+        let Fingerprints { config, keys } = match &self.seen_at_open {
+            Some(seen) => seen.clone(),
+            None => self.runtime().block_on(async {
+                let config = self.backend().get(crate::config::NAME).await?;
+                let names: Vec<String> = self.backend().list("keys/").await?.into_iter().map(|e| e.key).collect();
+                Ok::<_, crate::Error>(Fingerprints::of(&config, names.iter().map(String::as_str)))
+            })?,
+        };
         let mut report = StateReport::default();
         state.update(|data| {
             report.vanished = data.snapshots.difference(&listed).copied().collect();
