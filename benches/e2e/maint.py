@@ -232,6 +232,7 @@ def main() -> int:
             for t in tools:
                 bench.sync()
                 bench.log(f"{label}: {t.name}")
+                bench.settle_after_deletes()
                 r = bench.run_measured(maint_cmds(t)[key], t.env, logs / f"{key}-{t.name}")
                 ctx["results"][key][t.name] = {"ok": r.ok, "rc": r.rc, "secs": r.secs, "rss_mib": r.rss_kib / 1024}
                 if not r.ok:
