@@ -291,30 +291,40 @@ class Coffer(Tool):
 class Restic(Tool):
     name = "restic"
 
-    def __init__(self, scratch, args):
+    def __init__(self, scratch, args, s3_endpoint: str | None = None):
         super().__init__(scratch, args)
         self.env["RESTIC_PASSWORD"] = PASSWORD
         self.env["RESTIC_CACHE_DIR"] = str(scratch / "home" / "restic-cache")
+        self.location = str(self.repo)
+        self.s3 = s3_endpoint is not None
+        if s3_endpoint:
+            # The same server and bucket as coffer's, under another prefix.
+            self.repo = scratch / "s3" / S3_BUCKET / "restic"
+            self.location = f"s3:{s3_endpoint}/{S3_BUCKET}/restic"
+            self.env.update({"AWS_ACCESS_KEY_ID": S3_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY})
+            for k in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION"):
+                self.env.pop(k, None)
 
     def version(self):
         return capture(["restic", "version"], self.env)
 
     def settings(self):
-        return ("local repository, defaults: repository format 2, compression auto (zstd, about level 3), "
+        where = "S3 repository on the same server as coffer's" if self.s3 else "local repository"
+        return (f"{where}, defaults: repository format 2, compression auto (zstd, about level 3), "
                 "AES-256-CTR + Poly1305-AES, SHA-256 ids, Rabin CDC 512 KiB / 1 MiB / 8 MiB, 16 MiB packs, "
                 f"cache in the scratch folder{', check --read-data' if self.args.check_read_data else ''}")
 
     def init_cmd(self):
-        return ["restic", "-r", str(self.repo), "init"], None
+        return ["restic", "-r", self.location, "init"], None
 
     def backup_cmd(self, data, archive):
-        return ["restic", "-r", str(self.repo), "backup", "--json", str(data)], None
+        return ["restic", "-r", self.location, "backup", "--json", str(data)], None
 
     def restore_cmd(self, target):
-        return ["restic", "-r", str(self.repo), "restore", "latest", "--target", str(target)], None
+        return ["restic", "-r", self.location, "restore", "latest", "--target", str(target)], None
 
     def check_cmd(self):
-        return ["restic", "-r", str(self.repo), "check", *(["--read-data"] if self.args.check_read_data else [])], None
+        return ["restic", "-r", self.location, "check", *(["--read-data"] if self.args.check_read_data else [])], None
 
     def _summary(self, run):
         for line in reversed(run.stdout().splitlines()):
@@ -732,11 +742,12 @@ def main() -> int:
         except OSError as e:
             sys.exit(f"bench: cannot drop caches: {e}")
     if args.backend == "s3":
-        dropped = [t for t in wanted if t != "coffer"]
+        dropped = [t for t in wanted if t not in ("coffer", "restic")]
         if dropped:
-            notes.append(f"--backend s3 benchmarks coffer alone: {', '.join(dropped)} not run")
+            notes.append(f"--backend s3 benchmarks coffer and restic (borg has no S3 backend): "
+                         f"{', '.join(dropped)} not run")
             log(notes[-1])
-        wanted = [t for t in wanted if t == "coffer"]
+        wanted = [t for t in wanted if t in ("coffer", "restic")]
         if not wanted:
             sys.exit("bench: --backend s3 needs coffer among --tools")
     if args.install_peers:
@@ -765,7 +776,7 @@ def main() -> int:
         if t == "coffer":
             tools.append(Coffer(scratch, args, coffer_bin, endpoint))
         elif shutil.which(t):
-            tools.append(Restic(scratch, args) if t == "restic" else Borg(scratch, args))
+            tools.append(Restic(scratch, args, endpoint) if t == "restic" else Borg(scratch, args))
         else:
             notes.append(f"{t} is not installed: skipped (`--install-peers` installs restic and borgbackup)")
             log(notes[-1])
