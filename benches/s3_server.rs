@@ -102,6 +102,9 @@ fn main() {
         let _ = std::io::stdout().flush();
         loop {
             let Ok((socket, _)) = listener.accept().await else { continue };
+            // As real stores do: without it, a response written in two parts
+            // waits for the client's delayed ACK (40 ms) on every request.
+            let _ = socket.set_nodelay(true);
             let service = service.clone();
             tokio::spawn(async move {
                 let _ = ConnBuilder::new(TokioExecutor::new()).serve_connection(TokioIo::new(socket), service).await;
