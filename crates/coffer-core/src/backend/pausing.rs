@@ -13,7 +13,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use async_trait::async_trait;
 
-use super::{Backend, BackendError, BackendResult, Entry};
+use super::{Backend, BackendError, BackendResult, Entry, WireStats};
 
 /// The operations a rule can match.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -249,6 +249,10 @@ impl Backend for PausingBackend {
 
     fn concurrency(&self) -> usize {
         self.inner.concurrency()
+    }
+
+    fn wire_stats(&self) -> WireStats {
+        self.inner.wire_stats()
     }
 
     async fn put(&self, key: &str, data: Vec<u8>) -> BackendResult<()> {
