@@ -3,14 +3,17 @@
 //! A write goes to a temporary name in the final folder, is fsynced, and is
 //! renamed into place; the folders touched are fsynced in one parallel batch
 //! by [`Backend::sync`], before any snapshot that depends on them is written.
+//! Objects are written with direct I/O where the file system allows it (see
+//! [`super::direct`]); `COFFER_NO_DIRECT_IO` set to anything turns that off.
 
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
+use super::direct::DirectWriter;
 use super::{Backend, BackendError, BackendResult, Entry, WireCounters, WireStats};
 
 /// Temporary files carry this marker; names containing it are never listed.
@@ -21,11 +24,17 @@ pub struct LocalBackend {
     /// Folders that received a rename since the last sync.
     dirty_dirs: Mutex<BTreeSet<PathBuf>>,
     wire: WireCounters,
+    direct: Arc<DirectWriter>,
 }
 
 impl LocalBackend {
     pub fn new(root: impl Into<PathBuf>) -> LocalBackend {
-        LocalBackend { root: root.into(), dirty_dirs: Mutex::new(BTreeSet::new()), wire: WireCounters::default() }
+        LocalBackend {
+            root: root.into(),
+            dirty_dirs: Mutex::new(BTreeSet::new()),
+            wire: WireCounters::default(),
+            direct: Arc::new(DirectWriter::new(std::env::var_os("COFFER_NO_DIRECT_IO").is_none())),
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -51,15 +60,21 @@ fn fsync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+fn write_atomic(path: &Path, data: Vec<u8>, direct: &DirectWriter) -> std::io::Result<()> {
     let dir = path.parent().ok_or_else(|| std::io::Error::other("object path has no parent"))?;
     let mut rnd = [0u8; 8];
     crate::crypto::fill_random(&mut rnd);
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("object");
     let tmp = dir.join(format!("{name}{TEMP_MARKER}{}", hex::encode(rnd)));
     let result = (|| {
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-        f.write_all(data)?;
+        let f = match direct.create(&tmp, data)? {
+            Ok(f) => f,
+            Err(data) => {
+                let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+                f.write_all(&data)?;
+                f
+            }
+        };
         f.sync_all()?;
         drop(f);
         std::fs::rename(&tmp, path)
@@ -115,7 +130,8 @@ impl Backend for LocalBackend {
         let path = self.path(key);
         let p = path.clone();
         self.wire.put(data.len() as u64);
-        tokio::task::spawn_blocking(move || write_atomic(&p, &data))
+        let direct = self.direct.clone();
+        tokio::task::spawn_blocking(move || write_atomic(&p, data, &direct))
             .await
             .map_err(|e| BackendError::Io { key: key.to_string(), error: std::io::Error::other(e) })?
             .map_err(Self::io(key))?;

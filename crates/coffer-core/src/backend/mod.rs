@@ -4,6 +4,7 @@
 //! The trait is small on purpose, so that a new store (or a test wrapper that
 //! injects failures) is easy to write and hard to get wrong.
 
+mod direct;
 pub mod local;
 pub mod pausing;
 #[cfg(feature = "s3")]
