@@ -27,7 +27,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 use crate::backend::Backend;
-use crate::blob::{self, Compression};
+use crate::blob::{self, Compression, Plaintext};
 use crate::chunker::{Chunker, StreamChunker, is_zero};
 use crate::crypto::{Keys, ObjectKind};
 use crate::error::{Error, Result};
@@ -221,7 +221,7 @@ impl Uploader {
 
     /// Stores an object unless the repository has it. `plaintext` is encoded
     /// on the rayon pool and uploaded from the runtime.
-    fn store(&self, kind: ObjectKind, id: Id, plaintext: Vec<u8>) {
+    fn store(&self, kind: ObjectKind, id: Id, plaintext: Plaintext) {
         if !self.claim(kind, &id) {
             return;
         }
@@ -246,8 +246,7 @@ impl Uploader {
         let inflight = self.inflight.clone();
         let added = self.bytes_added.clone();
         rayon::spawn(move || {
-            let stored = blob::encode(&keys, &repo_id, kind, &id, &plaintext, compression);
-            drop(plaintext);
+            let stored = blob::encode_owned(&keys, &repo_id, kind, &id, plaintext, compression);
             let n = stored.len() as u64;
             handle.spawn(async move {
                 let result = match connections.acquire().await {
@@ -345,7 +344,7 @@ impl Walker<'_> {
             )));
         }
         let id = self.repo.keys().id(&plain);
-        self.up.store(ObjectKind::Tree, id, plain);
+        self.up.store(ObjectKind::Tree, id, Plaintext::copy_of(&plain));
         Ok(id)
     }
 
@@ -498,14 +497,14 @@ impl Walker<'_> {
         let mut content = Vec::new();
         let mut size = 0u64;
         loop {
-            match stream.next_chunk() {
+            match stream.next_chunk_into(Plaintext::copy_of) {
                 Ok(Some(chunk)) => {
                     let len = chunk.len();
-                    let id = if is_zero(&chunk) {
+                    let id = if is_zero(chunk.as_slice()) {
                         let keys = self.repo.keys();
-                        *self.zero_ids.entry(len).or_insert_with(|| keys.id(&chunk))
+                        *self.zero_ids.entry(len).or_insert_with(|| keys.id(chunk.as_slice()))
                     } else {
-                        self.repo.keys().id(&chunk)
+                        self.repo.keys().id(chunk.as_slice())
                     };
                     content.push(ChunkRef(id, len as u32));
                     size += len as u64;

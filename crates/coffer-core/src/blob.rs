@@ -69,7 +69,6 @@ impl Compression {
         }
         let limit = plaintext.len() - plaintext.len() / Self::MIN_SAVING_DIVISOR;
         let start = out.len();
-        out.reserve(limit);
         // One compression context per thread: creating one per chunk costs
         // an allocation and a table reset each time.
         thread_local! {
@@ -85,6 +84,9 @@ impl Compression {
             if !Self::probe(compressor, plaintext) {
                 return None;
             }
+            // Only now: most chunks of a photo library fail the probe, and
+            // need no second buffer at all.
+            out.reserve(limit);
             // Writes into `out`'s spare capacity, after `start`, without
             // zero-filling it first.
             let mut cursor = std::io::Cursor::new(&mut *out);
@@ -141,24 +143,84 @@ pub fn frame(plaintext: &[u8], compression: Compression) -> Vec<u8> {
 /// seal it in place with the tag in front, without moving the frame.
 fn frame_after(plaintext: &[u8], compression: Compression, headroom: usize) -> Vec<u8> {
     let payload_at = headroom + HEADER_LEN;
-    // Room for the largest result: the raw plaintext, padded.
-    let mut out = Vec::with_capacity(headroom + padme((HEADER_LEN + plaintext.len()) as u64) as usize);
+    let mut out = Vec::new();
     out.resize(payload_at, 0);
     let (method, payload_len) = match compression.compress_onto(plaintext, &mut out) {
         Some(n) => (COMPRESSION_ZSTD, n),
         None => {
+            // Room for the largest result: the raw plaintext, padded.
+            out.reserve_exact(padme((HEADER_LEN + plaintext.len()) as u64) as usize - HEADER_LEN);
             out.extend_from_slice(plaintext);
             (COMPRESSION_NONE, plaintext.len())
         }
     };
-    let header = &mut out[headroom..payload_at];
+    finish_frame(&mut out, headroom, method, payload_len, plaintext.len());
+    out
+}
+
+/// Writes the header in front of a payload that sits at `headroom +
+/// HEADER_LEN` in `out`, and pads the frame.
+fn finish_frame(out: &mut Vec<u8>, headroom: usize, method: u8, payload_len: usize, plain_len: usize) {
+    let header = &mut out[headroom..headroom + HEADER_LEN];
+    header.fill(0);
     header[0] = FRAME_VERSION;
     header[1] = method;
     header[4..8].copy_from_slice(&(payload_len as u32).to_le_bytes());
-    header[8..12].copy_from_slice(&(plaintext.len() as u32).to_le_bytes());
+    header[8..12].copy_from_slice(&(plain_len as u32).to_le_bytes());
     let total = padme((HEADER_LEN + payload_len) as u64) as usize;
     out.resize(headroom + total, 0);
-    out
+}
+
+/// A chunk's plaintext, held after room for the tag and the frame header and
+/// with capacity for the padding, so that a chunk stored raw (most of a photo
+/// library) is framed and sealed where it lies instead of being copied into
+/// a new buffer.
+pub struct Plaintext {
+    buf: Vec<u8>,
+}
+
+impl Plaintext {
+    const HEADROOM: usize = TAG_LEN + HEADER_LEN;
+
+    pub fn copy_of(data: &[u8]) -> Plaintext {
+        let mut buf = Vec::with_capacity(Self::HEADROOM + padme((HEADER_LEN + data.len()) as u64) as usize);
+        buf.resize(Self::HEADROOM, 0);
+        buf.extend_from_slice(data);
+        Plaintext { buf }
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        &self.buf[Self::HEADROOM..]
+    }
+
+    pub fn len(&self) -> usize {
+        self.buf.len() - Self::HEADROOM
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The frame, after [`TAG_LEN`] bytes of room: byte for byte what
+    /// [`frame_after`] builds, compressed into a new buffer when zstd saves
+    /// enough, else in this buffer.
+    fn into_frame(mut self, compression: Compression) -> Vec<u8> {
+        let plain_len = self.len();
+        let mut out = Vec::new();
+        out.resize(Self::HEADROOM, 0);
+        if let Some(n) = compression.compress_onto(self.as_slice(), &mut out) {
+            finish_frame(&mut out, TAG_LEN, COMPRESSION_ZSTD, n, plain_len);
+            return out;
+        }
+        finish_frame(&mut self.buf, TAG_LEN, COMPRESSION_NONE, plain_len, plain_len);
+        self.buf
+    }
+}
+
+impl AsRef<[u8]> for Plaintext {
+    fn as_ref(&self) -> &[u8] {
+        self.as_slice()
+    }
 }
 
 /// What a validated frame holds.
@@ -265,6 +327,21 @@ pub fn encode(
     compression: Compression,
 ) -> Vec<u8> {
     let mut sealed = frame_after(plaintext, compression, TAG_LEN);
+    keys.seal_in_place(kind, &deterministic_headers(kind, id, repo_id), &mut sealed);
+    sealed
+}
+
+/// Like [`encode`], taking the plaintext by value: a chunk stored raw is
+/// framed and encrypted in its own buffer. Gives the same bytes as [`encode`].
+pub fn encode_owned(
+    keys: &Keys,
+    repo_id: &[u8; 32],
+    kind: ObjectKind,
+    id: &Id,
+    plaintext: Plaintext,
+    compression: Compression,
+) -> Vec<u8> {
+    let mut sealed = plaintext.into_frame(compression);
     keys.seal_in_place(kind, &deterministic_headers(kind, id, repo_id), &mut sealed);
     sealed
 }
@@ -462,10 +539,45 @@ mod tests {
         assert!(open_random(&k, &repo, ObjectKind::Snapshot, "snapshots/x", b"e", &a, 100).is_err());
     }
 
+    /// The in-place path must give exactly the bytes of the copying one:
+    /// the encoding is deterministic, and a chunk stored by either is the
+    /// same object.
+    #[test]
+    fn owned_encoding_matches_copying_encoding() {
+        let k = keys();
+        let repo = [5u8; 32];
+        let mut half = xorshift_bytes(300_000, 3);
+        for b in half.iter_mut().step_by(2) {
+            *b &= 3;
+        }
+        let cases: Vec<Vec<u8>> = vec![
+            Vec::new(),
+            b"x".to_vec(),
+            b"abc".repeat(100),
+            xorshift_bytes(100, 1),
+            xorshift_bytes(200_000, 2), // probed, stored raw
+            half,                       // probed, compressed
+            vec![0u8; 1 << 20],
+        ];
+        for data in cases {
+            for level in [0, 2] {
+                let c = Compression { level };
+                let id = k.id(&data);
+                let want = encode(&k, &repo, ObjectKind::Chunk, &id, &data, c);
+                let got = encode_owned(&k, &repo, ObjectKind::Chunk, &id, Plaintext::copy_of(&data), c);
+                assert_eq!(got, want, "length {} level {level}", data.len());
+                assert_eq!(decode(&k, &repo, ObjectKind::Chunk, &id, &got, 1 << 21).unwrap(), data);
+            }
+        }
+    }
+
     proptest! {
         #[test]
         fn frame_round_trips(data in proptest::collection::vec(any::<u8>(), 0..5000), level in 0i32..4) {
             let f = frame(&data, Compression { level });
+            let mut owned = Plaintext::copy_of(&data).into_frame(Compression { level });
+            prop_assert_eq!(owned.drain(..TAG_LEN).collect::<Vec<u8>>(), vec![0u8; TAG_LEN]);
+            prop_assert_eq!(&owned, &f);
             prop_assert_eq!(f.len() as u64, padme(f.len() as u64));
             prop_assert_eq!(unframe(&f, usize::MAX).unwrap(), data);
         }
