@@ -143,8 +143,7 @@ pub fn frame(plaintext: &[u8], compression: Compression) -> Vec<u8> {
 /// seal it in place with the tag in front, without moving the frame.
 fn frame_after(plaintext: &[u8], compression: Compression, headroom: usize) -> Vec<u8> {
     let payload_at = headroom + HEADER_LEN;
-    let mut out = Vec::new();
-    out.resize(payload_at, 0);
+    let mut out = vec![0; payload_at];
     let (method, payload_len) = match compression.compress_onto(plaintext, &mut out) {
         Some(n) => (COMPRESSION_ZSTD, n),
         None => {
@@ -206,8 +205,7 @@ impl Plaintext {
     /// enough, else in this buffer.
     fn into_frame(mut self, compression: Compression) -> Vec<u8> {
         let plain_len = self.len();
-        let mut out = Vec::new();
-        out.resize(Self::HEADROOM, 0);
+        let mut out = vec![0; Self::HEADROOM];
         if let Some(n) = compression.compress_onto(self.as_slice(), &mut out) {
             finish_frame(&mut out, TAG_LEN, COMPRESSION_ZSTD, n, plain_len);
             return out;
