@@ -169,8 +169,9 @@ impl Repository {
     }
 
     /// Compares the repository with what this host remembers, reports what
-    /// vanished or changed, and remembers what it sees now. Every vanished
-    /// snapshot and a changed config are also logged as warnings.
+    /// vanished or changed, and remembers what it sees now. The report is
+    /// the caller's to tell (the command line prints it as warnings); it is
+    /// only logged at the info level here, so that it is not said twice.
     pub fn check_state(&self) -> Result<StateReport> {
         if self.state.is_none() {
             return Ok(StateReport::default());
@@ -206,13 +207,13 @@ impl Repository {
             data.keys = Some(keys);
         });
         for id in &report.vanished {
-            tracing::warn!(
+            tracing::info!(
                 "snapshot {id}, which this host saw, has vanished from the repository without a forget from here: \
                  another machine forgot it, or the storage lost it or was rolled back"
             );
         }
         if report.config_changed {
-            tracing::warn!("the repository's config object changed since this host last saw it; nothing rewrites it");
+            tracing::info!("the repository's config object changed since this host last saw it; nothing rewrites it");
         }
         if report.keys_changed {
             tracing::info!("keys were added to or removed from the repository since this host last saw it");
