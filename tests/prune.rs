@@ -135,8 +135,10 @@ fn a_live_lock_makes_prune_fail_with_exit_11_and_unlock_refuse() {
 fn unlock_wait_removes_an_abandoned_lock_and_keeps_a_refreshed_one() {
     let env = Env::init();
     let mut repo = open_repo(&env);
-    // Refreshed every stale/6: many times while unlock watches.
-    let stale = 4;
+    // Refreshed every stale/6: several times while unlock watches, with
+    // room for a loaded machine (the holder gives up after stale/2 without
+    // a refresh).
+    let stale = 12;
     repo.set_lock_settings(coffer_core::lock::LockSettings { stale: Duration::from_secs(stale), ..Default::default() });
     let held = repo.lock_shared("backup").unwrap();
     let mut abandoned = LockRecord::for_process(4242, false, "forget");
