@@ -109,8 +109,20 @@ pub fn parse_s3(rest: &str) -> Result<S3Location> {
     Ok(S3Location { endpoint, bucket: bucket.to_string(), prefix: prefix.to_string() })
 }
 
-/// Opens the repository named by the global arguments, asking for the password.
+/// Opens the repository named by the global arguments, asking for the
+/// password, and reports what the per-host state noticed.
 pub fn open(global: &GlobalArgs) -> Result<Repository> {
+    open_checking_state(global, true)
+}
+
+/// Opens the repository with the per-host state turned on but not checked
+/// yet: for `backup`, which checks it against the listing of `snapshots/` it
+/// takes under its lock anyway (and then calls [`report_state`]).
+pub fn open_unchecked(global: &GlobalArgs) -> Result<Repository> {
+    open_checking_state(global, false)
+}
+
+fn open_checking_state(global: &GlobalArgs, check_state: bool) -> Result<Repository> {
     let backend = backend(global)?;
     let location = backend.location();
     let repo = Repository::open_with(backend, || {
@@ -128,15 +140,8 @@ pub fn open(global: &GlobalArgs) -> Result<Repository> {
     repo.set_lock_settings(locks);
     if let Some(base) = coffer_core::state::default_base() {
         repo = repo.with_state(&base);
-        let report = repo.check_state()?;
-        for id in &report.vanished {
-            eprintln!(
-                "WARNING: snapshot {id}, which this host saw, is gone from the repository without a forget from here: \
-                 another machine forgot it, or the storage lost it or was rolled back"
-            );
-        }
-        if report.config_changed {
-            eprintln!("WARNING: the repository's config object changed since this host last saw it");
+        if check_state {
+            report_state(&repo.check_state()?);
         }
     }
     if global.no_cache {
@@ -145,6 +150,26 @@ pub fn open(global: &GlobalArgs) -> Result<Repository> {
     match global.cache_dir.clone().or_else(coffer_core::cache::default_base) {
         Some(base) => Ok(repo.with_cache(&base)),
         None => Ok(repo),
+    }
+}
+
+/// Tells the person, on standard error, what changed in the repository since
+/// this host last saw it.
+pub fn report_state(report: &coffer_core::state::StateReport) {
+    for id in &report.vanished {
+        eprintln!(
+            "WARNING: snapshot {id}, which this host saw, is gone from the repository without a forget from here: \
+             another machine forgot it, or the storage lost it or was rolled back"
+        );
+    }
+    if report.config_changed {
+        eprintln!("WARNING: the repository's config object changed since this host last saw it");
+    }
+    if report.keys_changed {
+        eprintln!(
+            "WARNING: keys (passwords) were added to or removed from the repository since this host last saw it; \
+             `coffer key list` shows them"
+        );
     }
 }
 

@@ -186,8 +186,12 @@ fn snapshot_under_another_name_is_rejected() {
     assert!(stderr_of(&out).contains(&fake), "{}", stderr_of(&out));
 }
 
-/// Damages the only snapshot file with `damage`, then checks that
-/// `snapshots` reports it by id instead of listing nothing.
+/// Damages the first snapshot's stored object with `damage`, then checks
+/// that `snapshots` reports it by id instead of listing nothing wherever the
+/// stored object is read: without the cache, and from a machine whose cache
+/// has no copy yet. (A machine that cached the snapshot before the damage
+/// keeps showing its authenticated copy; `check` reads the repository and
+/// reports the damage there too.)
 fn damaged_snapshot_is_reported(what: &str, damage: impl Fn(&mut Vec<u8>)) {
     let env = Env::init();
     env.write("f.txt", b"f");
@@ -202,8 +206,13 @@ fn damaged_snapshot_is_reported(what: &str, damage: impl Fn(&mut Vec<u8>)) {
     damage(&mut bytes);
     std::fs::write(&path, &bytes).unwrap();
 
-    for json in [false, true] {
+    for (json, fresh_cache) in [(false, false), (true, false), (false, true), (true, true)] {
         let mut cmd = env.coffer();
+        if fresh_cache {
+            cmd.env("COFFER_CACHE_DIR", env.path("another-machines-cache"));
+        } else {
+            cmd.arg("--no-cache");
+        }
         cmd.arg("snapshots");
         if json {
             cmd.arg("--json");
@@ -217,6 +226,11 @@ fn damaged_snapshot_is_reported(what: &str, damage: impl Fn(&mut Vec<u8>)) {
         );
         assert!(err.contains(&id), "{what}: the damaged snapshot is not named: {err}");
     }
+    let out = env.coffer().args(["check", "--json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{what}: check passed a damaged snapshot");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["damage"][0]["kind"], "snapshot", "{what}: {report}");
+    assert_eq!(report["damage"][0]["id"], id.as_str(), "{what}: {report}");
 }
 
 #[test]

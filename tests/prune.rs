@@ -127,6 +127,44 @@ fn a_live_lock_makes_prune_fail_with_exit_11_and_unlock_refuse() {
     assert!(repo.locks().unwrap().0.is_empty());
 }
 
+/// `unlock --wait` watches the locks for the stale time (shortened with the
+/// hidden `--lock-stale-secs`): another machine's lock whose counter never
+/// moves is removed, a lock whose holder keeps refreshing it is kept. Plain
+/// `unlock` cannot judge the other machine's lock and keeps both.
+#[test]
+fn unlock_wait_removes_an_abandoned_lock_and_keeps_a_refreshed_one() {
+    let env = Env::init();
+    let mut repo = open_repo(&env);
+    // Refreshed every stale/6: several times while unlock watches, with
+    // room for a loaded machine (the holder gives up after stale/2 without
+    // a refresh).
+    let stale = 12;
+    repo.set_lock_settings(coffer_core::lock::LockSettings { stale: Duration::from_secs(stale), ..Default::default() });
+    let held = repo.lock_shared("backup").unwrap();
+    let mut abandoned = LockRecord::for_process(4242, false, "forget");
+    abandoned.host = "another-machine".into();
+    abandoned.boot_id = "another boot".into();
+    repo.write_lock_record(&abandoned).unwrap();
+
+    let out = env.coffer().arg("unlock").output().unwrap();
+    assert_eq!(out.status.code(), Some(11), "{}", stderr_of(&out));
+    assert_eq!(repo.locks().unwrap().0.len(), 2, "without --wait neither lock is provably stale");
+
+    let out = env.coffer().args(["--lock-stale-secs", &stale.to_string(), "unlock", "--wait"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(11), "the live lock is still there: {}", stderr_of(&out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("removed the stale lock of forget") && text.contains("not refreshed"), "{text}");
+    let err = stderr_of(&out);
+    assert!(err.contains("kept the lock of backup") && err.contains("refreshed while watched"), "{err}");
+    let left: Vec<String> = repo.locks().unwrap().0.iter().map(|l| l.name()).collect();
+    assert_eq!(left, [held.record().name()], "only the refreshed lock is left");
+    held.check().expect("the refreshed lock is still its holder's");
+    held.release().unwrap();
+    let out = env.coffer().args(["--lock-stale-secs", &stale.to_string(), "unlock", "--wait"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no locks"));
+}
+
 /// Waits until a process is stopped (state `T` in /proc).
 fn wait_stopped(pid: u32) {
     for _ in 0..6000 {
@@ -139,9 +177,10 @@ fn wait_stopped(pid: u32) {
     panic!("process {pid} did not stop");
 }
 
-#[test]
-fn a_backup_stopped_past_the_stale_time_aborts_when_resumed() {
-    let env = Env::init();
+both_backends!(a_backup_stopped_past_the_stale_time_aborts_when_resumed);
+
+fn a_backup_stopped_past_the_stale_time_aborts_when_resumed(backend: Backend) {
+    let env = Env::init_on(backend);
     env.write("photo.jpg", &random_bytes(1_500_000, 7));
     let first = backup_id(&env, &[]);
     std::fs::write(env.src.join("new.txt"), b"after the first snapshot").unwrap();

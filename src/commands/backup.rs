@@ -46,7 +46,9 @@ pub fn run(g: &GlobalArgs, a: &BackupArgs) -> Result<u8> {
         excludes = excludes.larger_than(coffer_core::exclude::parse_size(size)?);
     }
     let time = a.time.as_deref().map(parse_time).transpose()?;
-    let repo = crate::repository::open(g)?;
+    // The backup checks the per-host state itself, on the listing it takes
+    // under its lock.
+    let repo = crate::repository::open_unchecked(g)?;
     let parent = if a.force {
         ParentChoice::None
     } else if let Some(spec) = &a.parent {
@@ -71,6 +73,7 @@ pub fn run(g: &GlobalArgs, a: &BackupArgs) -> Result<u8> {
     let result = archiver::backup(&repo, &options, &bar);
     bar.finish();
     let outcome = result?;
+    crate::repository::report_state(&outcome.state);
     let s = &outcome.snapshot.summary;
     let wire = repo.backend().wire_stats();
     if g.json {

@@ -308,11 +308,17 @@ impl Env {
     /// The binary as a plain process (for tests that run it in the
     /// background or signal it), set up as [`Env::coffer`].
     pub fn coffer_process(&self) -> std::process::Command {
-        let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("coffer"));
-        for var in ["COFFER_PASSWORD_FILE", "COFFER_PASSWORD_COMMAND", "COFFER_LOG"] {
-            cmd.env_remove(var);
-        }
-        cmd.env("COFFER_REPOSITORY", &self.repo).env("COFFER_PASSWORD", PASSWORD);
+        let mut cmd = match self.backend {
+            Backend::Local => {
+                let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("coffer"));
+                for var in ["COFFER_PASSWORD_FILE", "COFFER_PASSWORD_COMMAND", "COFFER_LOG"] {
+                    cmd.env_remove(var);
+                }
+                cmd.env("COFFER_REPOSITORY", &self.repo).env("COFFER_PASSWORD", PASSWORD);
+                cmd
+            }
+            Backend::S3 => s3::coffer_process(self, &self.location),
+        };
         cmd.env("COFFER_CACHE_DIR", self.dir.path().join("cache"));
         cmd.env("COFFER_STATE_DIR", self.dir.path().join("state"));
         cmd

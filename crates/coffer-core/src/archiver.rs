@@ -113,6 +113,10 @@ pub struct BackupOutcome {
     pub snapshot_id: Option<Id>,
     pub snapshot: Snapshot,
     pub parent: Option<Id>,
+    /// What the per-host state noticed (see [`crate::state`]): a backup
+    /// checks it itself, against the one listing of `snapshots/` it takes
+    /// under its lock, so the caller should not list again to check.
+    pub state: crate::state::StateReport,
 }
 
 /// A counting semaphore over bytes, blocking the reader when the pipeline
@@ -609,7 +613,11 @@ pub fn backup(repo: &Repository, options: &BackupOptions, progress: &dyn Progres
     // no lock.
     let lock = if options.dry_run { None } else { Some(repo.lock_shared("backup")?) };
 
-    let snapshots = repo.snapshots()?;
+    // One listing of the snapshots serves the per-host state and the choice
+    // of the parent.
+    let listed = repo.list_ids(ObjectKind::Snapshot)?;
+    let state = repo.check_state_listed(&listed);
+    let snapshots = repo.load_snapshots(&listed)?;
     let parent_id = match &options.parent {
         ParentChoice::None => None,
         ParentChoice::Snapshot(id) => Some(*id),
@@ -743,7 +751,7 @@ pub fn backup(repo: &Repository, options: &BackupOptions, progress: &dyn Progres
         // ignored, so this is not the backup's failure.
         tracing::warn!("could not remove the backup's lock: {e}");
     }
-    Ok(BackupOutcome { snapshot_id, snapshot, parent: parent_id })
+    Ok(BackupOutcome { snapshot_id, snapshot, parent: parent_id, state })
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Where the local cache lives.
 //!
 //! The cache holds copies of what the repository already has (which chunks
-//! exist, trees), so that a nightly backup or a prune does not
+//! exist, trees, snapshots), so that a nightly backup or a prune does not
 //! download or list it all again. Nothing in it is trusted more than the
 //! repository itself: copies of objects are authenticated on every read like
 //! anything fetched, and the chunk set only while the prune generation it was
@@ -52,15 +52,33 @@ pub fn tag(base: &Path) -> std::io::Result<()> {
     )
 }
 
-/// Where the copy of a tree lives in a repository's cache folder:
-/// `trees/<xx>/<id>`, as in the repository. Trees are immutable and
-/// content-addressed, so a copy is right for as long as anything references
-/// it. Snapshots are not cached: they are small, and reading them from the
-/// repository each time lets every command report a damaged one.
+/// Where the copy of a tree or snapshot lives in a repository's cache
+/// folder: `trees/<xx>/<id>` or `snapshots/<id>`, as in the repository.
+/// Trees are immutable and content-addressed, so a copy is right for as
+/// long as anything references it. Snapshots are immutable too, but can be
+/// forgotten: which snapshots exist always comes from a listing of the
+/// repository, never from the cache (see [`retain`]).
 pub fn object_path(dir: &Path, kind: ObjectKind, id: &Id) -> Option<PathBuf> {
     match kind {
-        ObjectKind::Tree => Some(dir.join(crate::repo::object_key(kind, id))),
+        ObjectKind::Tree | ObjectKind::Snapshot => Some(dir.join(crate::repo::object_key(kind, id))),
         _ => None,
+    }
+}
+
+/// Drops the cached snapshots that a fresh listing of the repository no
+/// longer has (forgotten, here or by another machine), so the cache does not
+/// keep them forever. `listed` is sorted, as [`crate::Repository::list_ids`]
+/// returns it. A copy written meanwhile by another process for a
+/// snapshot newer than `listed` may go too; that only costs a download.
+pub fn retain_snapshots(dir: &Path, listed: &[Id]) {
+    let Ok(entries) = std::fs::read_dir(dir.join("snapshots")) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(id) = name.to_str().and_then(Id::from_hex) else { continue };
+        if listed.binary_search(&id).is_err() {
+            tracing::debug!("dropping the cached copy of snapshot {id}: no longer in the repository");
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
 }
 
@@ -112,5 +130,20 @@ mod tests {
         tag(dir.path()).unwrap();
         // The exact signature is what --exclude-caches looks for.
         assert!(crate::exclude::Excludes::default().caches().is_tagged_dir(dir.path()));
+    }
+
+    #[test]
+    fn snapshots_not_listed_are_dropped_and_others_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (kept, gone) = (Id([1; 32]), Id([2; 32]));
+        for id in [kept, gone] {
+            write(dir.path(), ObjectKind::Snapshot, &id, b"sealed");
+        }
+        let stray = dir.path().join("snapshots").join("not-an-id");
+        std::fs::write(&stray, b"x").unwrap();
+        retain_snapshots(dir.path(), &[Id([0; 32]), kept]);
+        assert_eq!(read(dir.path(), ObjectKind::Snapshot, &kept).as_deref(), Some(&b"sealed"[..]));
+        assert_eq!(read(dir.path(), ObjectKind::Snapshot, &gone), None);
+        assert!(stray.exists(), "only snapshot names are touched");
     }
 }

@@ -125,8 +125,10 @@ pub fn check(repo: &Repository, read: ReadData) -> Result<CheckReport> {
 
     // Snapshots.
     let mut snapshots: Vec<(Id, Snapshot)> = Vec::new();
+    // From the repository, not the cache: a good cached copy says nothing
+    // about the stored object.
     for id in repo.list_ids(ObjectKind::Snapshot)? {
-        match repo.load_snapshot(&id) {
+        match repo.fetch_snapshot(&id) {
             Ok(s) => snapshots.push((id, s)),
             Err(e) => report.damage.push(Damage { kind: "snapshot", id, problem: problem(&e), used_by: Vec::new() }),
         }

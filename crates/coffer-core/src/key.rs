@@ -235,6 +235,7 @@ impl Repository {
             self.backend().put(&name, envelope.to_bytes()).await?;
             self.backend().sync().await
         })?;
+        self.keys_changed_here();
         Ok(name)
     }
 
@@ -290,6 +291,7 @@ impl Repository {
             self.backend().delete(name).await?;
             self.backend().sync().await
         })?;
+        self.keys_changed_here();
         Ok(())
     }
 }

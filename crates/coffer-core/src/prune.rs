@@ -160,7 +160,9 @@ fn mark_snapshots(
         let snap = match repo.load_snapshot(id) {
             Ok(s) => s,
             // Forgotten since the listing (forget runs beside prune's
-            // marking): what only it referenced is garbage now.
+            // marking): what only it referenced is garbage now. (With a
+            // cached copy it is marked instead, which only keeps its data
+            // until the next prune.)
             Err(Error::Missing { .. }) => {
                 tracing::info!("snapshot {id} was forgotten while prune ran");
                 continue;

@@ -370,19 +370,19 @@ impl Repository {
 
     /// [`Repository::load_tree`] for async callers.
     pub async fn load_tree_async(&self, id: &Id) -> Result<Tree> {
-        let stored = self.get_cached(ObjectKind::Tree, id, |stored| self.decode_tree(id, stored)).await?;
-        self.decode_tree(id, &stored)
+        self.load_cached(ObjectKind::Tree, id, |stored| self.decode_tree(id, stored)).await
     }
 
-    /// The stored bytes of a tree: the cached copy if `valid`
+    /// Reads an object through the cache: the cached copy if `decode`
     /// accepts it (it authenticates exactly as a fetched object would), else
-    /// the repository's, which is then cached. A copy that fails is dropped.
-    async fn get_cached<T>(&self, kind: ObjectKind, id: &Id, valid: impl Fn(&[u8]) -> Result<T>) -> Result<Vec<u8>> {
+    /// the repository's, which is then cached if it decodes. A copy that
+    /// fails is dropped with a warning, never trusted and never fatal.
+    async fn load_cached<T>(&self, kind: ObjectKind, id: &Id, decode: impl Fn(&[u8]) -> Result<T>) -> Result<T> {
         if let Some(dir) = &self.cache_dir
             && let Some(stored) = crate::cache::read(dir, kind, id)
         {
-            match valid(&stored) {
-                Ok(_) => return Ok(stored),
+            match decode(&stored) {
+                Ok(value) => return Ok(value),
                 Err(e) => {
                     tracing::warn!("dropping the cached copy of {} {}: {e}", kind.name(), id.to_hex());
                     crate::cache::remove(dir, kind, id);
@@ -390,12 +390,11 @@ impl Repository {
             }
         }
         let stored = self.get_async(kind, id).await?;
-        if let Some(dir) = &self.cache_dir
-            && valid(&stored).is_ok()
-        {
+        let value = decode(&stored)?;
+        if let Some(dir) = &self.cache_dir {
             crate::cache::write(dir, kind, id, &stored);
         }
-        Ok(stored)
+        Ok(value)
     }
 
     /// Drops the cached copy of an object that is gone from the repository.
@@ -422,10 +421,17 @@ impl Repository {
         blob::encode(&self.keys, self.repo_id(), ObjectKind::Chunk, id, plaintext, self.compression())
     }
 
-    /// Loads a snapshot. Snapshots are small and always read from the
-    /// repository, not the cache: a damaged one is then reported by every
-    /// command that lists it, not only by `check`.
+    /// Loads a snapshot, from the local cache when it has a copy that
+    /// authenticates, else from the repository (and keeps a copy). Which
+    /// snapshots exist is never taken from the cache: callers get ids from a
+    /// listing ([`Repository::snapshots`]).
     pub fn load_snapshot(&self, id: &Id) -> Result<Snapshot> {
+        self.runtime.block_on(self.load_cached(ObjectKind::Snapshot, id, |stored| self.decode_snapshot(id, stored)))
+    }
+
+    /// Loads a snapshot from the repository itself, never the cache: what
+    /// `check` does, since a copy here says nothing about the stored object.
+    pub fn fetch_snapshot(&self, id: &Id) -> Result<Snapshot> {
         let stored = self.get(ObjectKind::Snapshot, id)?;
         self.decode_snapshot(id, &stored)
     }
@@ -456,9 +462,12 @@ impl Repository {
         let name = object_key(ObjectKind::Snapshot, &id);
         let stored = blob::seal_random(&self.keys, self.repo_id(), ObjectKind::Snapshot, &name, b"", &plain);
         self.runtime.block_on(async {
-            self.backend.put(&name, stored).await?;
+            self.backend.put(&name, stored.clone()).await?;
             self.backend.sync().await
         })?;
+        if let Some(dir) = &self.cache_dir {
+            crate::cache::write(dir, ObjectKind::Snapshot, &id, &stored);
+        }
         self.remember_snapshot(&id);
         Ok(id)
     }
@@ -470,17 +479,29 @@ impl Repository {
             self.backend.delete(&object_key(ObjectKind::Snapshot, id)).await?;
             self.backend.sync().await
         })?;
+        self.forget_cached(ObjectKind::Snapshot, id);
         Ok(())
     }
 
-    /// Every snapshot, oldest first. Damaged snapshots are an error: a
-    /// listing that silently skips one would hide data loss.
+    /// Every snapshot, oldest first, from a fresh listing of `snapshots/`
+    /// (their contents may come from the cache). Damaged snapshots are an
+    /// error: a listing that silently skips one would hide data loss.
     pub fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
-        let mut out = Vec::new();
         let ids = self.list_ids(ObjectKind::Snapshot)?;
-        for id in ids {
-            match self.load_snapshot(&id) {
-                Ok(s) => out.push((id, s)),
+        self.load_snapshots(&ids)
+    }
+
+    /// [`Repository::snapshots`] for ids the caller has just listed (sorted,
+    /// as [`Repository::list_ids`] returns them). Cached snapshots that are
+    /// not among them are dropped from the cache.
+    pub fn load_snapshots(&self, listed: &[Id]) -> Result<Vec<(Id, Snapshot)>> {
+        if let Some(dir) = &self.cache_dir {
+            crate::cache::retain_snapshots(dir, listed);
+        }
+        let mut out = Vec::new();
+        for id in listed {
+            match self.load_snapshot(id) {
+                Ok(s) => out.push((*id, s)),
                 // Forgotten between the listing and the read: it is gone,
                 // not damaged.
                 Err(Error::Missing { .. }) => tracing::debug!("snapshot {id} vanished while listing"),

@@ -169,19 +169,34 @@ impl Repository {
     }
 
     /// Compares the repository with what this host remembers, reports what
-    /// vanished or changed, and remembers what it sees now. Every vanished
-    /// snapshot and a changed config are also logged as warnings.
+    /// vanished or changed, and remembers what it sees now. The report is
+    /// the caller's to tell (the command line prints it as warnings); it is
+    /// only logged at the info level here, so that it is not said twice.
     pub fn check_state(&self) -> Result<StateReport> {
-        let Some(state) = &self.state else { return Ok(StateReport::default()) };
-        let listed: BTreeSet<Id> = self.list_ids(crate::crypto::ObjectKind::Snapshot)?.into_iter().collect();
-        let Fingerprints { config, keys } = match &self.seen_at_open {
+        if self.state.is_none() {
+            return Ok(StateReport::default());
+        }
+        let listed = self.list_ids(crate::crypto::ObjectKind::Snapshot)?;
+        Ok(self.check_state_listed(&listed))
+    }
+
+    /// [`Repository::check_state`] against a listing of `snapshots/` the
+    /// caller has just taken, so that a command needing that listing anyway
+    /// (backup) lists once.
+    pub fn check_state_listed(&self, listed: &[Id]) -> StateReport {
+        let Some(state) = &self.state else { return StateReport::default() };
+        let listed: BTreeSet<Id> = listed.iter().copied().collect();
+        let seen = match &self.seen_at_open {
             Some(seen) => seen.clone(),
-            None => self.runtime().block_on(async {
-                let config = self.backend().get(crate::config::NAME).await?;
-                let names: Vec<String> = self.backend().list("keys/").await?.into_iter().map(|e| e.key).collect();
-                Ok::<_, crate::Error>(Fingerprints::of(&config, names.iter().map(String::as_str)))
-            })?,
+            None => match self.fingerprints_now() {
+                Ok(seen) => seen,
+                Err(e) => {
+                    tracing::warn!("cannot compare the config and keys with what this host saw: {e}");
+                    return StateReport::default();
+                }
+            },
         };
+        let Fingerprints { config, keys } = seen;
         let mut report = StateReport::default();
         state.update(|data| {
             report.vanished = data.snapshots.difference(&listed).copied().collect();
@@ -192,18 +207,40 @@ impl Repository {
             data.keys = Some(keys);
         });
         for id in &report.vanished {
-            tracing::warn!(
+            tracing::info!(
                 "snapshot {id}, which this host saw, has vanished from the repository without a forget from here: \
                  another machine forgot it, or the storage lost it or was rolled back"
             );
         }
         if report.config_changed {
-            tracing::warn!("the repository's config object changed since this host last saw it; nothing rewrites it");
+            tracing::info!("the repository's config object changed since this host last saw it; nothing rewrites it");
         }
         if report.keys_changed {
             tracing::info!("keys were added to or removed from the repository since this host last saw it");
         }
-        Ok(report)
+        report
+    }
+
+    /// Fingerprints of the config and key names as stored now (for a
+    /// repository opened without them, e.g. just created).
+    fn fingerprints_now(&self) -> Result<Fingerprints> {
+        self.runtime().block_on(async {
+            let config = self.backend().get(crate::config::NAME).await?;
+            let names: Vec<String> = self.backend().list("keys/").await?.into_iter().map(|e| e.key).collect();
+            Ok(Fingerprints::of(&config, names.iter().map(String::as_str)))
+        })
+    }
+
+    /// Key add/remove's hook: the set of keys changed from here, so that
+    /// the next open does not report this host's own change as news. Costs
+    /// one listing of `keys/`; on failure the change is reported next time,
+    /// which is noise, not harm.
+    pub(crate) fn keys_changed_here(&self) {
+        let Some(state) = &self.state else { return };
+        match self.fingerprints_now() {
+            Ok(now) => state.update(|d| d.keys = Some(now.keys)),
+            Err(e) => tracing::debug!("cannot record the new set of keys: {e}"),
+        }
     }
 
     /// Remembers a snapshot this host wrote.

@@ -7,6 +7,7 @@
 mod direct;
 pub mod local;
 pub mod pausing;
+pub mod rule;
 #[cfg(feature = "s3")]
 pub mod s3;
 pub mod testing;

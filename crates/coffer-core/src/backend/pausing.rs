@@ -15,27 +15,8 @@ use async_trait::async_trait;
 
 use super::{Backend, BackendError, BackendResult, Entry, WireStats};
 
-/// The operations a rule can match.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Op {
-    Put,
-    Get,
-    List,
-    Delete,
-}
-
-impl Op {
-    /// Parses `put`, `get`, `list`, `delete`.
-    pub fn parse(s: &str) -> Option<Op> {
-        match s {
-            "put" => Some(Op::Put),
-            "get" => Some(Op::Get),
-            "list" => Some(Op::List),
-            "delete" => Some(Op::Delete),
-            _ => None,
-        }
-    }
-}
+pub use super::rule::Op;
+use super::rule::{KeyMatch, Selector, Turn};
 
 /// A point where matching calls are held until the test says go.
 pub struct Gate {
@@ -137,12 +118,7 @@ pub enum Action {
 }
 
 struct Rule {
-    op: Op,
-    prefix: String,
-    /// Matching calls let through untouched before the rule applies.
-    skip: usize,
-    /// How many more matching calls it applies to (`usize::MAX`: all).
-    times: usize,
+    selector: Selector,
     action: Action,
 }
 
@@ -162,7 +138,8 @@ impl PausingBackend {
     /// `skip` are let through, the next `times` get `action`.
     pub fn add_rule(&self, op: Op, prefix: &str, skip: usize, times: usize, action: Action) {
         if let Ok(mut rules) = self.rules.lock() {
-            rules.push(Rule { op, prefix: prefix.to_string(), skip, times, action });
+            let times = (times != usize::MAX).then_some(times);
+            rules.push(Rule { selector: Selector::new(op, prefix, KeyMatch::Prefix, skip, times), action });
         }
     }
 
@@ -196,13 +173,8 @@ impl PausingBackend {
     fn actions(&self, op: Op, key: &str) -> Vec<Action> {
         let Ok(mut rules) = self.rules.lock() else { return Vec::new() };
         let mut out = Vec::new();
-        for rule in rules.iter_mut().filter(|r| r.op == op && key.starts_with(&r.prefix)) {
-            if rule.skip > 0 {
-                rule.skip -= 1;
-            } else if rule.times > 0 {
-                if rule.times != usize::MAX {
-                    rule.times -= 1;
-                }
+        for rule in rules.iter_mut() {
+            if rule.selector.turn(op, key) == Turn::Applies {
                 out.push(rule.action.clone());
             }
         }
@@ -222,7 +194,7 @@ impl PausingBackend {
                 Action::Fail => {
                     return Err(BackendError::Unavailable {
                         location: self.inner.location(),
-                        message: format!("{op:?} {key}: failure injected by a test"),
+                        message: format!("{} {key}: failure injected by a test", op.name()),
                     });
                 }
                 _ => {}

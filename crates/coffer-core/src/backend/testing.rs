@@ -102,25 +102,8 @@ impl Backend for LatencyBackend {
     }
 }
 
-/// The kind of request a fault applies to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Op {
-    Put,
-    Get,
-    List,
-    Delete,
-}
-
-impl Op {
-    fn name(self) -> &'static str {
-        match self {
-            Op::Put => "PUT",
-            Op::Get => "GET",
-            Op::List => "LIST",
-            Op::Delete => "DELETE",
-        }
-    }
-}
+pub use super::rule::Op;
+use super::rule::{KeyMatch, Selector, Turn};
 
 /// How an injected failure looks to the caller.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -163,11 +146,8 @@ impl Fault {
 }
 
 struct Rule {
-    fault: Fault,
-    /// Matching requests seen so far.
-    seen: usize,
-    /// Failures injected so far.
-    failed: usize,
+    selector: Selector,
+    kind: FaultKind,
 }
 
 /// Fails chosen requests of the backend it wraps, by key pattern and count;
@@ -186,7 +166,8 @@ impl FaultBackend {
     /// first that matches decides.
     pub fn add(&self, fault: Fault) {
         if let Ok(mut rules) = self.rules.lock() {
-            rules.push(Rule { fault, seen: 0, failed: 0 });
+            let selector = Selector::new(fault.op, fault.pattern, KeyMatch::Contains, fault.skip, fault.times);
+            rules.push(Rule { selector, kind: fault.kind });
         }
     }
 
@@ -199,25 +180,20 @@ impl FaultBackend {
 
     /// How many failures have been injected so far.
     pub fn injected(&self) -> usize {
-        self.rules.lock().map(|r| r.iter().map(|r| r.failed).sum()).unwrap_or(0)
+        self.rules.lock().map(|r| r.iter().map(|r| r.selector.applied()).sum()).unwrap_or(0)
     }
 
     fn check(&self, op: Op, key: &str) -> BackendResult<()> {
         let Ok(mut rules) = self.rules.lock() else { return Ok(()) };
         for rule in rules.iter_mut() {
-            if rule.fault.op != op || !key.contains(&rule.fault.pattern) {
-                continue;
+            match rule.selector.turn(op, key) {
+                Turn::Other | Turn::Spent => continue,
+                // The first rule that matches decides: a skipped request passes.
+                Turn::Skipped => return Ok(()),
+                Turn::Applies => {}
             }
-            rule.seen += 1;
-            if rule.seen <= rule.fault.skip {
-                return Ok(());
-            }
-            if rule.fault.times.is_some_and(|t| rule.failed >= t) {
-                continue;
-            }
-            rule.failed += 1;
             let message = format!("{} {key}: injected failure", op.name());
-            return Err(match rule.fault.kind {
+            return Err(match rule.kind {
                 FaultKind::Transient => BackendError::Unavailable { location: self.inner.location(), message },
                 FaultKind::Permanent => {
                     BackendError::Io { key: key.to_string(), error: std::io::Error::other(message) }
