@@ -64,17 +64,48 @@ fn counts_are_exact(env: &Env, coffer: &dyn Fn() -> Command, objects: &Path, hea
     assert!(lock_up > 0 && lock_up < 1024, "one small lock record: {report}");
     assert_eq!(lock_down, 2 * lock_up, "the lock read back twice: {report}");
 
+    // The backup kept a copy of every tree it uploaded in the local cache:
+    // a restore reads config, key, the snapshot and the chunk, no tree.
     let mut cmd = coffer();
     cmd.args(["restore", "latest", "--json", "--target"]).arg(env.path("restored"));
     let report = run_json(cmd);
     let wire = &report["wire"];
     assert_eq!(n(wire, "puts"), 0, "{report}");
-    // config, key, the snapshot, every tree and the chunk: each read once.
-    assert_eq!(n(wire, "gets"), 3 + trees + chunks, "{report}");
+    assert_eq!(n(wire, "gets"), 3 + chunks, "{report}");
     assert_eq!(n(wire, "lists"), 3, "keys/, snapshots/ for the state and for `latest`: {report}");
     assert_eq!(n(wire, "heads"), heads, "{report}");
     assert_eq!(n(wire, "bytes_up"), 0, "{report}");
+    assert_eq!(n(wire, "bytes_down"), stored_bytes(objects, &["config", "keys/", "snapshots/", "chunks/"]), "{report}");
+
+    // Without the cache: config, key, the snapshot, every tree and the
+    // chunk, each read once.
+    let mut cmd = coffer();
+    cmd.args(["--no-cache", "restore", "latest", "--json", "--target"]).arg(env.path("restored-again"));
+    let report = run_json(cmd);
+    let wire = &report["wire"];
+    assert_eq!(n(wire, "gets"), 3 + trees + chunks, "{report}");
+    assert_eq!(n(wire, "lists"), 3, "{report}");
     assert_eq!(n(wire, "bytes_down"), stored_bytes(objects, &[""]), "everything stored is read once: {report}");
+
+    // An unchanged re-backup compares with its parent's trees. From the
+    // cache: no tree is fetched, only what the first backup read, and the
+    // parent snapshot; chunks/ is not listed (the chunk set is cached).
+    let mut cmd = coffer();
+    cmd.arg("backup").arg("--json").arg(&env.src);
+    let report = run_json(cmd);
+    assert_eq!((n(&report, "chunks_added"), n(&report, "trees_added")), (0, 0), "{report}");
+    let wire = &report["wire"];
+    assert_eq!(n(wire, "gets"), 5 + 1, "{report}");
+    assert_eq!(n(wire, "lists"), 6, "{report}");
+    // With --no-cache, every tree of the parent is read from the store (and
+    // the two snapshots now in the repository), and chunks/ is listed; the
+    // prune generation is not read, as there is no cached chunk set to trust.
+    let mut cmd = coffer();
+    cmd.args(["--no-cache", "backup", "--json"]).arg(&env.src);
+    let report = run_json(cmd);
+    let wire = &report["wire"];
+    assert_eq!(n(wire, "gets"), 4 + 2 + trees, "{report}");
+    assert_eq!(n(wire, "lists"), 7, "{report}");
 }
 
 #[test]

@@ -234,15 +234,17 @@ impl S3Backend {
                     .operation_attempt_timeout(Duration::from_secs(300))
                     .build(),
             )
-            .force_path_style(c.path_style);
+            .force_path_style(c.path_style)
+            // Checksums only where the API requires them: every object is
+            // authenticated by its AEAD tag when it is read, and TLS protects
+            // it on the way, so a CRC over every body (computed for each
+            // upload, checked on each download) would only cost CPU. Several
+            // S3-compatible stores also reject the SDK's default streaming
+            // checksums (aws-chunked bodies with trailers).
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
         if let Some(endpoint) = &c.endpoint {
-            b = b
-                .endpoint_url(endpoint.trim_end_matches('/'))
-                // Several S3-compatible stores reject the SDK's default
-                // streaming checksums (aws-chunked bodies with trailers).
-                // Every object is authenticated by its AEAD tag anyway.
-                .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-                .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+            b = b.endpoint_url(endpoint.trim_end_matches('/'));
             if shared.region().is_none() {
                 // Most S3-compatible stores ignore the region; SigV4 still needs one.
                 b = b.region(Region::new("us-east-1"));
