@@ -69,6 +69,53 @@ fn latency_keeps_requests_in_flight_s3() {
     keeps_requests_in_flight(Arc::new(server.backend("bucket", "slow")), &env);
 }
 
+/// With a cold cache (a new machine, a cleared cache), an unchanged
+/// re-backup fetches its parent's trees a directory level at a time with many
+/// requests in flight, not one round trip per directory, and keeps them in
+/// the cache: the next re-backup fetches no tree at all.
+fn parent_trees_are_fetched_in_parallel(inner: Arc<dyn Backend>, env: &Env) {
+    for d in 0..12u64 {
+        env.write(&format!("folder-{d:02}/sub/note.txt"), format!("note {d}").as_bytes());
+    }
+    let slow = Arc::new(LatencyBackend::new(inner, Duration::from_millis(5)));
+    let options = BackupOptions { paths: vec![env.src.clone()], ..Default::default() };
+    // The first backup runs without a cache, so none of its trees is kept.
+    let repo = Repository::init(slow.clone(), b"pw", &cheap_init()).expect("init");
+    let trees = archiver::backup(&repo, &options, &NoProgress).expect("backup").snapshot.summary.trees_added;
+    assert!(trees >= 25, "12 folders, 12 sub-folders and the source's ancestors: {trees}");
+
+    let repo = Repository::open(slow.clone(), b"pw").expect("open").with_cache(&env.path("cold-cache"));
+    slow.reset_max_in_flight();
+    let gets = slow.wire_stats().gets;
+    let outcome = archiver::backup(&repo, &options, &NoProgress).expect("re-backup");
+    // (The trees of the source's ancestors may change, as the cache folder
+    // was made in the scratch folder; nothing below the source does.)
+    let summary = &outcome.snapshot.summary;
+    assert_eq!((summary.files_unchanged, summary.chunks_added), (12, 0), "{summary:?}");
+    let second = slow.wire_stats().gets - gets;
+    let max = slow.max_in_flight();
+    assert!(max >= 8, "the parent's 12 sibling folders were fetched at most {max} at a time");
+
+    let gets = slow.wire_stats().gets;
+    archiver::backup(&repo, &options, &NoProgress).expect("re-backup");
+    let third = slow.wire_stats().gets - gets;
+    // The same requests but every tree, and one snapshot more to read.
+    assert_eq!(second, third - 1 + trees, "second re-backup {second} GETs, third {third}, {trees} trees");
+}
+
+#[test]
+fn parent_trees_are_fetched_in_parallel_local() {
+    let env = Env::new();
+    parent_trees_are_fetched_in_parallel(Arc::new(LocalBackend::new(&env.repo)), &env);
+}
+
+#[test]
+fn parent_trees_are_fetched_in_parallel_s3() {
+    let server = S3Server::start();
+    let env = Env::new();
+    parent_trees_are_fetched_in_parallel(Arc::new(server.backend("bucket", "cold")), &env);
+}
+
 /// Ten files of one chunk each (300 kB, below the minimum chunk size).
 fn ten_files(env: &Env) {
     for i in 0..10u64 {

@@ -1,5 +1,12 @@
 //! Objects moved or copied where they do not belong: each is rejected with
 //! its id, never decoded into wrong data.
+//!
+//! A backup keeps a copy of every tree it uploads in the local cache (see
+//! `format.md`, the local cache), and reads go to that copy first. So the
+//! commands that should meet a tree damaged in the store read it with
+//! `--no-cache`; through the cache they must show the snapshot as it was
+//! written (never wrong data), and `check`, which always reads the store,
+//! must report the damage.
 
 use std::path::Path;
 
@@ -58,22 +65,25 @@ fn tree_stored_under_another_id_is_rejected() {
     std::fs::copy(object_file(&env.repo, ObjectKind::Tree, &one), object_file(&env.repo, ObjectKind::Tree, &two))
         .unwrap();
     assert!(repo.load_tree(&two).is_err(), "the library decoded a tree stored under another id");
+    store_damage_is_found_by_check_not_hidden_by_cache(&env, &two, "two/only-in-two.txt", |l| {
+        l.ends_with("two/only-in-one.txt")
+    });
 
     // ls reports the damaged tree by id and never shows one's files under two.
-    let out = env.coffer().args(["ls", "latest"]).output().unwrap();
+    let out = env.coffer().args(["--no-cache", "ls", "latest"]).output().unwrap();
     let err = stderr_of(&out);
     let listing = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(!out.status.success(), "ls of a damaged tree succeeded:\n{listing}");
     assert!(err.contains(&two.to_hex()), "the tree id is not named: {err}");
     assert!(!listing.contains("two/only-in-one.txt"), "{listing}");
-    let out = env.coffer().arg("ls").arg("latest").arg(env.src.join("two")).output().unwrap();
+    let out = env.coffer().args(["--no-cache", "ls", "latest"]).arg(env.src.join("two")).output().unwrap();
     assert!(!out.status.success());
     assert!(stderr_of(&out).contains(&two.to_hex()), "{}", stderr_of(&out));
     assert!(!String::from_utf8_lossy(&out.stdout).contains("only-in-one"));
 
     // restore names it, restores everything else, and puts nothing wrong in two.
     let target = env.path("out");
-    let out = env.coffer().args(["restore", "latest", "--target"]).arg(&target).output().unwrap();
+    let out = env.coffer().args(["--no-cache", "restore", "latest", "--target"]).arg(&target).output().unwrap();
     let err = stderr_of(&out);
     assert!(!out.status.success(), "{err}");
     assert!(err.contains(&two.to_hex()), "{err}");
@@ -93,7 +103,8 @@ fn root_tree_stored_under_another_id_is_rejected() {
     let x = subtree_id(&repo, &env.src.join("x"));
     std::fs::copy(object_file(&env.repo, ObjectKind::Tree, &x), object_file(&env.repo, ObjectKind::Tree, &snap.tree))
         .unwrap();
-    for args in [vec!["ls", "latest"], vec!["restore", "latest", "--target", "out"]] {
+    store_damage_is_found_by_check_not_hidden_by_cache(&env, &snap.tree, "x/file.txt", |l| l == "/file.txt");
+    for args in [vec!["--no-cache", "ls", "latest"], vec!["--no-cache", "restore", "latest", "--target", "out"]] {
         let out = env.coffer().current_dir(env.dir.path()).args(&args).output().unwrap();
         let err = stderr_of(&out);
         assert!(!out.status.success(), "{args:?}: {err}");
@@ -102,6 +113,25 @@ fn root_tree_stored_under_another_id_is_rejected() {
     if env.path("out").exists() {
         assert_eq!(files_below(&env.path("out")), Vec::<std::path::PathBuf>::new());
     }
+}
+
+/// After a tree was damaged in the store: `ls` through the local cache (the
+/// copy the backup kept) still lists the snapshot as written, with `expected`
+/// and no line that is `wrong`; `check` reads the store and reports the tree by id.
+fn store_damage_is_found_by_check_not_hidden_by_cache(
+    env: &Env,
+    tree: &Id,
+    expected: &str,
+    wrong: impl Fn(&str) -> bool,
+) {
+    let out = env.coffer().args(["ls", "latest"]).output().unwrap();
+    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "ls through the cache: {}", stderr_of(&out));
+    assert!(listing.contains(expected), "{listing}");
+    assert!(!listing.lines().any(wrong), "{listing}");
+    let out = env.coffer().args(["check", "--json"]).output().unwrap();
+    assert!(!out.status.success(), "check passed a damaged tree: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&tree.to_hex()), "{}", String::from_utf8_lossy(&out.stdout));
 }
 
 /// Two repositories holding the same file.
@@ -142,7 +172,8 @@ fn tree_copied_from_another_repository_is_rejected() {
     let ta = ra.find_snapshot("latest").unwrap().1.tree;
     let tb = rb.find_snapshot("latest").unwrap().1.tree;
     std::fs::copy(object_file(&a.repo, ObjectKind::Tree, &ta), object_file(&b.repo, ObjectKind::Tree, &tb)).unwrap();
-    let out = b.coffer().args(["ls", "latest"]).output().unwrap();
+    store_damage_is_found_by_check_not_hidden_by_cache(&b, &tb, "other.txt", |l| l.contains(&*a.src.to_string_lossy()));
+    let out = b.coffer().args(["--no-cache", "ls", "latest"]).output().unwrap();
     assert!(!out.status.success());
     assert!(stderr_of(&out).contains(&tb.to_hex()), "{}", stderr_of(&out));
 }

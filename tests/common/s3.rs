@@ -174,6 +174,10 @@ fn serve(root: &Path, listener: std::net::TcpListener, hook: Option<Hook>) -> Ru
                 tokio::select! {
                     accepted = listener.accept() => {
                         let Ok((socket, _)) = accepted else { continue };
+                        // As real stores and the benchmark's server do: without
+                        // it, a response written in two parts waits for the
+                        // client's delayed ACK (40 ms) on every request.
+                        let _ = socket.set_nodelay(true);
                         let service = service.clone();
                         tokio::spawn(async move {
                             let http = ConnBuilder::new(TokioExecutor::new());

@@ -206,6 +206,10 @@ struct Uploader {
     chunks_added: AtomicU64,
     trees_added: AtomicU64,
     dry_run: bool,
+    /// The repository's cache folder: every tree this backup uploads is
+    /// copied there once the store has it, so the next backup reads its
+    /// parent's trees without a request (see [`crate::cache`]).
+    cache_dir: Option<Arc<std::path::Path>>,
 }
 
 impl Uploader {
@@ -249,9 +253,12 @@ impl Uploader {
         let budget = self.budget.clone();
         let inflight = self.inflight.clone();
         let added = self.bytes_added.clone();
+        let cache_dir = self.cache_dir.clone().filter(|_| kind == ObjectKind::Tree);
         rayon::spawn(move || {
             let stored = blob::encode_owned(&keys, &repo_id, kind, &id, plaintext, compression);
             let n = stored.len() as u64;
+            // Trees are small; their copy is kept until the store has them.
+            let copy = cache_dir.as_ref().map(|_| stored.clone());
             handle.spawn(async move {
                 let result = match connections.acquire().await {
                     Ok(_permit) => backend.put(&object_key(kind, &id), stored).await.map_err(Error::from),
@@ -259,6 +266,9 @@ impl Uploader {
                 };
                 if result.is_ok() {
                     added.fetch_add(n, Ordering::Relaxed);
+                    if let (Some(dir), Some(copy)) = (&cache_dir, copy) {
+                        crate::cache::write(dir, kind, &id, &copy);
+                    }
                 }
                 budget.release(len);
                 inflight.finish(result);
@@ -635,6 +645,9 @@ pub fn backup(repo: &Repository, options: &BackupOptions, progress: &dyn Progres
                 sec: t.as_second().saturating_sub(TIMESTAMP_GRANULARITY_S),
                 nsec: t.subsec_nanosecond().max(0) as u32,
             });
+            // The walk reads the parent's trees one directory at a time;
+            // any the cache lacks are fetched first, many at once.
+            repo.warm_tree_cache(&snap.tree);
             (Some(repo.load_tree(&snap.tree)?), since)
         }
         None => (None, None),
@@ -662,6 +675,7 @@ pub fn backup(repo: &Repository, options: &BackupOptions, progress: &dyn Progres
         chunks_added: AtomicU64::new(0),
         trees_added: AtomicU64::new(0),
         dry_run: options.dry_run,
+        cache_dir: repo.cache_dir().map(Arc::from),
     };
     let mut walker = Walker {
         repo,

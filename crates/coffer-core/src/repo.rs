@@ -397,6 +397,35 @@ impl Repository {
         Ok(value)
     }
 
+    /// Fills the local cache with every tree below `root` (itself included)
+    /// that it lacks, one level of the hierarchy at a time with as many
+    /// requests in flight as the backend likes. A walk that follows (a
+    /// backup comparing with its parent, a restore planning its work) then
+    /// finds each tree in the cache instead of waiting one round trip per
+    /// directory. A tree that cannot be read is left for that walk to meet
+    /// and report. Without a cache this does nothing: it would have to hold
+    /// every tree in memory.
+    pub fn warm_tree_cache(&self, root: &Id) {
+        use futures_util::StreamExt;
+        if self.cache_dir.is_none() {
+            return;
+        }
+        let concurrency = self.backend.concurrency().max(1);
+        let mut seen = std::collections::HashSet::from([*root]);
+        let mut level = vec![*root];
+        self.runtime.block_on(async {
+            while !level.is_empty() {
+                let mut trees = futures_util::stream::iter(std::mem::take(&mut level))
+                    .map(|id| async move { self.load_tree_async(&id).await })
+                    .buffer_unordered(concurrency);
+                while let Some(tree) = trees.next().await {
+                    let Ok(tree) = tree else { continue };
+                    level.extend(tree.nodes.iter().filter_map(|n| n.subtree).filter(|id| seen.insert(*id)));
+                }
+            }
+        });
+    }
+
     /// Drops the cached copy of an object that is gone from the repository.
     pub fn forget_cached(&self, kind: ObjectKind, id: &Id) {
         if let Some(dir) = &self.cache_dir {

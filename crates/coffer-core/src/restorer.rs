@@ -562,6 +562,12 @@ pub fn restore(
         outcome: RestoreOutcome::default(),
         progress,
     };
+    if options.includes.is_empty() {
+        // Planning reads the trees one directory at a time; fetch those the
+        // cache lacks first, many at once. (With includes, only part of the
+        // snapshot's trees are read.)
+        repo.warm_tree_cache(root);
+    }
     planner.plan_tree(root, &options.target, &mut Vec::new())?;
     let Planner { plan, mut outcome, .. } = planner;
     let Plan { files, mut states, links, others } = plan;

@@ -22,7 +22,7 @@ use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{BehaviorVersion, Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::primitives::{ByteStream, ByteStreamError};
 use aws_sdk_s3::types::StorageClass;
 
 use super::{Backend, BackendError, BackendResult, Entry, WireCounters, WireStats};
@@ -234,15 +234,17 @@ impl S3Backend {
                     .operation_attempt_timeout(Duration::from_secs(300))
                     .build(),
             )
-            .force_path_style(c.path_style);
+            .force_path_style(c.path_style)
+            // Checksums only where the API requires them: every object is
+            // authenticated by its AEAD tag when it is read, and TLS protects
+            // it on the way, so a CRC over every body (computed for each
+            // upload, checked on each download) would only cost CPU. Several
+            // S3-compatible stores also reject the SDK's default streaming
+            // checksums (aws-chunked bodies with trailers).
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
         if let Some(endpoint) = &c.endpoint {
-            b = b
-                .endpoint_url(endpoint.trim_end_matches('/'))
-                // Several S3-compatible stores reject the SDK's default
-                // streaming checksums (aws-chunked bodies with trailers).
-                // Every object is authenticated by its AEAD tag anyway.
-                .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-                .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+            b = b.endpoint_url(endpoint.trim_end_matches('/'));
             if shared.region().is_none() {
                 // Most S3-compatible stores ignore the region; SigV4 still needs one.
                 b = b.region(Region::new("us-east-1"));
@@ -459,6 +461,22 @@ fn unsupported_condition<E: ProvideErrorMetadata>(err: &SdkError<E, aws_smithy_r
         || (status(err) == Some(400) && (message.contains("if-none-match") || message.contains("conditional")))
 }
 
+/// The most a GET body is pre-sized for from the length the store announces
+/// (a chunk's largest stored form is about 9 MiB): a store that announces
+/// more only makes the buffer grow as bytes actually arrive.
+const MAX_PRESIZE: usize = 16 << 20;
+
+/// Reads a GET body into one buffer, copying each piece once as it arrives
+/// (collecting the pieces first and then joining them copied every byte
+/// twice). The buffer is sized from the announced length up front.
+async fn read_body(mut body: ByteStream, expected: usize) -> Result<Vec<u8>, ByteStreamError> {
+    let mut data = Vec::with_capacity(expected.min(MAX_PRESIZE));
+    while let Some(piece) = body.try_next().await? {
+        data.extend_from_slice(&piece);
+    }
+    Ok(data)
+}
+
 fn status<E>(err: &SdkError<E, aws_smithy_runtime_api::http::Response>) -> Option<u16> {
     err.raw_response().map(|r| r.status().as_u16())
 }
@@ -571,9 +589,9 @@ impl Backend for S3Backend {
                     return Err(self.error("GET", key, e));
                 }
             };
-            match resp.body.collect().await {
-                Ok(body) => {
-                    let data = body.into_bytes().to_vec();
+            let expected = resp.content_length().and_then(|n| usize::try_from(n).ok()).unwrap_or(0);
+            match read_body(resp.body, expected).await {
+                Ok(data) => {
                     self.wire.received(data.len() as u64);
                     return Ok(data);
                 }
