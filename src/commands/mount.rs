@@ -25,6 +25,10 @@ pub fn run(g: &GlobalArgs, a: &MountArgs) -> Result<u8> {
             eprintln!("coffer: the snapshots are in {at}; stop with Ctrl-C or `fusermount3 -u {at}`");
         }
     };
-    coffer_fuse::serve(repo, &a.mountpoint, &options, ready)?;
+    coffer_fuse::serve(repo, &a.mountpoint, &options, ready).map_err(|e| match e {
+        // Kept as the library's error, so that a locked repository exits with 11.
+        coffer_fuse::MountError::Repository(e) => anyhow::Error::from(e),
+        other => other.into(),
+    })?;
     Ok(exit::OK)
 }

@@ -82,6 +82,10 @@ struct Listed {
 
 struct OpenFile {
     path: String,
+    /// The folder the file is in, and its entry there: a reader that gets
+    /// to the end of the file has the next files' first chunks fetched.
+    tree: Arc<Tree>,
+    index: usize,
     chunks: Vec<ChunkRef>,
     /// Where each chunk starts in the file.
     starts: Vec<u64>,
@@ -389,21 +393,32 @@ impl CofferFs {
             tracing::error!("{path}: its chunks hold {size} bytes, the snapshot records {}", node.size);
             return Err(Errno::EIO);
         }
-        Ok(OpenFile { path, chunks: node.content.clone(), starts, size, last_chunk: AtomicUsize::new(usize::MAX) })
+        Ok(OpenFile {
+            path,
+            chunks: node.content.clone(),
+            tree: tree.clone(),
+            index,
+            starts,
+            size,
+            last_chunk: AtomicUsize::new(usize::MAX),
+        })
     }
 
-    fn read_file(&self, file: &OpenFile, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+    /// The bytes of `file` from `offset`, at most `size` of them. A read
+    /// within one chunk (most of them) is answered from the cached chunk
+    /// itself, without a copy.
+    fn read_file(&self, file: &OpenFile, offset: u64, size: u32) -> Result<Bytes, Errno> {
         if offset >= file.size || size == 0 {
-            return Ok(Vec::new());
+            return Ok(Bytes::Owned(Vec::new()));
         }
         let end = file.size.min(offset.saturating_add(u64::from(size)));
         let first = file.starts.partition_point(|&s| s <= offset).saturating_sub(1);
         let last = file.starts.partition_point(|&s| s < end).saturating_sub(1);
         let previous = file.last_chunk.swap(last, Ordering::Relaxed);
         if first == previous || first == previous.wrapping_add(1) {
-            self.prefetch_after(file, last);
+            self.prefetch_after(file, last + 1);
         }
-        let mut out = Vec::with_capacity((end - offset) as usize);
+        let mut out = Vec::new();
         for i in first..=last {
             let chunk = &file.chunks[i];
             let data = self.chunks.get(chunk).map_err(|e| {
@@ -416,24 +431,53 @@ impl CofferFs {
                 errno_of(&e)
             })?;
             let start = file.starts[i];
-            let from = offset.max(start) - start;
-            let to = end.min(start + data.len() as u64) - start;
+            let from = (offset.max(start) - start) as usize;
+            let to = (end.min(start + data.len() as u64) - start) as usize;
+            if first == last {
+                return Ok(Bytes::Chunk(data, from..to.max(from)));
+            }
             if from < to {
-                out.extend_from_slice(&data[from as usize..to as usize]);
+                if out.is_empty() {
+                    out.reserve_exact((end - offset) as usize);
+                }
+                out.extend_from_slice(&data[from..to]);
             }
         }
-        Ok(out)
+        Ok(Bytes::Owned(out))
     }
 
-    /// Starts fetching the chunks after `last` up to the prefetch window.
-    fn prefetch_after(&self, file: &OpenFile, last: usize) {
+    /// Starts fetching what a sequential reader needs next: the file's
+    /// chunks from `from` on and, once that reaches the end of the file, the
+    /// chunks of the files after it in its folder, which `cp -r`, `rsync`
+    /// and photo viewers read next (in name order, as they are listed).
+    /// Bounded by the prefetch window, in bytes and in fetches.
+    fn prefetch_after(&self, file: &OpenFile, from: usize) {
+        let next_files = file.tree.nodes.get(file.index + 1..).unwrap_or_default().iter();
+        let next_chunks = next_files.filter(|n| n.kind == NodeKind::File).flat_map(|n| n.content.iter());
         let mut ahead = 0u64;
-        for chunk in file.chunks.iter().skip(last + 1).take(self.chunks.max_in_flight()) {
+        for chunk in file.chunks.iter().skip(from).chain(next_chunks).take(self.chunks.max_in_flight()) {
             ahead += u64::from(chunk.1);
             if ahead > self.prefetch_bytes {
                 break;
             }
             self.chunks.prefetch(*chunk);
+        }
+    }
+}
+
+/// What a read answers with.
+enum Bytes {
+    /// A range of one decrypted chunk.
+    Chunk(crate::chunks::Chunk, std::ops::Range<usize>),
+    /// Bytes gathered from several chunks.
+    Owned(Vec<u8>),
+}
+
+impl Bytes {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Bytes::Chunk(c, r) => &c[r.clone()],
+            Bytes::Owned(v) => v,
         }
     }
 }
@@ -493,8 +537,14 @@ impl fuser::Filesystem for CofferFs {
             return reply.error(Errno::EROFS);
         }
         match self.open_file(ino.0) {
-            // The content never changes: the kernel may keep its cached pages.
             Ok(file) => {
+                // Whatever the reader does next, it reads the first chunk
+                // (a header, a thumbnail, or the start of a copy): fetch it
+                // now rather than when the first read asks.
+                if let Some(first) = file.chunks.first() {
+                    self.chunks.prefetch(*first);
+                }
+                // The content never changes: the kernel may keep its cached pages.
                 reply.opened(FileHandle(self.new_handle(Handle::File(Arc::new(file)))), FopenFlags::FOPEN_KEEP_CACHE)
             }
             Err(e) => reply.error(e),
@@ -517,7 +567,7 @@ impl fuser::Filesystem for CofferFs {
             _ => return reply.error(Errno::EBADF),
         };
         match self.read_file(&file, offset, size) {
-            Ok(data) => reply.data(&data),
+            Ok(data) => reply.data(data.as_slice()),
             Err(e) => reply.error(e),
         }
     }

@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use coffer_core::Repository;
+use coffer_core::lock::LockGuard;
 use fuser::{Config, MountOption, SessionACL};
 
 use fs::CofferFs;
@@ -40,11 +41,23 @@ pub struct MountOptions {
     pub cache_bytes: u64,
     /// Threads answering the kernel's requests.
     pub threads: usize,
+    /// The kernel's read-ahead for the mount, in KiB, when run as root (see
+    /// [`DEFAULT_READ_AHEAD_KIB`]); 0 keeps the kernel's.
+    pub read_ahead_kib: u32,
 }
+
+/// Read-ahead asked of the kernel when mounted as root: enough for four
+/// 1 MiB requests in flight ahead of a sequential reader.
+pub const DEFAULT_READ_AHEAD_KIB: u32 = 4096;
 
 impl Default for MountOptions {
     fn default() -> Self {
-        MountOptions { allow_other: false, cache_bytes: DEFAULT_CACHE_BYTES, threads: 4 }
+        MountOptions {
+            allow_other: false,
+            cache_bytes: DEFAULT_CACHE_BYTES,
+            threads: 4,
+            read_ahead_kib: DEFAULT_READ_AHEAD_KIB,
+        }
     }
 }
 
@@ -65,7 +78,14 @@ pub struct Mount {
     session: Option<fuser::BackgroundSession>,
     mountpoint: PathBuf,
     chunks: Arc<chunks::ChunkStore>,
+    /// The shared lock held while mounted, so that prune does not delete
+    /// chunks under a reader (as restic's and borg's mounts do).
+    lock: Option<LockGuard>,
 }
+
+/// The operation name of the mount's lock, as `coffer unlock` and a
+/// blocked prune show it.
+pub const LOCK_OPERATION: &str = "mount";
 
 /// How long an unmount waits for the kernel to end the session: a lazy
 /// unmount of a mount still in use ends it only when the last user leaves.
@@ -95,6 +115,9 @@ pub fn spawn(repo: Arc<Repository>, mountpoint: &Path, options: &MountOptions) -
         tracing::warn!("the chunk cache needs at least {} MiB (twice the largest chunk): using that", floor >> 20);
     }
     let cache_bytes = options.cache_bytes.max(floor);
+    // Refreshed in the background for as long as the mount lives; released
+    // when it is unmounted.
+    let lock = repo.lock_shared(LOCK_OPERATION)?;
     let settings = fs::Settings {
         cache_bytes,
         // Prefetched chunks must still be in the cache when the reader gets to them.
@@ -125,7 +148,8 @@ pub fn spawn(repo: Arc<Repository>, mountpoint: &Path, options: &MountOptions) -
     config.clone_fd = true;
     let session = fuser::spawn_mount(filesystem, mountpoint, &config)
         .map_err(|error| MountError::Mount { path: mountpoint.to_path_buf(), error })?;
-    Ok(Mount { session: Some(session), mountpoint: mountpoint.to_path_buf(), chunks })
+    raise_read_ahead(mountpoint, options.read_ahead_kib);
+    Ok(Mount { session: Some(session), mountpoint: mountpoint.to_path_buf(), chunks, lock: Some(lock) })
 }
 
 impl Mount {
@@ -151,6 +175,16 @@ impl Mount {
     }
 
     fn unmount_inner(&mut self) -> io::Result<()> {
+        let result = self.end_session();
+        if let Some(lock) = self.lock.take()
+            && let Err(e) = lock.release()
+        {
+            tracing::warn!("could not remove the mount's lock: {e}");
+        }
+        result
+    }
+
+    fn end_session(&mut self) -> io::Result<()> {
         let Some(session) = self.session.take() else { return Ok(()) };
         // Dropping the rest of the session unmounts (`umount` as root,
         // `fusermount3 -u` otherwise); the session thread then ends.
@@ -169,6 +203,37 @@ impl Mount {
             }
         }
         guard.join().map_err(|_| io::Error::other("the FUSE session thread panicked"))?
+    }
+}
+
+/// Sets the kernel's read-ahead for the mount to `kib` KiB, if it is more.
+///
+/// The kernel offers a FUSE file system at most its default read-ahead,
+/// 128 KiB (256 KiB for a reader that announces sequential reads, as `cp`
+/// and `cat` do), and reads ahead no further: a sequential reader then
+/// waits for each 128–256 KiB request in turn, and nothing is read while it
+/// writes what it read. With a larger read-ahead the kernel asks for the
+/// next MiBs in requests of up to 1 MiB, several at once, while the reader
+/// is busy elsewhere. Only root may change it (through the mount's entry in
+/// `/sys/class/bdi`, as mergerfs's `readahead` option does); other users
+/// keep the default.
+fn raise_read_ahead(mountpoint: &Path, kib: u32) {
+    use std::os::unix::fs::MetadataExt;
+    if kib == 0 || !is_root() {
+        return;
+    }
+    let dev = match std::fs::metadata(mountpoint) {
+        Ok(m) => m.dev(),
+        Err(e) => return tracing::debug!("cannot find the mount's device to set its read-ahead: {e}"),
+    };
+    let file = PathBuf::from(format!("/sys/class/bdi/{}:{}/read_ahead_kb", libc::major(dev), libc::minor(dev)));
+    let current = std::fs::read_to_string(&file).ok().and_then(|s| s.trim().parse::<u32>().ok());
+    if current.is_some_and(|c| c >= kib) {
+        return;
+    }
+    match std::fs::write(&file, kib.to_string()) {
+        Ok(()) => tracing::debug!("read-ahead of the mount set to {kib} KiB ({})", file.display()),
+        Err(e) => tracing::debug!("cannot set the read-ahead in {}: {e}", file.display()),
     }
 }
 
