@@ -182,8 +182,9 @@ fn modification_within_timestamp_granularity_is_not_missed() {
     filetime::set_file_mtime(&old, filetime::FileTime::from_unix_time(1_600_000_000, 0)).unwrap();
     // The backup is recorded as started within the file's 2-second tick, as
     // it would be on a quiet machine; a loaded one may take longer to start,
-    // which must not decide what this test sees.
-    let started = jiff::Timestamp::from_second(tick.unix_seconds() + 1).unwrap().to_string();
+    // which must not decide what this test sees. (The tick's own start: a
+    // later instant may still be in the future, which backup refuses.)
+    let started = jiff::Timestamp::from_second(tick.unix_seconds()).unwrap().to_string();
     env.backup_json(&["--ignore-ctime", "--time", &started]);
 
     let edited = random_bytes(100_000, 6);
