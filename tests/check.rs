@@ -7,7 +7,7 @@ use coffer_core::Id;
 use coffer_core::crypto::ObjectKind;
 use serde_json::Value;
 
-use crate::common::{Env, object_file, open_repo, random_bytes, snapshot_node};
+use crate::common::{Backend, Env, both_backends, object_file, open_repo, random_bytes, snapshot_node};
 
 /// Runs `check --json` with extra arguments; returns the exit code and report.
 fn check(env: &Env, args: &[&str]) -> (i32, Value) {
@@ -18,9 +18,10 @@ fn check(env: &Env, args: &[&str]) -> (i32, Value) {
 }
 
 /// A repository with two folders of one file each (one chunk per file) and
-/// two snapshots of them.
-fn setup() -> (Env, Vec<String>) {
-    let env = Env::init();
+/// two snapshots of them. On S3, the objects are damaged in the folder the
+/// server keeps them in, one file per key, as a faulty store would.
+fn setup(backend: Backend) -> (Env, Vec<String>) {
+    let env = Env::init_on(backend);
     env.write("dir_a/f1.bin", &random_bytes(200_000, 1));
     env.write("dir_b/f2.bin", &random_bytes(200_000, 2));
     let a = env.backup_json(&[])["snapshot_id"].as_str().unwrap().to_string();
@@ -69,9 +70,10 @@ fn in_both(env: &Env, snaps: &[String], rel: &str) -> Vec<(String, String)> {
     v
 }
 
-#[test]
-fn clean_repository_passes_with_and_without_read_data() {
-    let (env, _) = setup();
+both_backends!(clean_repository_passes_with_and_without_read_data);
+
+fn clean_repository_passes_with_and_without_read_data(backend: Backend) {
+    let (env, _) = setup(backend);
     let (code, report) = check(&env, &[]);
     assert_eq!(code, 0, "{report:#}");
     assert_eq!(report["snapshots"], 2);
@@ -86,9 +88,10 @@ fn clean_repository_passes_with_and_without_read_data() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("no errors were found"));
 }
 
-#[test]
-fn flipped_byte_in_a_chunk_is_found_by_read_data() {
-    let (env, snaps) = setup();
+both_backends!(flipped_byte_in_a_chunk_is_found_by_read_data);
+
+fn flipped_byte_in_a_chunk_is_found_by_read_data(backend: Backend) {
+    let (env, snaps) = setup(backend);
     let id = chunk_of(&env, "dir_a/f1.bin");
     let file = chunk_file(&env, &id);
     let mut bytes = std::fs::read(&file).unwrap();
@@ -111,9 +114,10 @@ fn flipped_byte_in_a_chunk_is_found_by_read_data() {
     assert!(err.contains(&format!("{}/dir_a/f1.bin", env.src.display())), "{err}");
 }
 
-#[test]
-fn truncated_chunk_is_found_by_read_data() {
-    let (env, snaps) = setup();
+both_backends!(truncated_chunk_is_found_by_read_data);
+
+fn truncated_chunk_is_found_by_read_data(backend: Backend) {
+    let (env, snaps) = setup(backend);
     let id = chunk_of(&env, "dir_b/f2.bin");
     let file = chunk_file(&env, &id);
     let bytes = std::fs::read(&file).unwrap();
@@ -123,9 +127,10 @@ fn truncated_chunk_is_found_by_read_data() {
     assert_eq!(used_by(only_damage(&report, "chunk", &id)), in_both(&env, &snaps, "dir_b/f2.bin"));
 }
 
-#[test]
-fn deleted_chunk_is_found_without_reading_data() {
-    let (env, snaps) = setup();
+both_backends!(deleted_chunk_is_found_without_reading_data);
+
+fn deleted_chunk_is_found_without_reading_data(backend: Backend) {
+    let (env, snaps) = setup(backend);
     let id = chunk_of(&env, "dir_a/f1.bin");
     std::fs::remove_file(chunk_file(&env, &id)).unwrap();
     let (code, report) = check(&env, &[]);
@@ -139,9 +144,10 @@ fn deleted_chunk_is_found_without_reading_data() {
     only_damage(&report, "chunk", &id);
 }
 
-#[test]
-fn tree_swapped_with_another_tree_is_found() {
-    let (env, snaps) = setup();
+both_backends!(tree_swapped_with_another_tree_is_found);
+
+fn tree_swapped_with_another_tree_is_found(backend: Backend) {
+    let (env, snaps) = setup(backend);
     let a = subtree_of(&env, "dir_a");
     let b = subtree_of(&env, "dir_b");
     // dir_b's tree object, renamed onto dir_a's key: a valid object, at the wrong name.
@@ -153,10 +159,11 @@ fn tree_swapped_with_another_tree_is_found() {
     assert_eq!(used_by(d), in_both(&env, &snaps, "dir_a/"));
 }
 
-#[test]
-fn snapshot_from_another_repository_is_found() {
-    let (env, _) = setup();
-    let other = Env::init();
+both_backends!(snapshot_from_another_repository_is_found);
+
+fn snapshot_from_another_repository_is_found(backend: Backend) {
+    let (env, _) = setup(backend);
+    let other = Env::init_on(backend);
     other.write("x.txt", b"elsewhere");
     let foreign = other.backup_json(&[])["snapshot_id"].as_str().unwrap().to_string();
     let name = format!("snapshots/{foreign}");
@@ -168,9 +175,10 @@ fn snapshot_from_another_repository_is_found() {
     assert_eq!(report["snapshots"], 2, "the two good snapshots are still checked");
 }
 
-#[test]
-fn read_data_subsets() {
-    let (env, _) = setup();
+both_backends!(read_data_subsets);
+
+fn read_data_subsets(backend: Backend) {
+    let (env, _) = setup(backend);
     let id = chunk_of(&env, "dir_a/f1.bin");
     let file = chunk_file(&env, &id);
     let mut bytes = std::fs::read(&file).unwrap();
@@ -194,9 +202,10 @@ fn read_data_subsets() {
     assert_eq!(out.status.code(), Some(2));
 }
 
-#[test]
-fn unreferenced_objects_are_information_not_errors() {
-    let (env, snaps) = setup();
+both_backends!(unreferenced_objects_are_information_not_errors);
+
+fn unreferenced_objects_are_information_not_errors(backend: Backend) {
+    let (env, snaps) = setup(backend);
     env.write("dir_c/f3.bin", &random_bytes(100_000, 3));
     let third = env.backup_json(&[])["snapshot_id"].as_str().unwrap().to_string();
     let f3 = chunk_of(&env, "dir_c/f3.bin");

@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 
 use serde_json::Value;
 
-use crate::common::Env;
+use crate::common::{Backend, Env, both_backends};
 
 /// The changes below `src`, as (modifier, path relative to `src`), from
 /// `diff --json`; and the statistics line.
@@ -37,9 +37,10 @@ fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
     list.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect()
 }
 
-#[test]
-fn reports_each_kind_of_change() {
-    let env = Env::init();
+both_backends!(reports_each_kind_of_change);
+
+fn reports_each_kind_of_change(backend: Backend) {
+    let env = Env::init_on(backend);
     env.write("keep.txt", b"unchanged");
     env.write("change.txt", b"version 1");
     env.write("gone.txt", b"to be removed");
@@ -124,9 +125,10 @@ fn rewrite(
     id
 }
 
-#[test]
-fn content_change_without_metadata_change_is_flagged() {
-    let env = Env::init();
+both_backends!(content_change_without_metadata_change_is_flagged);
+
+fn content_change_without_metadata_change_is_flagged(backend: Backend) {
+    let env = Env::init_on(backend);
     env.write("photo.jpg", b"original bytes");
     env.write("other.jpg", b"different bytes");
     let first = env.backup_json(&[])["snapshot_id"].as_str().unwrap().to_string();

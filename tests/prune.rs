@@ -42,9 +42,10 @@ fn prune_json(env: &Env, extra: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("prune JSON")
 }
 
-#[test]
-fn prune_reclaims_exactly_the_unreferenced_objects() {
-    let env = Env::init();
+both_backends!(prune_reclaims_exactly_the_unreferenced_objects);
+
+fn prune_reclaims_exactly_the_unreferenced_objects(backend: Backend) {
+    let env = Env::init_on(backend);
     let mut expected: BTreeMap<Id, BTreeMap<PathBuf, Vec<u8>>> = BTreeMap::new();
     let mut ids = Vec::new();
     for round in 0..4u64 {

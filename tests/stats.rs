@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::common::{Env, random_bytes};
+use crate::common::{Backend, Env, both_backends, random_bytes};
 
 fn stats_json(env: &Env, args: &[&str]) -> Value {
     let out = env.coffer().args(["stats", "--json"]).args(args).output().unwrap();
@@ -19,9 +19,10 @@ fn stored(env: &Env, dir: &str) -> u64 {
         .sum()
 }
 
-#[test]
-fn identical_files_are_counted_once_as_unique_data() {
-    let env = Env::init();
+both_backends!(identical_files_are_counted_once_as_unique_data);
+
+fn identical_files_are_counted_once_as_unique_data(backend: Backend) {
+    let env = Env::init_on(backend);
     // Under the minimum chunk size (512 KiB): one chunk each, the same chunk.
     let data = random_bytes(300_000, 7);
     env.write("a.bin", &data);
