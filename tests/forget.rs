@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-use crate::common::{Env, open_repo, snapshots_json};
+use crate::common::{Backend, Env, both_backends, open_repo, snapshots_json};
 
 /// Backs up `src` with a fixed time (and extra options); returns the snapshot id.
 fn backup_at(env: &Env, time: &str, extra: &[&str]) -> String {
@@ -57,9 +57,10 @@ fn backup_time_is_recorded_and_a_future_time_refused() {
     assert_eq!(snapshots_json(&env).len(), 1);
 }
 
-#[test]
-fn dry_run_reports_each_decision_and_removes_nothing() {
-    let env = Env::init();
+both_backends!(dry_run_reports_each_decision_and_removes_nothing);
+
+fn dry_run_reports_each_decision_and_removes_nothing(backend: Backend) {
+    let env = Env::init_on(backend);
     let s = five_snapshots(&env);
     let report = forget_json(&env, &["--keep-daily", "2", "--keep-monthly", "2", "--dry-run"]);
     assert_eq!(report["dry_run"], true);
@@ -103,9 +104,10 @@ fn dry_run_reports_each_decision_and_removes_nothing() {
     assert_eq!(ids(&env).len(), 5);
 }
 
-#[test]
-fn policy_removes_snapshot_objects_only() {
-    let env = Env::init();
+both_backends!(policy_removes_snapshot_objects_only);
+
+fn policy_removes_snapshot_objects_only(backend: Backend) {
+    let env = Env::init_on(backend);
     let s = five_snapshots(&env);
     let repo_files = |dir: &str| crate::common::files_below(&env.repo.join(dir));
     let chunks = repo_files("chunks");
@@ -124,9 +126,10 @@ fn policy_removes_snapshot_objects_only() {
     assert_eq!(std::fs::read(env.restored_src(&target).join("a.txt")).unwrap(), b"some content");
 }
 
-#[test]
-fn keep_within_daily() {
-    let env = Env::init();
+both_backends!(keep_within_daily);
+
+fn keep_within_daily(backend: Backend) {
+    let env = Env::init_on(backend);
     let s = five_snapshots(&env);
     // 10 days before 10 June 12:00 is 31 May 12:00: only 10 June is within,
     // and it is the newest of its day.
@@ -146,9 +149,10 @@ fn keep_within_daily() {
     assert_eq!(oldest["reasons"], serde_json::json!(["oldest daily within 2m"]));
 }
 
-#[test]
-fn groups_and_filters() {
-    let env = Env::init();
+both_backends!(groups_and_filters);
+
+fn groups_and_filters(backend: Backend) {
+    let env = Env::init_on(backend);
     env.write("a.txt", b"data");
     let a1 = backup_at(&env, "2024-01-01T00:00:00Z", &["--host", "alpha"]);
     let a2 = backup_at(&env, "2024-01-02T00:00:00Z", &["--host", "alpha", "--tag", "x"]);
@@ -185,9 +189,10 @@ fn groups_and_filters() {
     assert_eq!(ids(&env), [a2, a3, b2].into_iter().collect());
 }
 
-#[test]
-fn named_snapshots_are_removed_by_id_prefix() {
-    let env = Env::init();
+both_backends!(named_snapshots_are_removed_by_id_prefix);
+
+fn named_snapshots_are_removed_by_id_prefix(backend: Backend) {
+    let env = Env::init_on(backend);
     let s = five_snapshots(&env);
     let out = env.coffer().args(["forget", &s[0][..10], &s[2]]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

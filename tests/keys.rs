@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::common::Env;
+use crate::common::{Backend, Env, both_backends};
 
 const CHEAP: [&str; 4] = ["--argon2-memory", "64", "--argon2-iterations", "1"];
 const OTHER: &str = "a second password";
@@ -43,9 +43,10 @@ fn add_key(env: &Env, password: &str) {
     env.coffer().args(["key", "add", "--new-password-file", &file]).args(CHEAP).assert().success();
 }
 
-#[test]
-fn two_passwords_open_the_same_repository() {
-    let env = Env::init();
+both_backends!(two_passwords_open_the_same_repository);
+
+fn two_passwords_open_the_same_repository(backend: Backend) {
+    let env = Env::init_on(backend);
     env.write("a.txt", b"shared");
     env.backup_json(&[]);
     add_key(&env, OTHER);
@@ -70,9 +71,10 @@ fn two_passwords_open_the_same_repository() {
     assert_eq!(report["chunks_added"], 0, "{report}");
 }
 
-#[test]
-fn remove_a_key_but_never_the_one_in_use_or_the_last() {
-    let env = Env::init();
+both_backends!(remove_a_key_but_never_the_one_in_use_or_the_last);
+
+fn remove_a_key_but_never_the_one_in_use_or_the_last(backend: Backend) {
+    let env = Env::init_on(backend);
     let first = current_key(&env, crate::common::PASSWORD);
     // The only key: refused.
     let out = env.coffer().args(["key", "remove", &first]).output().unwrap();
@@ -97,9 +99,10 @@ fn remove_a_key_but_never_the_one_in_use_or_the_last() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no key matches"));
 }
 
-#[test]
-fn passwd_replaces_the_key_in_use() {
-    let env = Env::init();
+both_backends!(passwd_replaces_the_key_in_use);
+
+fn passwd_replaces_the_key_in_use(backend: Backend) {
+    let env = Env::init_on(backend);
     env.write("a.txt", b"x");
     env.backup_json(&[]);
     let before = snapshot_ids(&env, crate::common::PASSWORD).unwrap();

@@ -223,10 +223,11 @@ fn a_backup_stopped_past_the_stale_time_aborts_when_resumed(backend: Backend) {
 
 /// Backups of changing data in one process while prune loops in another.
 /// `COFFER_SOAK_ROUNDS` makes it longer (default 4, for CI).
-#[test]
-fn soak_backups_against_prunes() {
+both_backends!(soak_backups_against_prunes);
+
+fn soak_backups_against_prunes(backend: Backend) {
     let rounds: u64 = std::env::var("COFFER_SOAK_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(4);
-    let env = std::sync::Arc::new(Env::init());
+    let env = std::sync::Arc::new(Env::init_on(backend));
     env.write("keep.jpg", &random_bytes(800_000, 1));
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let pruner = {
@@ -272,6 +273,8 @@ fn soak_backups_against_prunes() {
     for (id, _) in snaps {
         assert_eq!(restored_contents(&repo, &id, &env.src), expected[&id], "snapshot {id}");
     }
+    let out = env.coffer().args(["check", "--read-data"]).output().unwrap();
+    assert!(out.status.success(), "check --read-data after the soak: {}", stderr_of(&out));
 }
 
 both_backends!(forget_with_prune_reclaims_what_the_forgotten_snapshots_alone_held);
