@@ -221,10 +221,10 @@ fn a_backup_stopped_past_the_stale_time_aborts_when_resumed(backend: Backend) {
     assert_exactly_reachable(&env);
 }
 
-/// Backups of changing data in one process while prune loops in another.
-/// `COFFER_SOAK_ROUNDS` makes it longer (default 4, for CI).
 both_backends!(soak_backups_against_prunes);
 
+/// Backups of changing data in one process while prune loops in another.
+/// `COFFER_SOAK_ROUNDS` makes it longer (default 4, for CI).
 fn soak_backups_against_prunes(backend: Backend) {
     let rounds: u64 = std::env::var("COFFER_SOAK_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(4);
     let env = std::sync::Arc::new(Env::init_on(backend));
