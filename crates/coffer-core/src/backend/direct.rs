@@ -76,9 +76,10 @@ impl DirectWriter {
         let padded = len.next_multiple_of(ALIGN);
         let mut buf = self.take(padded + ALIGN);
         let start = buf.as_ptr().align_offset(ALIGN);
-        let Some(aligned) = buf.get_mut(start..start + padded) else {
-            // align_offset may decline to compute an offset; never seen for
-            // u8 pointers, but the page cache path is always correct.
+        let Some(aligned) = start.checked_add(padded).and_then(|end| buf.get_mut(start..end)) else {
+            // align_offset may decline to compute an offset (usize::MAX);
+            // never seen for u8 pointers, but the page cache path is always
+            // correct.
             drop(file);
             let _ = std::fs::remove_file(path);
             self.disable(&io::Error::other("buffer could not be aligned"));
