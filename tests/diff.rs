@@ -121,7 +121,7 @@ fn rewrite(
     }
     let (id, stored) = repo.encode_tree(&t);
     let key = coffer_core::repo::object_key(coffer_core::crypto::ObjectKind::Tree, &id);
-    repo.runtime().block_on(repo.backend().put(&key, stored)).unwrap();
+    repo.runtime().block_on(repo.backend().put(&key, stored.into())).unwrap();
     id
 }
 

@@ -137,7 +137,7 @@ fn listing_pages_past_1000_keys() {
         let mut tasks = tokio::task::JoinSet::new();
         for i in 0..1100u32 {
             let b = backend.clone();
-            tasks.spawn(async move { b.put(&format!("chunks/ab/{i:05}"), i.to_le_bytes().to_vec()).await });
+            tasks.spawn(async move { b.put(&format!("chunks/ab/{i:05}"), i.to_le_bytes().to_vec().into()).await });
             if tasks.len() >= 32 {
                 tasks.join_next().await.unwrap().unwrap().unwrap();
             }
@@ -145,7 +145,7 @@ fn listing_pages_past_1000_keys() {
         while let Some(r) = tasks.join_next().await {
             r.unwrap().unwrap();
         }
-        backend.put("trees/cd/other", b"x".to_vec()).await.unwrap();
+        backend.put("trees/cd/other", b"x".to_vec().into()).await.unwrap();
         let mut list = backend.list("chunks/").await.unwrap();
         list.sort_by(|a, b| a.key.cmp(&b.key));
         assert_eq!(list.len(), 1100);
@@ -168,7 +168,7 @@ async fn put_many(backend: &Arc<S3Backend>, keys: Vec<String>) {
     let mut tasks = tokio::task::JoinSet::new();
     for key in keys {
         let b = backend.clone();
-        tasks.spawn(async move { b.put(&key, b"x".to_vec()).await });
+        tasks.spawn(async move { b.put(&key, b"x".to_vec().into()).await });
         if tasks.len() >= 32 {
             tasks.join_next().await.unwrap().unwrap().unwrap();
         }
@@ -220,16 +220,16 @@ fn storage_class_applies_to_chunks_only() {
     let backend = S3Backend::new(config).unwrap();
     let rt = coffer_core::repo::new_runtime().unwrap();
     rt.block_on(async {
-        backend.put("chunks/00/00ff", b"chunk".to_vec()).await.unwrap();
-        backend.put("config", b"config".to_vec()).await.unwrap();
+        backend.put("chunks/00/00ff", b"chunk".to_vec().into()).await.unwrap();
+        backend.put("config", b"config".to_vec().into()).await.unwrap();
     });
     let mut config = s3::library_backend(&server, "").config().clone();
     config.storage_class = Some("ONEZONE_IA".into());
     let backend = S3Backend::new(config).unwrap();
     rt.block_on(async {
         // The server rejects the class: only for chunks is it sent.
-        backend.put("snapshots/aa", b"snapshot".to_vec()).await.unwrap();
-        let err = backend.put("chunks/00/00aa", b"chunk".to_vec()).await.unwrap_err().to_string();
+        backend.put("snapshots/aa", b"snapshot".to_vec().into()).await.unwrap();
+        let err = backend.put("chunks/00/00aa", b"chunk".to_vec().into()).await.unwrap_err().to_string();
         assert!(err.contains("PUT chunks/00/00aa") && err.contains("InvalidStorageClass"), "{err}");
     });
 }
@@ -282,19 +282,19 @@ fn conditional_chunk_upload_keeps_the_stored_object() {
     let backend = s3::library_backend(&server, "cond");
     let rt = coffer_core::repo::new_runtime().unwrap();
     rt.block_on(async {
-        backend.put("chunks/aa/aa01", b"first".to_vec()).await.unwrap();
+        backend.put("chunks/aa/aa01", b"first".to_vec().into()).await.unwrap();
         // s3s-fs honours If-None-Match: *, answering 412; a HEAD finds an
         // object of the same length there (an equivalent encoding): kept.
-        backend.put("chunks/aa/aa01", b"other".to_vec()).await.unwrap();
+        backend.put("chunks/aa/aa01", b"other".to_vec().into()).await.unwrap();
         assert_eq!(backend.get("chunks/aa/aa01").await.unwrap(), b"first");
         let w = backend.wire_stats();
         assert_eq!((w.puts, w.heads), (2, 2), "{w:?}");
         // A stored object of another length (truncated) is replaced.
-        backend.put("chunks/aa/aa01", b"longer".to_vec()).await.unwrap();
+        backend.put("chunks/aa/aa01", b"longer".to_vec().into()).await.unwrap();
         assert_eq!(backend.get("chunks/aa/aa01").await.unwrap(), b"longer");
         // Only chunks are uploaded conditionally.
-        backend.put("snapshots/bb", b"first".to_vec()).await.unwrap();
-        backend.put("snapshots/bb", b"second".to_vec()).await.unwrap();
+        backend.put("snapshots/bb", b"first".to_vec().into()).await.unwrap();
+        backend.put("snapshots/bb", b"second".to_vec().into()).await.unwrap();
         assert_eq!(backend.get("snapshots/bb").await.unwrap(), b"second");
         let w = backend.wire_stats();
         // The bucket check, and one HEAD after each 412.
@@ -316,9 +316,9 @@ fn store_without_conditional_uploads_is_probed_once() {
     let backend = s3::library_backend(&server, "nocond");
     let rt = coffer_core::repo::new_runtime().unwrap();
     rt.block_on(async {
-        backend.put("chunks/aa/aa01", b"one".to_vec()).await.unwrap();
-        backend.put("chunks/bb/bb01", b"two".to_vec()).await.unwrap();
-        backend.put("chunks/aa/aa01", b"again".to_vec()).await.unwrap();
+        backend.put("chunks/aa/aa01", b"one".to_vec().into()).await.unwrap();
+        backend.put("chunks/bb/bb01", b"two".to_vec().into()).await.unwrap();
+        backend.put("chunks/aa/aa01", b"again".to_vec().into()).await.unwrap();
         assert_eq!(backend.get("chunks/bb/bb01").await.unwrap(), b"two");
         // Without the condition, an upload replaces (with an equivalent object in real use).
         assert_eq!(backend.get("chunks/aa/aa01").await.unwrap(), b"again");

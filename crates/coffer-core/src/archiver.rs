@@ -62,6 +62,9 @@ pub struct BackupOptions {
     /// Read and hash everything, write nothing.
     pub dry_run: bool,
     /// Plaintext bytes of chunks allowed between the reader and the backend.
+    /// The default, 24 MiB, keeps both cores of a small machine busy (32 MiB
+    /// measured no faster) while a backup's peak memory stays near the
+    /// 64 MiB that opening the repository (argon2id) takes anyway.
     pub bytes_in_flight: usize,
     pub change: ChangeDetection,
     /// Do not descend into directories on other file systems (mount points
@@ -98,7 +101,7 @@ impl Default for BackupOptions {
             host: None,
             parent: ParentChoice::Auto,
             dry_run: false,
-            bytes_in_flight: 32 * 1024 * 1024,
+            bytes_in_flight: 24 * 1024 * 1024,
             change: ChangeDetection::default(),
             one_file_system: false,
             time: None,

@@ -13,6 +13,8 @@
 //! random 16-byte nonce stored in front and bound as associated data.
 //! `docs/format.md` is the byte-level reference.
 
+use bytes::Bytes;
+
 use crate::crypto::{Keys, NONCE_LEN, ObjectKind, TAG_LEN, fill_random};
 use crate::error::{Error, Result};
 use crate::id::Id;
@@ -60,15 +62,17 @@ impl Compression {
     /// ...of this many bytes each: 32 KiB in all, 3 % of an average chunk.
     const PROBE_SLICE_LEN: usize = 4096;
 
-    /// Compresses `plaintext` onto the end of `out` (after its current
-    /// length). Returns the compressed length, or `None` (with `out`
-    /// unchanged) when compression is off or does not save enough.
-    fn compress_onto(self, plaintext: &[u8], out: &mut Vec<u8>) -> Option<usize> {
+    /// Compresses `plaintext` into the empty buffer `out`, after `lead`
+    /// zero bytes that start at an address aligned to `align` (a power of
+    /// two; 1 for none). Returns where those lead bytes start and the
+    /// compressed length, or `None` (with `out` empty) when compression is
+    /// off or does not save enough.
+    fn compress_into(self, plaintext: &[u8], out: &mut Vec<u8>, lead: usize, align: usize) -> Option<(usize, usize)> {
         if self.level == 0 || plaintext.len() < 64 {
             return None;
         }
         let limit = plaintext.len() - plaintext.len() / Self::MIN_SAVING_DIVISOR;
-        let start = out.len();
+        let mut at = 0;
         // One compression context per thread: creating one per chunk costs
         // an allocation and a table reset each time.
         thread_local! {
@@ -86,17 +90,21 @@ impl Compression {
             }
             // Only now: most chunks of a photo library fail the probe, and
             // need no second buffer at all.
-            out.reserve(limit);
-            // Writes into `out`'s spare capacity, after `start`, without
-            // zero-filling it first.
+            // Room for the padding too, so that the frame never moves (and
+            // stays aligned) when it is padded.
+            out.reserve_exact(align - 1 + lead - HEADER_LEN + padme((HEADER_LEN + limit) as u64) as usize);
+            at = aligned_offset(out, align);
+            out.resize(at + lead, 0);
+            // Writes into `out`'s spare capacity, after the lead bytes,
+            // without zero-filling it first.
             let mut cursor = std::io::Cursor::new(&mut *out);
-            cursor.set_position(start as u64);
+            cursor.set_position((at + lead) as u64);
             compressor.compress_to_buffer(plaintext, &mut cursor).ok()
         });
         match written {
-            Some(n) if n < limit && out.len() == start + n => Some(n),
+            Some(n) if n < limit && out.len() == at + lead + n => Some((at, n)),
             _ => {
-                out.truncate(start);
+                out.clear();
                 None
             }
         }
@@ -143,12 +151,13 @@ pub fn frame(plaintext: &[u8], compression: Compression) -> Vec<u8> {
 /// seal it in place with the tag in front, without moving the frame.
 fn frame_after(plaintext: &[u8], compression: Compression, headroom: usize) -> Vec<u8> {
     let payload_at = headroom + HEADER_LEN;
-    let mut out = vec![0; payload_at];
-    let (method, payload_len) = match compression.compress_onto(plaintext, &mut out) {
-        Some(n) => (COMPRESSION_ZSTD, n),
+    let mut out = Vec::new();
+    let (method, payload_len) = match compression.compress_into(plaintext, &mut out, payload_at, 1) {
+        Some((_, n)) => (COMPRESSION_ZSTD, n),
         None => {
             // Room for the largest result: the raw plaintext, padded.
-            out.reserve_exact(padme((HEADER_LEN + plaintext.len()) as u64) as usize - HEADER_LEN);
+            out.reserve_exact(headroom + padme((HEADER_LEN + plaintext.len()) as u64) as usize);
+            out.resize(payload_at, 0);
             out.extend_from_slice(plaintext);
             (COMPRESSION_NONE, plaintext.len())
         }
@@ -170,48 +179,68 @@ fn finish_frame(out: &mut Vec<u8>, headroom: usize, method: u8, payload_len: usi
     out.resize(headroom + total, 0);
 }
 
+/// Where stored chunks and trees start in memory: a page boundary, so that a
+/// local store can hand them to the device with `O_DIRECT` as they are,
+/// without copying them into an aligned buffer first.
+pub const OBJECT_ALIGN: usize = 4096;
+
+/// How far into `buf`'s allocation the first `align`-aligned address lies
+/// (0 when the allocation cannot be aligned, which costs speed, not data).
+fn aligned_offset(buf: &[u8], align: usize) -> usize {
+    match buf.as_ptr().align_offset(align) {
+        off if off < align => off,
+        _ => 0,
+    }
+}
+
 /// A chunk's plaintext, held after room for the tag and the frame header and
 /// with capacity for the padding, so that a chunk stored raw (most of a photo
 /// library) is framed and sealed where it lies instead of being copied into
-/// a new buffer.
+/// a new buffer. The stored object will start at an [`OBJECT_ALIGN`]-aligned
+/// address of the buffer.
 pub struct Plaintext {
     buf: Vec<u8>,
+    /// Where the object (its tag) starts in `buf`.
+    start: usize,
 }
 
 impl Plaintext {
     const HEADROOM: usize = TAG_LEN + HEADER_LEN;
 
     pub fn copy_of(data: &[u8]) -> Plaintext {
-        let mut buf = Vec::with_capacity(Self::HEADROOM + padme((HEADER_LEN + data.len()) as u64) as usize);
-        buf.resize(Self::HEADROOM, 0);
+        let object_len = TAG_LEN + padme((HEADER_LEN + data.len()) as u64) as usize;
+        let mut buf = Vec::with_capacity(OBJECT_ALIGN - 1 + object_len);
+        let start = aligned_offset(&buf, OBJECT_ALIGN);
+        buf.resize(start + Self::HEADROOM, 0);
         buf.extend_from_slice(data);
-        Plaintext { buf }
+        Plaintext { buf, start }
     }
 
     pub fn as_slice(&self) -> &[u8] {
-        &self.buf[Self::HEADROOM..]
+        &self.buf[self.start + Self::HEADROOM..]
     }
 
     pub fn len(&self) -> usize {
-        self.buf.len() - Self::HEADROOM
+        self.buf.len() - self.start - Self::HEADROOM
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// The frame, after [`TAG_LEN`] bytes of room: byte for byte what
-    /// [`frame_after`] builds, compressed into a new buffer when zstd saves
-    /// enough, else in this buffer.
-    fn into_frame(mut self, compression: Compression) -> Vec<u8> {
+    /// The frame, after [`TAG_LEN`] bytes of room, and where that room
+    /// starts in the returned buffer: byte for byte what [`frame_after`]
+    /// builds, compressed into a new buffer when zstd saves enough, else in
+    /// this buffer.
+    fn into_frame(mut self, compression: Compression) -> (Vec<u8>, usize) {
         let plain_len = self.len();
-        let mut out = vec![0; Self::HEADROOM];
-        if let Some(n) = compression.compress_onto(self.as_slice(), &mut out) {
-            finish_frame(&mut out, TAG_LEN, COMPRESSION_ZSTD, n, plain_len);
-            return out;
+        let mut out = Vec::new();
+        if let Some((at, n)) = compression.compress_into(self.as_slice(), &mut out, Self::HEADROOM, OBJECT_ALIGN) {
+            finish_frame(&mut out, at + TAG_LEN, COMPRESSION_ZSTD, n, plain_len);
+            return (out, at);
         }
-        finish_frame(&mut self.buf, TAG_LEN, COMPRESSION_NONE, plain_len, plain_len);
-        self.buf
+        finish_frame(&mut self.buf, self.start + TAG_LEN, COMPRESSION_NONE, plain_len, plain_len);
+        (self.buf, self.start)
     }
 }
 
@@ -330,7 +359,8 @@ pub fn encode(
 }
 
 /// Like [`encode`], taking the plaintext by value: a chunk stored raw is
-/// framed and encrypted in its own buffer. Gives the same bytes as [`encode`].
+/// framed and encrypted in its own buffer. Gives the same bytes as
+/// [`encode`], starting at an [`OBJECT_ALIGN`]-aligned address.
 pub fn encode_owned(
     keys: &Keys,
     repo_id: &[u8; 32],
@@ -338,10 +368,10 @@ pub fn encode_owned(
     id: &Id,
     plaintext: Plaintext,
     compression: Compression,
-) -> Vec<u8> {
-    let mut sealed = plaintext.into_frame(compression);
-    keys.seal_in_place(kind, &deterministic_headers(kind, id, repo_id), &mut sealed);
-    sealed
+) -> Bytes {
+    let (mut buf, start) = plaintext.into_frame(compression);
+    keys.seal_in_place(kind, &deterministic_headers(kind, id, repo_id), &mut buf[start..]);
+    Bytes::from(buf).slice(start..)
 }
 
 /// Decodes a chunk or tree stored under `id`: authenticates it, unframes it,
@@ -564,6 +594,7 @@ mod tests {
                 let want = encode(&k, &repo, ObjectKind::Chunk, &id, &data, c);
                 let got = encode_owned(&k, &repo, ObjectKind::Chunk, &id, Plaintext::copy_of(&data), c);
                 assert_eq!(got, want, "length {} level {level}", data.len());
+                assert_eq!(got.as_ptr().align_offset(OBJECT_ALIGN), 0, "length {} level {level}", data.len());
                 assert_eq!(decode(&k, &repo, ObjectKind::Chunk, &id, &got, 1 << 21).unwrap(), data);
             }
         }
@@ -573,9 +604,10 @@ mod tests {
         #[test]
         fn frame_round_trips(data in proptest::collection::vec(any::<u8>(), 0..5000), level in 0i32..4) {
             let f = frame(&data, Compression { level });
-            let mut owned = Plaintext::copy_of(&data).into_frame(Compression { level });
-            prop_assert_eq!(owned.drain(..TAG_LEN).collect::<Vec<u8>>(), vec![0u8; TAG_LEN]);
-            prop_assert_eq!(&owned, &f);
+            let (owned, start) = Plaintext::copy_of(&data).into_frame(Compression { level });
+            prop_assert_eq!(owned.as_ptr().wrapping_add(start).align_offset(OBJECT_ALIGN), 0);
+            prop_assert_eq!(&owned[start..start + TAG_LEN], &[0u8; TAG_LEN][..]);
+            prop_assert_eq!(&owned[start + TAG_LEN..], &f[..]);
             prop_assert_eq!(f.len() as u64, padme(f.len() as u64));
             prop_assert_eq!(unframe(&f, usize::MAX).unwrap(), data);
         }

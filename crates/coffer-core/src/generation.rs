@@ -81,7 +81,7 @@ impl Repository {
         let plain = rmp_serde::to_vec_named(&record)
             .map_err(|e| Error::InvalidInput(format!("cannot encode the generation: {e}")))?;
         let stored = blob::seal_random(self.keys(), self.repo_id(), ObjectKind::Lock, NAME, b"", &plain);
-        self.backend().put(NAME, stored).await?;
+        self.backend().put(NAME, stored.into()).await?;
         self.backend().sync().await?;
         Ok(Generation(token))
     }

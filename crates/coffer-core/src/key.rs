@@ -232,7 +232,7 @@ impl Repository {
             KeyEnvelope::seal(self.keys(), password, params, &crate::repo::host_name(), &crate::repo::user_name())?;
         let name = KeyEnvelope::new_name();
         self.runtime().block_on(async {
-            self.backend().put(&name, envelope.to_bytes()).await?;
+            self.backend().put(&name, envelope.to_bytes().into()).await?;
             self.backend().sync().await
         })?;
         self.keys_changed_here();

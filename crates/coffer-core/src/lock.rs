@@ -330,7 +330,7 @@ impl Repository {
     pub fn write_lock_record(&self, record: &LockRecord) -> Result<()> {
         let stored = record.seal(self.keys(), self.repo_id());
         self.runtime().block_on(async {
-            self.backend().put(&record.name(), stored).await?;
+            self.backend().put(&record.name(), stored.into()).await?;
             self.backend().sync().await
         })?;
         Ok(())
@@ -371,7 +371,7 @@ impl Repository {
                 let stored = record.seal(&keys, &repo_id);
                 let written_at = boottime();
                 rt.block_on(async {
-                    backend.put(&name, stored).await?;
+                    backend.put(&name, stored.into()).await?;
                     backend.sync().await
                 })?;
                 conflicts = blocking(&mut observed)?;
@@ -529,7 +529,7 @@ impl GuardState {
         held.record.time = wall_time(self.parts.settings.wall_clock_offset);
         let stored = held.record.seal(&self.parts.keys, &self.parts.repo_id);
         let result = self.parts.runtime.block_on(async {
-            backend.put(&name, stored).await?;
+            backend.put(&name, stored.into()).await?;
             backend.sync().await
         });
         match result {

@@ -149,10 +149,10 @@ impl Repository {
         let config_bytes = config.encode(&keys, &header);
         runtime.block_on(async {
             backend.create().await?;
-            backend.put(&key_name, envelope.to_bytes()).await?;
+            backend.put(&key_name, envelope.to_bytes().into()).await?;
             backend.sync().await?;
             // The config goes last: its presence is what makes a repository.
-            backend.put(config::NAME, config_bytes).await?;
+            backend.put(config::NAME, config_bytes.into()).await?;
             backend.sync().await
         })?;
         Ok(Repository {
@@ -491,7 +491,7 @@ impl Repository {
         let name = object_key(ObjectKind::Snapshot, &id);
         let stored = blob::seal_random(&self.keys, self.repo_id(), ObjectKind::Snapshot, &name, b"", &plain);
         self.runtime.block_on(async {
-            self.backend.put(&name, stored.clone()).await?;
+            self.backend.put(&name, stored.clone().into()).await?;
             self.backend.sync().await
         })?;
         if let Some(dir) = &self.cache_dir {

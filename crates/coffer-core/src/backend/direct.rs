@@ -5,14 +5,16 @@
 //! and written back later: on the 2-core machine coffer is tuned on, that
 //! copy cost about a second of CPU per GiB written, a sixth of a first
 //! backup's CPU time, and it evicts the user's own files from memory. With
-//! `O_DIRECT` the device reads the bytes straight from a buffer of ours;
-//! only the copy into that aligned buffer remains, and it stays in the CPU's
-//! cache because the buffers are reused.
+//! `O_DIRECT` the device reads the bytes straight from the buffer the object
+//! was encrypted in.
 //!
 //! `O_DIRECT` wants the buffer, the file offset and the length aligned to the
-//! device's logical block size. Objects have any length, so the write is
-//! rounded up to [`ALIGN`] with zeros and the file is then truncated to the
-//! object's length. File systems that refuse direct I/O (tmpfs on older
+//! device's logical block size. The encoder starts every chunk and tree at an
+//! aligned address ([`crate::blob::OBJECT_ALIGN`]); objects have any length,
+//! so the last partial block is copied into a small reused aligned buffer,
+//! rounded up to [`ALIGN`] with zeros, and the file is then truncated to the
+//! object's length. Objects that are not aligned in memory (the small
+//! snapshot, lock and key objects) are copied whole the same way. File systems that refuse direct I/O (tmpfs on older
 //! kernels, some FUSE and network file systems) answer `EINVAL`; the first
 //! refusal turns direct writes off for the backend and the object is written
 //! through the page cache instead, so nothing depends on direct I/O working.
@@ -26,7 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Alignment of buffer, offset and length: a page, which covers every
 /// logical block size in common use (512 and 4096 bytes).
-pub(super) const ALIGN: usize = 4096;
+pub(super) const ALIGN: usize = crate::blob::OBJECT_ALIGN;
 
 /// Buffers kept for reuse, in bytes at most: a few average chunks. A put
 /// that finds none allocates one, so this bounds memory, not concurrency.
@@ -58,9 +60,14 @@ impl DirectWriter {
     /// direct I/O. Returns the open file, not yet fsynced, or `None` when
     /// the file system refused direct I/O: then no file is left at `path`
     /// and the caller writes the object through the page cache.
-    pub(super) fn create(&self, path: &Path, data: Vec<u8>) -> io::Result<Result<File, Vec<u8>>> {
+    ///
+    /// When `data` starts at an [`ALIGN`]ed address (the encoder places
+    /// chunks and trees there), its whole blocks go to the device straight
+    /// from it; only the last partial block, or all of an unaligned object,
+    /// is copied into an aligned buffer first.
+    pub(super) fn create(&self, path: &Path, data: &[u8]) -> io::Result<Option<File>> {
         if !self.enabled() {
-            return Ok(Err(data));
+            return Ok(None);
         }
         let file =
             match std::fs::OpenOptions::new().write(true).create_new(true).custom_flags(nix::libc::O_DIRECT).open(path)
@@ -68,47 +75,53 @@ impl DirectWriter {
                 Ok(f) => f,
                 Err(e) if refused(&e) => {
                     self.disable(&e);
-                    return Ok(Err(data));
+                    return Ok(None);
                 }
                 Err(e) => return Err(e),
             };
         let len = data.len();
-        let padded = len.next_multiple_of(ALIGN);
-        let mut buf = self.take(padded + ALIGN);
-        let start = buf.as_ptr().align_offset(ALIGN);
-        let Some(aligned) = start.checked_add(padded).and_then(|end| buf.get_mut(start..end)) else {
-            // align_offset may decline to compute an offset (usize::MAX);
-            // never seen for u8 pointers, but the page cache path is always
-            // correct.
-            drop(file);
-            let _ = std::fs::remove_file(path);
-            self.disable(&io::Error::other("buffer could not be aligned"));
-            return Ok(Err(data));
-        };
-        aligned[..len].copy_from_slice(&data);
-        aligned[len..].fill(0);
-        // Freed before the write, which waits for the device: the bytes in
-        // flight are held once, not twice.
-        drop(data);
-        let written = write_all_aligned(&file, aligned);
+        let in_place = if data.as_ptr().align_offset(ALIGN) == 0 { len - len % ALIGN } else { 0 };
+        let written = write_all_aligned(&file, &data[..in_place], 0).and_then(|()| {
+            let rest = &data[in_place..];
+            if rest.is_empty() {
+                return Ok(());
+            }
+            self.write_copy(&file, rest, in_place as u64)
+        });
         if let Err(e) = written {
-            let data = refused(&e).then(|| aligned[..len].to_vec());
-            self.give_back(buf);
             drop(file);
             let _ = std::fs::remove_file(path);
-            return match data {
-                Some(data) => {
-                    self.disable(&e);
-                    Ok(Err(data))
-                }
-                None => Err(e),
-            };
+            if refused(&e) {
+                self.disable(&e);
+                return Ok(None);
+            }
+            return Err(e);
         }
-        self.give_back(buf);
-        if padded != len {
+        if !len.is_multiple_of(ALIGN) {
             file.set_len(len as u64)?;
         }
-        Ok(Ok(file))
+        Ok(Some(file))
+    }
+
+    /// Writes `bytes` at `offset` (aligned) through a reused aligned buffer,
+    /// padded with zeros to whole blocks.
+    fn write_copy(&self, file: &File, bytes: &[u8], offset: u64) -> io::Result<()> {
+        let padded = bytes.len().next_multiple_of(ALIGN);
+        let mut buf = self.take(padded + ALIGN);
+        let start = buf.as_ptr().align_offset(ALIGN);
+        let result = match start.checked_add(padded).and_then(|end| buf.get_mut(start..end)) {
+            Some(aligned) => {
+                aligned[..bytes.len()].copy_from_slice(bytes);
+                aligned[bytes.len()..].fill(0);
+                write_all_aligned(file, aligned, offset)
+            }
+            // align_offset may decline to compute an offset (usize::MAX);
+            // never seen for u8 pointers. Reported as a refusal, so that
+            // the page cache, always correct, takes over.
+            None => Err(io::Error::from_raw_os_error(nix::libc::EINVAL)),
+        };
+        self.give_back(buf);
+        result
     }
 
     fn disable(&self, why: &io::Error) {
@@ -141,13 +154,13 @@ impl DirectWriter {
     }
 }
 
-/// Writes all of `buf` at offset 0. A short write leaves the next offset
+/// Writes all of `buf` at `offset`. A short write leaves the next offset
 /// unaligned, which direct I/O refuses with `EINVAL`: the caller then falls
 /// back to the page cache, so short writes cost speed, never data.
-fn write_all_aligned(file: &File, buf: &[u8]) -> io::Result<()> {
+fn write_all_aligned(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
     let mut done = 0;
     while done < buf.len() {
-        match file.write_at(&buf[done..], done as u64) {
+        match file.write_at(&buf[done..], offset + done as u64) {
             Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "the file system accepted no bytes")),
             Ok(n) => done += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -161,25 +174,37 @@ fn write_all_aligned(file: &File, buf: &[u8]) -> io::Result<()> {
 mod tests {
     use super::*;
 
+    /// `data` at an address `shift` bytes past an aligned one.
+    fn placed(data: &[u8], shift: usize) -> (Vec<u8>, std::ops::Range<usize>) {
+        let mut buf: Vec<u8> = Vec::with_capacity(2 * ALIGN + data.len());
+        let at = buf.as_ptr().align_offset(ALIGN) + shift;
+        buf.resize(at, 0xee);
+        buf.extend_from_slice(data);
+        (buf, at..at + data.len())
+    }
+
     #[test]
-    fn objects_of_every_length_round_trip() {
+    fn objects_of_every_length_and_placement_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let w = DirectWriter::new(true);
-        for (i, len) in
-            [0usize, 1, 100, ALIGN - 1, ALIGN, ALIGN + 1, 3 * ALIGN + 17, (1 << 20) + 5].into_iter().enumerate()
-        {
-            let data: Vec<u8> = (0..len).map(|j| (j * 31 + i) as u8).collect();
-            let path = dir.path().join(format!("o{i}"));
-            match w.create(&path, data.clone()).unwrap() {
-                Ok(f) => f.sync_all().unwrap(),
-                Err(back) => {
-                    // Refused: the data comes back whole and no file is left.
-                    assert_eq!(back, data);
-                    assert!(!path.exists());
-                    std::fs::write(&path, &back).unwrap();
+        let lengths = [0usize, 1, 100, ALIGN - 1, ALIGN, ALIGN + 1, 3 * ALIGN + 17, 4 * ALIGN, (1 << 20) + 5];
+        for (i, len) in lengths.into_iter().enumerate() {
+            // Aligned (written in place), and off by 1 and 16 (copied).
+            for shift in [0, 1, 16] {
+                let data: Vec<u8> = (0..len).map(|j| (j * 31 + i + shift) as u8).collect();
+                let (buf, range) = placed(&data, shift);
+                assert_eq!(buf[range.clone()].as_ptr().align_offset(ALIGN) == 0, shift == 0);
+                let path = dir.path().join(format!("o{i}-{shift}"));
+                match w.create(&path, &buf[range]).unwrap() {
+                    Some(f) => f.sync_all().unwrap(),
+                    None => {
+                        // Refused: no file is left; the caller writes it.
+                        assert!(!path.exists());
+                        std::fs::write(&path, &data).unwrap();
+                    }
                 }
+                assert_eq!(std::fs::read(&path).unwrap(), data, "length {len}, shift {shift}");
             }
-            assert_eq!(std::fs::read(&path).unwrap(), data, "length {len}");
         }
     }
 
@@ -189,17 +214,17 @@ mod tests {
         let path = dir.path().join("o");
         std::fs::write(&path, b"first").unwrap();
         let w = DirectWriter::new(true);
-        let err = w.create(&path, b"second".to_vec()).unwrap_err();
+        let err = w.create(&path, b"second").unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
         assert_eq!(std::fs::read(&path).unwrap(), b"first");
     }
 
     #[test]
-    fn disabled_writer_hands_the_data_back() {
+    fn disabled_writer_leaves_the_write_to_the_caller() {
         let dir = tempfile::tempdir().unwrap();
         let w = DirectWriter::new(false);
         let path = dir.path().join("o");
-        assert_eq!(w.create(&path, b"abc".to_vec()).unwrap().unwrap_err(), b"abc");
+        assert!(w.create(&path, b"abc").unwrap().is_none());
         assert!(!path.exists());
     }
 

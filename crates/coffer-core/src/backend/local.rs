@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 
 use super::direct::DirectWriter;
-use super::{Backend, BackendError, BackendResult, Entry, WireCounters, WireStats};
+use super::{Backend, BackendError, BackendResult, Bytes, Entry, WireCounters, WireStats};
 
 /// Temporary files carry this marker; names containing it are never listed.
 const TEMP_MARKER: &str = ".tmp-";
@@ -60,7 +60,7 @@ fn fsync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-fn write_atomic(path: &Path, data: Vec<u8>, direct: &DirectWriter) -> std::io::Result<()> {
+fn write_atomic(path: &Path, data: &[u8], direct: &DirectWriter) -> std::io::Result<()> {
     let dir = path.parent().ok_or_else(|| std::io::Error::other("object path has no parent"))?;
     let mut rnd = [0u8; 8];
     crate::crypto::fill_random(&mut rnd);
@@ -68,10 +68,10 @@ fn write_atomic(path: &Path, data: Vec<u8>, direct: &DirectWriter) -> std::io::R
     let tmp = dir.join(format!("{name}{TEMP_MARKER}{}", hex::encode(rnd)));
     let result = (|| {
         let f = match direct.create(&tmp, data)? {
-            Ok(f) => f,
-            Err(data) => {
+            Some(f) => f,
+            None => {
                 let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-                f.write_all(&data)?;
+                f.write_all(data)?;
                 f
             }
         };
@@ -126,12 +126,12 @@ impl Backend for LocalBackend {
         self.wire.stats()
     }
 
-    async fn put(&self, key: &str, data: Vec<u8>) -> BackendResult<()> {
+    async fn put(&self, key: &str, data: Bytes) -> BackendResult<()> {
         let path = self.path(key);
         let p = path.clone();
         self.wire.put(data.len() as u64);
         let direct = self.direct.clone();
-        tokio::task::spawn_blocking(move || write_atomic(&p, data, &direct))
+        tokio::task::spawn_blocking(move || write_atomic(&p, &data, &direct))
             .await
             .map_err(|e| BackendError::Io { key: key.to_string(), error: std::io::Error::other(e) })?
             .map_err(Self::io(key))?;
@@ -247,7 +247,7 @@ mod tests {
         let b = LocalBackend::new(dir.path().join("repo"));
         rt().block_on(async {
             b.create().await.unwrap();
-            b.put("chunks/ab/abcd", b"data".to_vec()).await.unwrap();
+            b.put("chunks/ab/abcd", Bytes::from_static(b"data")).await.unwrap();
             b.sync().await.unwrap();
             assert_eq!(b.get("chunks/ab/abcd").await.unwrap(), b"data");
             assert!(b.get("chunks/ab/none").await.unwrap_err().is_not_found());

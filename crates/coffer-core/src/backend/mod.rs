@@ -15,6 +15,8 @@ pub mod testing;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
+/// What [`Backend::put`] takes: an object's bytes, shared without copying.
+pub use bytes::Bytes;
 
 /// One entry of a listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,7 +169,9 @@ pub trait Backend: Send + Sync + 'static {
     }
 
     /// Stores `data` under `key`, replacing any object already there.
-    async fn put(&self, key: &str, data: Vec<u8>) -> BackendResult<()>;
+    /// (`Bytes`, not `Vec`: a store can keep the object where the encoder
+    /// placed it, e.g. at the aligned address a direct write needs.)
+    async fn put(&self, key: &str, data: Bytes) -> BackendResult<()>;
 
     /// Reads the whole object.
     async fn get(&self, key: &str) -> BackendResult<Vec<u8>>;

@@ -13,7 +13,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use async_trait::async_trait;
 
-use super::{Backend, BackendError, BackendResult, Entry, WireStats};
+use super::{Backend, BackendError, BackendResult, Bytes, Entry, WireStats};
 
 pub use super::rule::Op;
 use super::rule::{KeyMatch, Selector, Turn};
@@ -227,7 +227,7 @@ impl Backend for PausingBackend {
         self.inner.wire_stats()
     }
 
-    async fn put(&self, key: &str, data: Vec<u8>) -> BackendResult<()> {
+    async fn put(&self, key: &str, data: Bytes) -> BackendResult<()> {
         self.run(Op::Put, key, self.inner.put(key, data)).await
     }
 
@@ -275,9 +275,9 @@ mod tests {
         assert!(rt.block_on(listed).unwrap().unwrap().is_empty());
         // A later list passes: the rule applied once.
         rt.block_on(b.list("chunks/")).unwrap();
-        rt.block_on(b.put("locks/a", b"1".to_vec())).unwrap();
-        assert!(rt.block_on(b.put("locks/a", b"2".to_vec())).is_err());
+        rt.block_on(b.put("locks/a", Bytes::from_static(b"1"))).unwrap();
+        assert!(rt.block_on(b.put("locks/a", Bytes::from_static(b"2"))).is_err());
         assert_eq!(rt.block_on(b.get("locks/a")).unwrap(), b"1");
-        rt.block_on(b.put("snapshots/a", b"1".to_vec())).unwrap();
+        rt.block_on(b.put("snapshots/a", Bytes::from_static(b"1"))).unwrap();
     }
 }

@@ -25,7 +25,7 @@ use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, ByteStreamError};
 use aws_sdk_s3::types::StorageClass;
 
-use super::{Backend, BackendError, BackendResult, Entry, WireCounters, WireStats};
+use super::{Backend, BackendError, BackendResult, Bytes, Entry, WireCounters, WireStats};
 
 /// Requests in flight by default: enough that a link with 20-50 ms per
 /// request still moves data at full speed. The bytes in flight are capped by
@@ -511,13 +511,13 @@ impl Backend for S3Backend {
     /// (invariant 3), and one that refuses it (`501`, `NotImplemented`, a
     /// `400` naming the header) turns it off for the rest of the process
     /// after the upload is retried without it.
-    async fn put(&self, key: &str, data: Vec<u8>) -> BackendResult<()> {
+    async fn put(&self, key: &str, data: Bytes) -> BackendResult<()> {
         use std::sync::atomic::Ordering;
         let client = self.client().await?;
         let chunk = key.starts_with("chunks/");
         let conditional = chunk && self.conditional.load(Ordering::Relaxed);
         let len = data.len() as u64;
-        let body = bytes::Bytes::from(data);
+        let body = data;
         let request = |if_none_match: bool| {
             let mut req = client.put_object().bucket(&self.config.bucket).key(self.full_key(key));
             if let Some(class) = &self.config.storage_class

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Backend, BackendError, BackendResult, Entry, WireStats};
+use super::{Backend, BackendError, BackendResult, Bytes, Entry, WireStats};
 
 /// Adds a fixed delay to every request, as a link with that round-trip time
 /// would, and records how many requests were in flight at most. A pipeline
@@ -73,7 +73,7 @@ impl Backend for LatencyBackend {
         self.inner.wire_stats()
     }
 
-    async fn put(&self, key: &str, data: Vec<u8>) -> BackendResult<()> {
+    async fn put(&self, key: &str, data: Bytes) -> BackendResult<()> {
         let _g = self.enter().await;
         self.inner.put(key, data).await
     }
@@ -218,7 +218,7 @@ impl Backend for FaultBackend {
         self.inner.wire_stats()
     }
 
-    async fn put(&self, key: &str, data: Vec<u8>) -> BackendResult<()> {
+    async fn put(&self, key: &str, data: Bytes) -> BackendResult<()> {
         self.check(Op::Put, key)?;
         self.inner.put(key, data).await
     }
@@ -265,13 +265,13 @@ mod tests {
         b.add(Fault::after(Op::Get, "trees/", 1, FaultKind::Permanent));
         rt().block_on(async {
             b.create().await.unwrap();
-            let e = b.put("chunks/aa/aa1", b"x".to_vec()).await.unwrap_err();
+            let e = b.put("chunks/aa/aa1", Bytes::from_static(b"x")).await.unwrap_err();
             assert!(matches!(e, BackendError::Unavailable { .. }), "{e}");
             assert!(e.to_string().contains("PUT chunks/aa/aa1"), "{e}");
-            assert!(b.put("chunks/aa/aa1", b"x".to_vec()).await.is_err());
-            b.put("chunks/aa/aa1", b"x".to_vec()).await.unwrap();
+            assert!(b.put("chunks/aa/aa1", Bytes::from_static(b"x")).await.is_err());
+            b.put("chunks/aa/aa1", Bytes::from_static(b"x")).await.unwrap();
             // Other keys and other operations pass.
-            b.put("trees/bb/bb1", b"t".to_vec()).await.unwrap();
+            b.put("trees/bb/bb1", Bytes::from_static(b"t")).await.unwrap();
             assert_eq!(b.get("chunks/aa/aa1").await.unwrap(), b"x");
             assert_eq!(b.get("trees/bb/bb1").await.unwrap(), b"t");
             let e = b.get("trees/bb/bb1").await.unwrap_err();
@@ -290,7 +290,7 @@ mod tests {
         let b = Arc::new(LatencyBackend::new(local, Duration::from_millis(20)));
         rt().block_on(async {
             b.create().await.unwrap();
-            b.put("config", b"c".to_vec()).await.unwrap();
+            b.put("config", Bytes::from_static(b"c")).await.unwrap();
             assert_eq!(b.max_in_flight(), 1, "one request at a time so far");
             let gets: Vec<_> = (0..6)
                 .map(|_| {
