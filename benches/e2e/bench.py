@@ -62,8 +62,9 @@ def log(msg: str) -> None:
 
 
 class Run:
-    def __init__(self, cmd, rc, secs, rss_kib, out: Path, err: Path):
+    def __init__(self, cmd, rc, secs, rss_kib, out: Path, err: Path, cpu_secs: float | None = None):
         self.cmd, self.rc, self.secs, self.rss_kib, self.out, self.err = cmd, rc, secs, rss_kib, out, err
+        self.cpu_secs = cpu_secs
 
     @property
     def ok(self) -> bool:
@@ -80,7 +81,8 @@ GNU_TIME = "/usr/bin/time"
 
 
 def run_measured(cmd: list[str], env: dict, logbase: Path, cwd: Path | None = None) -> Run:
-    """Runs cmd under GNU time: wall time by time.monotonic, peak RSS from time's %M.
+    """Runs cmd under GNU time: wall time by time.monotonic, peak RSS from time's %M, and
+    CPU seconds (user + system, %U + %S), which vary less than wall time on a shared machine.
 
     Not os.wait4 on our own child: Linux carries the RSS high-water mark of the forking
     process into the child's ru_maxrss, so a child of this (large) Python process would
@@ -91,7 +93,7 @@ def run_measured(cmd: list[str], env: dict, logbase: Path, cwd: Path | None = No
         fe.write(("$ " + " ".join(cmd) + (f"   (in {cwd})" if cwd else "") + "\n").encode())
         fe.flush()
         t0 = time.monotonic()
-        p = subprocess.Popen([GNU_TIME, "-f", "%M", "-o", str(rss), "--", *cmd], env=env, cwd=cwd,
+        p = subprocess.Popen([GNU_TIME, "-f", "%M %U %S", "-o", str(rss), "--", *cmd], env=env, cwd=cwd,
                              stdin=subprocess.DEVNULL, stdout=fo, stderr=fe)
         try:
             rc = p.wait()
@@ -100,9 +102,14 @@ def run_measured(cmd: list[str], env: dict, logbase: Path, cwd: Path | None = No
             p.wait()
             raise
         secs = time.monotonic() - t0
-    lines = rss.read_text(errors="replace").split()
-    rss_kib = int(lines[-1]) if lines and lines[-1].isdigit() else 0
-    return Run(cmd, rc, secs, rss_kib, out, err)
+    lines = rss.read_text(errors="replace").strip().splitlines()
+    fields = lines[-1].split() if lines else []
+    rss_kib = int(fields[0]) if len(fields) == 3 and fields[0].isdigit() else 0
+    try:
+        cpu = float(fields[1]) + float(fields[2]) if len(fields) == 3 else None
+    except ValueError:
+        cpu = None
+    return Run(cmd, rc, secs, rss_kib, out, err, cpu)
 
 
 def ensure_gnu_time() -> None:
@@ -168,8 +175,11 @@ DELETE_SETTLE_SECS = 360.0
 
 
 def remove_tree(path: Path) -> None:
+    files = sum(len(f) + len(d) for _, d, f in os.walk(path))
     shutil.rmtree(path, ignore_errors=True)
-    LAST_DELETE[0] = time.monotonic()
+    # A few hundred inodes cost a timed step little; a library or a repository does.
+    if files >= 500:
+        LAST_DELETE[0] = time.monotonic()
 
 
 def set_aside(scratch: Path, path: Path) -> None:
@@ -576,6 +586,17 @@ def render(ctx: dict) -> str:
              "backup and the restore (higher is better); coffer's time over the best peer's for the others "
              "(lower is better).")
     L.append("")
+    L.append("CPU seconds (user + system) of each step, which vary less than wall time here:")
+    L.append("")
+    L.append("| step | " + " | ".join(f"{t} CPU s" for t in tools) + " |")
+    L.append("|---|" + "|".join(["--:"] * len(tools)) + "|")
+    for key, label, _ in PHASES:
+        cells = []
+        for t in tools:
+            cpu = (res[key].get(t) or {}).get("cpu_secs")
+            cells.append(f"{cpu:.2f}" if isinstance(cpu, (int, float)) else "–")
+        L.append(f"| {label} | " + " | ".join(cells) + " |")
+    L.append("")
     L.append("## Repository")
     L.append("")
     L.append("| | " + " | ".join(tools) + " |")
@@ -831,7 +852,7 @@ def main() -> int:
             drop_caches()
         log(f"{phase}: {tool.name}")
         r = run_measured(cmd, tool.env, logs / f"{phase}-{tool.name}", cwd)
-        rec = {"ok": r.ok, "rc": r.rc, "secs": r.secs, "rss_mib": r.rss_kib / 1024,
+        rec = {"ok": r.ok, "rc": r.rc, "secs": r.secs, "rss_mib": r.rss_kib / 1024, "cpu_secs": r.cpu_secs,
                "mib_s": (data_bytes / MiB / r.secs) if data_bytes and r.secs > 0 else None}
         ctx["results"][phase][tool.name] = rec
         if not r.ok:
