@@ -376,7 +376,10 @@ fn every_keep_rule_alone_and_combined_names_itself(backend: Backend) {
     let text = env.coffer().arg("forget").args(all).arg("--dry-run").output().unwrap();
     assert!(text.status.success(), "{}", String::from_utf8_lossy(&text.stderr));
     let text = String::from_utf8_lossy(&text.stdout);
-    assert!(text.contains("keep: within 1d, last snapshot, hourly snapshot, weekly snapshot, yearly snapshot"), "{text}");
+    assert!(
+        text.contains("keep: within 1d, last snapshot, hourly snapshot, weekly snapshot, yearly snapshot"),
+        "{text}"
+    );
     assert!(text.contains(&format!("would remove snapshot {}", &s[2][..8])), "{text}");
     assert_eq!(ids(&env).len(), 7, "dry runs remove nothing");
 
