@@ -160,11 +160,9 @@ fn failed_uploads_leave_no_snapshot_s3() {
 /// With the chunk-set cache, a backup under an unchanged prune generation
 /// does not LIST `chunks/` at all: a listing that would fail does not matter.
 /// Once the generation changes it must list, and the failure shows.
-#[test]
-fn cached_chunk_set_spares_the_chunk_listing() {
-    let env = Env::new();
-    ten_files(&env);
-    let faulty = Arc::new(FaultBackend::new(Arc::new(LocalBackend::new(&env.repo))));
+fn cached_chunk_set_spares_the_chunk_listing(inner: Arc<dyn Backend>, env: &Env) {
+    ten_files(env);
+    let faulty = Arc::new(FaultBackend::new(inner));
     let repo = Repository::init(faulty.clone(), b"pw", &cheap_init()).expect("init").with_cache(&env.path("cache"));
     let options = BackupOptions { paths: vec![env.src.clone()], ..Default::default() };
     archiver::backup(&repo, &options, &NoProgress).expect("first backup");
@@ -177,4 +175,17 @@ fn cached_chunk_set_spares_the_chunk_listing() {
     repo.runtime().block_on(repo.bump_generation()).unwrap();
     let err = archiver::backup(&repo, &options, &NoProgress).expect_err("a stale cache must not be trusted");
     assert!(err.to_string().contains("LIST chunks/"), "{err}");
+}
+
+#[test]
+fn cached_chunk_set_spares_the_chunk_listing_local() {
+    let env = Env::new();
+    cached_chunk_set_spares_the_chunk_listing(Arc::new(LocalBackend::new(&env.repo)), &env);
+}
+
+#[test]
+fn cached_chunk_set_spares_the_chunk_listing_s3() {
+    let server = S3Server::start();
+    let env = Env::new();
+    cached_chunk_set_spares_the_chunk_listing(Arc::new(server.backend("bucket", "cached")), &env);
 }

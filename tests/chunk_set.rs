@@ -9,7 +9,7 @@ use assert_cmd::Command;
 use coffer_core::crypto::ObjectKind;
 
 use crate::common::s3::{self, S3Server};
-use crate::common::{Env, open_repo, random_bytes};
+use crate::common::{Backend, Env, both_backends, open_repo, random_bytes};
 
 const INIT: [&str; 5] = ["init", "--argon2-memory", "64", "--argon2-iterations", "1"];
 
@@ -74,9 +74,10 @@ fn second_backup_lists_no_chunks_s3() {
     second_backup_lists_no_chunks(&env, &|| s3::coffer(&env, &url));
 }
 
-#[test]
-fn bumped_generation_forces_a_listing() {
-    let env = Env::init();
+both_backends!(bumped_generation_forces_a_listing);
+
+fn bumped_generation_forces_a_listing(backend: Backend) {
+    let env = Env::init_on(backend);
     env.write("a.jpg", &random_bytes(500_000, 1));
     backup(env.coffer(), &env);
     let repo = open_repo(&env);
@@ -88,9 +89,10 @@ fn bumped_generation_forces_a_listing() {
     assert_eq!(lists(&report), LISTS_WITH_CACHE, "{report}");
 }
 
-#[test]
-fn damaged_cache_is_ignored_with_a_warning() {
-    let env = Env::init();
+both_backends!(damaged_cache_is_ignored_with_a_warning);
+
+fn damaged_cache_is_ignored_with_a_warning(backend: Backend) {
+    let env = Env::init_on(backend);
     env.write("a.jpg", &random_bytes(500_000, 1));
     backup(env.coffer(), &env);
     let file = cache_file(&env);
@@ -115,9 +117,10 @@ fn damaged_cache_is_ignored_with_a_warning() {
     }
 }
 
-#[test]
-fn chunk_lost_after_a_prune_is_stored_again() {
-    let env = Env::init();
+both_backends!(chunk_lost_after_a_prune_is_stored_again);
+
+fn chunk_lost_after_a_prune_is_stored_again(backend: Backend) {
+    let env = Env::init_on(backend);
     let data = random_bytes(500_000, 5);
     env.write("a.jpg", &data);
     backup(env.coffer(), &env);

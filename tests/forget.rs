@@ -42,9 +42,10 @@ fn five_snapshots(env: &Env) -> Vec<String> {
     .collect()
 }
 
-#[test]
-fn backup_time_is_recorded_and_a_future_time_refused() {
-    let env = Env::init();
+both_backends!(backup_time_is_recorded_and_a_future_time_refused);
+
+fn backup_time_is_recorded_and_a_future_time_refused(backend: Backend) {
+    let env = Env::init_on(backend);
     env.write("a.txt", b"x");
     backup_at(&env, "2024-05-01T10:00:00+02:00", &[]);
     let snaps = snapshots_json(&env);
@@ -210,9 +211,10 @@ fn named_snapshots_are_removed_by_id_prefix(backend: Backend) {
     assert_eq!(ids(&env).len(), 3);
 }
 
-#[test]
-fn ambiguous_prefix_is_a_clear_error() {
-    let env = Env::init();
+both_backends!(ambiguous_prefix_is_a_clear_error);
+
+fn ambiguous_prefix_is_a_clear_error(backend: Backend) {
+    let env = Env::init_on(backend);
     env.write("a.txt", b"x");
     backup_at(&env, "2024-01-01T00:00:00Z", &[]);
     // Seventeen snapshots must share a first hex digit; make them through
@@ -237,9 +239,10 @@ fn ambiguous_prefix_is_a_clear_error() {
     assert_eq!(ids(&env).len(), 17);
 }
 
-#[test]
-fn refuses_to_remove_everything() {
-    let env = Env::init();
+both_backends!(refuses_to_remove_everything);
+
+fn refuses_to_remove_everything(backend: Backend) {
+    let env = Env::init_on(backend);
     five_snapshots(&env);
     // No policy at all.
     let out = env.coffer().arg("forget").output().unwrap();
@@ -276,4 +279,112 @@ fn forget_over_s3() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let snapshots = server.keys("bucket").into_iter().filter(|k| k.starts_with("repo/snapshots/")).count();
     assert_eq!(snapshots, 1);
+}
+
+both_backends!(every_keep_rule_alone_and_combined_names_itself);
+
+/// Each keep rule alone, then all together, over snapshots at fixed times
+/// that fall into distinct hours, days, ISO weeks and years: the dry run
+/// keeps exactly the expected snapshots, each with the rules that keep it.
+fn every_keep_rule_alone_and_combined_names_itself(backend: Backend) {
+    let env = Env::init_on(backend);
+    env.write("a.txt", b"some content");
+    let s: Vec<String> = [
+        ("2022-03-15T10:00:00+00:00", "keep"),
+        ("2023-06-01T10:00:00+00:00", ""),
+        // Monday and Wednesday of ISO week 19 of 2024.
+        ("2024-05-06T09:10:00+00:00", ""),
+        ("2024-05-08T09:20:00+00:00", ""),
+        // Monday of week 20: two in the 09:00 hour, one at 11:00.
+        ("2024-05-13T09:30:00+00:00", ""),
+        ("2024-05-13T09:50:00+00:00", ""),
+        ("2024-05-13T11:00:00+00:00", ""),
+    ]
+    .iter()
+    .map(|(t, tag)| if tag.is_empty() { backup_at(&env, t, &[]) } else { backup_at(&env, t, &["--tag", tag]) })
+    .collect();
+    // The kept snapshots, newest first, with their reasons; the rest must
+    // be listed as removed.
+    let kept = |args: &[&str]| -> Vec<(String, Vec<String>)> {
+        let mut all = args.to_vec();
+        all.push("--dry-run");
+        let report = forget_json(&env, &all);
+        let decided = report["groups"][0]["snapshots"].as_array().unwrap();
+        assert_eq!(decided.len(), 7, "{report:#}");
+        let kept: Vec<(String, Vec<String>)> = decided
+            .iter()
+            .filter(|d| d["keep"] == true)
+            .map(|d| {
+                let reasons = d["reasons"].as_array().unwrap().iter().map(|r| r.as_str().unwrap().to_string());
+                (d["id"].as_str().unwrap().to_string(), reasons.collect())
+            })
+            .collect();
+        let removed: BTreeSet<String> =
+            report["removed"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+        let expected_removed: BTreeSet<String> =
+            s.iter().filter(|id| !kept.iter().any(|(k, _)| k == *id)).cloned().collect();
+        assert_eq!(removed, expected_removed, "{report:#}");
+        kept
+    };
+    let one = |i: usize, reasons: &[&str]| (s[i].clone(), reasons.iter().map(|r| r.to_string()).collect::<Vec<_>>());
+
+    assert_eq!(kept(&["--keep-last", "2"]), [one(6, &["last snapshot"]), one(5, &["last snapshot"])]);
+    // 09:50 is the newest of its hour; 09:30 shares it.
+    assert_eq!(kept(&["--keep-hourly", "2"]), [one(6, &["hourly snapshot"]), one(5, &["hourly snapshot"])]);
+    assert_eq!(kept(&["--keep-daily", "2"]), [one(6, &["daily snapshot"]), one(3, &["daily snapshot"])]);
+    assert_eq!(kept(&["--keep-weekly", "2"]), [one(6, &["weekly snapshot"]), one(3, &["weekly snapshot"])]);
+    assert_eq!(kept(&["--keep-monthly", "2"]), [one(6, &["monthly snapshot"]), one(1, &["monthly snapshot"])]);
+    assert_eq!(kept(&["--keep-yearly", "2"]), [one(6, &["yearly snapshot"]), one(1, &["yearly snapshot"])]);
+    // One day back from the newest (13 May 11:00): the three of 13 May.
+    assert_eq!(
+        kept(&["--keep-within", "1d"]),
+        [one(6, &["within 1d"]), one(5, &["within 1d"]), one(4, &["within 1d"])]
+    );
+    assert_eq!(kept(&["--keep-tag", "keep"]), [one(0, &["tagged [keep]"])]);
+    // A count larger than the periods there are keeps the oldest snapshot too.
+    assert_eq!(
+        kept(&["--keep-yearly", "5"]),
+        [one(6, &["yearly snapshot"]), one(1, &["yearly snapshot"]), one(0, &["yearly snapshot"])]
+    );
+
+    // Together: the union, each snapshot with every rule that keeps it.
+    let all = [
+        "--keep-last",
+        "1",
+        "--keep-hourly",
+        "2",
+        "--keep-weekly",
+        "2",
+        "--keep-yearly",
+        "2",
+        "--keep-within",
+        "1d",
+        "--keep-tag",
+        "keep",
+    ];
+    assert_eq!(
+        kept(&all),
+        [
+            one(6, &["within 1d", "last snapshot", "hourly snapshot", "weekly snapshot", "yearly snapshot"]),
+            one(5, &["within 1d", "hourly snapshot"]),
+            one(4, &["within 1d"]),
+            one(3, &["weekly snapshot"]),
+            one(1, &["yearly snapshot"]),
+            one(0, &["tagged [keep]"]),
+        ]
+    );
+    let text = env.coffer().arg("forget").args(all).arg("--dry-run").output().unwrap();
+    assert!(text.status.success(), "{}", String::from_utf8_lossy(&text.stderr));
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("keep: within 1d, last snapshot, hourly snapshot, weekly snapshot, yearly snapshot"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("would remove snapshot {}", &s[2][..8])), "{text}");
+    assert_eq!(ids(&env).len(), 7, "dry runs remove nothing");
+
+    // The real run removes exactly the one the dry run named.
+    let report = forget_json(&env, &all);
+    assert_eq!(report["removed"], serde_json::json!([s[2]]), "{report:#}");
+    assert_eq!(ids(&env), s.iter().enumerate().filter(|(i, _)| *i != 2).map(|(_, id)| id.clone()).collect());
 }

@@ -133,9 +133,10 @@ fn passwd_replaces_the_key_in_use(backend: Backend) {
     assert_eq!(keys[0]["id"], changed["added"]);
 }
 
-#[test]
-fn new_password_must_be_given_and_not_empty() {
-    let env = Env::init();
+both_backends!(new_password_must_be_given_and_not_empty);
+
+fn new_password_must_be_given_and_not_empty(backend: Backend) {
+    let env = Env::init_on(backend);
     // No file and no terminal.
     let out = env.coffer().args(["key", "add"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));

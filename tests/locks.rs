@@ -249,11 +249,14 @@ fn two_prunes_at_once_both_finish_local() {
     two_prunes_both_finish(&Fixture::new(local));
 }
 
+#[test]
+fn exclusive_lock_conflicts_are_typed_local() {
+    exclusive_lock_conflicts_are_typed(&Fixture::new(local));
+}
+
 /// Shared locks coexist; the exclusive lock excludes them and is excluded by
 /// them, with a typed error naming the holder; released locks are removed.
-#[test]
-fn exclusive_lock_conflicts_are_typed() {
-    let fx = Fixture::new(local);
+fn exclusive_lock_conflicts_are_typed(fx: &Fixture) {
     let repo = open(fx.store.backend(), settings(Duration::from_secs(60), Duration::ZERO));
     let shared = repo.lock_shared("backup").unwrap();
     let other = open(fx.store.backend(), settings(Duration::from_secs(60), Duration::ZERO));
@@ -303,4 +306,9 @@ fn two_prunes_at_once_both_finish_s3() {
 #[test]
 fn a_backup_whose_lock_is_removed_aborts_s3() {
     backup_whose_lock_is_removed_aborts(&Fixture::new(s3));
+}
+
+#[test]
+fn exclusive_lock_conflicts_are_typed_s3() {
+    exclusive_lock_conflicts_are_typed(&Fixture::new(s3));
 }

@@ -13,7 +13,7 @@ use coffer_core::repo::object_key;
 use coffer_core::{Id, Repository};
 
 use crate::common::s3::{self, S3Server};
-use crate::common::{Env, PASSWORD, open_repo, snapshots_json};
+use crate::common::{Backend, Env, PASSWORD, both_backends, open_repo, snapshots_json};
 
 const INIT: [&str; 5] = ["init", "--argon2-memory", "64", "--argon2-iterations", "1"];
 
@@ -29,9 +29,10 @@ fn cache_dir(env: &Env, repo: &Repository) -> std::path::PathBuf {
     env.path("cache").join(repo.repo_id().iter().map(|b| format!("{b:02x}")).collect::<String>())
 }
 
-#[test]
-fn trees_are_cached_and_checked_on_every_read() {
-    let env = Env::init();
+both_backends!(trees_are_cached_and_checked_on_every_read);
+
+fn trees_are_cached_and_checked_on_every_read(backend: Backend) {
+    let env = Env::init_on(backend);
     env.write("a/photo.jpg", &crate::common::random_bytes(200_000, 3));
     let id = env.backup_json(&[])["snapshot_id"].as_str().and_then(Id::from_hex).unwrap();
     let repo = open_repo(&env);
@@ -72,9 +73,10 @@ fn trees_are_cached_and_checked_on_every_read() {
     assert!(!cached_snap.exists(), "a cached snapshot that is no longer listed is dropped");
 }
 
-#[test]
-fn a_snapshot_vanishing_without_a_local_forget_is_reported() {
-    let env = Env::init();
+both_backends!(a_snapshot_vanishing_without_a_local_forget_is_reported);
+
+fn a_snapshot_vanishing_without_a_local_forget_is_reported(backend: Backend) {
+    let env = Env::init_on(backend);
     env.write("f", b"one");
     env.backup_json(&[]);
     env.write("f", b"two");
@@ -225,12 +227,13 @@ fn snapshots_are_cached_and_listed_fresh_s3() {
     }
 }
 
+both_backends!(check_reads_snapshots_from_the_repository);
+
 /// `check` verifies the repository's own snapshot objects, never the cached
 /// copies: a snapshot damaged in the repository after this host cached it is
 /// still listed from the cache, but `check` and `--no-cache` report it.
-#[test]
-fn check_reads_snapshots_from_the_repository() {
-    let env = Env::init();
+fn check_reads_snapshots_from_the_repository(backend: Backend) {
+    let env = Env::init_on(backend);
     env.write("f", b"data");
     let id = env.backup_json(&[])["snapshot_id"].as_str().and_then(Id::from_hex).unwrap();
     let file = env.repo.join(object_key(ObjectKind::Snapshot, &id));
@@ -253,12 +256,13 @@ fn warnings_of(cmd: &mut Command) -> String {
     stderr_of(&out).lines().filter(|l| l.contains("WARNING")).collect::<Vec<_>>().join("\n")
 }
 
+both_backends!(changed_keys_or_config_are_reported_once);
+
 /// The per-host state reports a changed set of keys or a rewritten config
 /// once, and says nothing when nothing changed or when the change was made
 /// from this host.
-#[test]
-fn changed_keys_or_config_are_reported_once() {
-    let env = Env::init();
+fn changed_keys_or_config_are_reported_once(backend: Backend) {
+    let env = Env::init_on(backend);
     let snapshots = || {
         let mut cmd = env.coffer();
         cmd.arg("snapshots");

@@ -90,9 +90,10 @@ fn prune_reclaims_exactly_the_unreferenced_objects(backend: Backend) {
     assert!(env.repo.join("generation").exists());
 }
 
-#[test]
-fn a_live_lock_makes_prune_fail_with_exit_11_and_unlock_refuse() {
-    let env = Env::init();
+both_backends!(a_live_lock_makes_prune_fail_with_exit_11_and_unlock_refuse);
+
+fn a_live_lock_makes_prune_fail_with_exit_11_and_unlock_refuse(backend: Backend) {
+    let env = Env::init_on(backend);
     env.write("f", b"data");
     backup_id(&env, &[]);
     let repo = open_repo(&env);
@@ -128,13 +129,14 @@ fn a_live_lock_makes_prune_fail_with_exit_11_and_unlock_refuse() {
     assert!(repo.locks().unwrap().0.is_empty());
 }
 
+both_backends!(unlock_wait_removes_an_abandoned_lock_and_keeps_a_refreshed_one);
+
 /// `unlock --wait` watches the locks for the stale time (shortened with the
 /// hidden `--lock-stale-secs`): another machine's lock whose counter never
 /// moves is removed, a lock whose holder keeps refreshing it is kept. Plain
 /// `unlock` cannot judge the other machine's lock and keeps both.
-#[test]
-fn unlock_wait_removes_an_abandoned_lock_and_keeps_a_refreshed_one() {
-    let env = Env::init();
+fn unlock_wait_removes_an_abandoned_lock_and_keeps_a_refreshed_one(backend: Backend) {
+    let env = Env::init_on(backend);
     let mut repo = open_repo(&env);
     // Refreshed every stale/6: several times while unlock watches, with
     // room for a loaded machine (the holder gives up after stale/2 without
@@ -318,6 +320,105 @@ fn forget_with_prune_reclaims_what_the_forgotten_snapshots_alone_held(backend: B
     let (trees, chunks) = reachable_objects(&repo);
     assert_eq!(repo.list_ids(ObjectKind::Tree).unwrap().into_iter().collect::<BTreeSet<_>>(), trees);
     assert_eq!(repo.list_ids(ObjectKind::Chunk).unwrap().into_iter().collect::<BTreeSet<_>>(), chunks);
+    assert_eq!(restored_contents(&repo, &snapshots[0], &env.src), kept_contents);
+    env.coffer().args(["check", "--read-data"]).assert().success();
+}
+
+both_backends!(two_machines_running_forget_prune_at_once_both_finish);
+
+/// Two machines (each with a cache and a state of its own) run
+/// `forget --keep-last 1 --prune` at once. The first is frozen right after
+/// its prune listed the objects, holding its shared lock; the second
+/// forgets nothing more, marks, and says it waits for the first instead of
+/// failing or deleting under it. Resumed, the first finishes, and so does
+/// the second; exactly the objects only the forgotten snapshots held are
+/// gone, and the kept snapshot restores and passes `check --read-data`.
+fn two_machines_running_forget_prune_at_once_both_finish(backend: Backend) {
+    use std::io::BufRead;
+    use std::process::Stdio;
+
+    let env = Env::init_on(backend);
+    for round in 0..3u64 {
+        let _ = std::fs::remove_file(env.src.join(format!("photo{}.jpg", round.wrapping_sub(1))));
+        env.write(&format!("photo{round}.jpg"), &random_bytes(900_000, round + 60));
+        backup_id(&env, &[]);
+    }
+    let kept_contents = contents(&env.src);
+    let repo = open_repo(&env);
+    let chunks_before = repo.list_ids(ObjectKind::Chunk).unwrap().len();
+    let trees_before = repo.list_ids(ObjectKind::Tree).unwrap().len();
+    let forget_prune = |machine: &str| {
+        let mut cmd = env.coffer_process();
+        cmd.args(["forget", "--keep-last", "1", "--prune", "--json"])
+            .env("COFFER_CACHE_DIR", env.path(&format!("{machine}-cache")))
+            .env("COFFER_STATE_DIR", env.path(&format!("{machine}-state")))
+            // Long enough that neither judges the other's lock stale, nor
+            // the frozen one gives its own up; short polls between looks.
+            .env("COFFER_LOCK_STALE_SECS", "120")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    };
+
+    let first = forget_prune("first").env("COFFER_TEST_STOP_AFTER", "list:chunks/").spawn().unwrap();
+    wait_stopped(first.id());
+    assert_eq!(repo.list_ids(ObjectKind::Snapshot).unwrap().len(), 1, "the first forgot before it was frozen");
+    let (locks, _) = repo.locks().unwrap();
+    assert_eq!(locks.len(), 1, "the frozen prune's shared lock");
+    assert!(!locks[0].exclusive && locks[0].operation == "prune", "{}", locks[0].describe());
+
+    let mut second = forget_prune("second").spawn().unwrap();
+    let stderr = second.stderr.take().unwrap();
+    let (waiting_tx, waiting_rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr).lines() {
+            let line = line.unwrap();
+            if line.contains("waiting for the lock of prune") {
+                let _ = waiting_tx.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    // Not a timing assertion: only a bound on a hang.
+    if waiting_rx.recv_timeout(Duration::from_secs(600)).is_err() {
+        let _ = second.kill();
+        panic!("the second prune never waited for the first: {}", reader.join().unwrap());
+    }
+    assert!(second.try_wait().unwrap().is_none(), "the second prune waits, it does not give up");
+
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(first.id() as i32), nix::sys::signal::Signal::SIGCONT).unwrap();
+    let first = first.wait_with_output().unwrap();
+    assert!(first.status.success(), "first: {}", stderr_of(&first));
+    let second_out = second.wait_with_output().unwrap();
+    let second_err = reader.join().unwrap();
+    assert!(second_out.status.success(), "second: {second_err}");
+
+    let docs = |out: &std::process::Output| -> Vec<serde_json::Value> {
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let docs: Vec<serde_json::Value> =
+            serde_json::Deserializer::from_str(&text).into_iter().collect::<Result<_, _>>().expect("JSON documents");
+        assert_eq!(docs.len(), 2, "forget's report, then prune's: {text}");
+        docs
+    };
+    let (a, b) = (docs(&first), docs(&second_out));
+    assert_eq!(a[0]["removed"].as_array().unwrap().len(), 2, "{}", a[0]);
+    assert_eq!(b[0]["removed"].as_array().unwrap().len(), 0, "{}", b[0]);
+    // Both marked the same single snapshot, so both saw the same garbage;
+    // whichever deleted it first, it is gone exactly once.
+    let chunks_deleted = a[1]["chunks_deleted"].as_u64().unwrap();
+    assert!(chunks_deleted >= 2, "the two older photos' chunks: {}", a[1]);
+    assert_eq!(b[1]["chunks_deleted"], a[1]["chunks_deleted"], "{} {}", a[1], b[1]);
+    assert_eq!(b[1]["trees_deleted"], a[1]["trees_deleted"], "{} {}", a[1], b[1]);
+    let trees_deleted = a[1]["trees_deleted"].as_u64().unwrap() as usize;
+    assert_eq!(repo.list_ids(ObjectKind::Chunk).unwrap().len(), chunks_before - chunks_deleted as usize);
+    assert_eq!(repo.list_ids(ObjectKind::Tree).unwrap().len(), trees_before - trees_deleted);
+    assert_exactly_reachable(&env);
+    assert!(repo.locks().unwrap().0.is_empty(), "no lock left behind");
+    let snapshots = repo.list_ids(ObjectKind::Snapshot).unwrap();
+    assert_eq!(snapshots.len(), 1);
     assert_eq!(restored_contents(&repo, &snapshots[0], &env.src), kept_contents);
     env.coffer().args(["check", "--read-data"]).assert().success();
 }
