@@ -123,6 +123,9 @@ pub fn spawn(repo: Arc<Repository>, mountpoint: &Path, options: &MountOptions) -
         // Prefetched chunks must still be in the cache when the reader gets to them.
         prefetch_bytes: (cache_bytes / 4).min(32 << 20),
         max_in_flight: 16,
+        // As many as there are cores: more only share them, and delay the
+        // chunk a reader needs next behind the ones after it.
+        decoders: std::thread::available_parallelism().map_or(1, |n| n.get()),
         tree_cache_bytes: 64 << 20,
     };
     let filesystem = CofferFs::new(repo, &settings)?;
