@@ -445,4 +445,8 @@ pub struct MountArgs {
     /// Memory for decrypted chunks kept for repeated reads (e.g. 64M, 1G)
     #[arg(long, value_name = "SIZE", default_value = "128M")]
     pub cache_size: String,
+    /// Do not lock the repository (as restic's `mount --no-lock`): nothing is written to it, so a
+    /// read-only credential can browse, but a prune may then delete chunks of the files being read
+    #[arg(long)]
+    pub no_lock: bool,
 }

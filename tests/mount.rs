@@ -544,11 +544,16 @@ struct Running {
 
 impl Running {
     fn start(env: &Env, at: &Path) -> Running {
+        Running::start_with(env, at, &[])
+    }
+
+    /// `coffer mount` with these options after the mount point.
+    fn start_with(env: &Env, at: &Path, options: &[&str]) -> Running {
         std::fs::create_dir_all(at).unwrap();
         let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("coffer"));
         cmd.env("COFFER_REPOSITORY", &env.repo).env("COFFER_PASSWORD", crate::common::PASSWORD);
         cmd.env_remove("COFFER_PASSWORD_FILE").env_remove("COFFER_PASSWORD_COMMAND");
-        let child = cmd.arg("mount").arg(at).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        let child = cmd.arg("mount").arg(at).args(options).stderr(std::process::Stdio::piped()).spawn().unwrap();
         let running = Running { child, at: at.to_path_buf() };
         let deadline = Instant::now() + Duration::from_secs(60);
         while !is_mounted(at) {
@@ -831,4 +836,37 @@ fn the_mount_holds_a_shared_lock_that_blocks_prune_until_unmounted() {
     assert!(locks.is_empty(), "{locks:?}");
     let out = env.coffer().arg("prune").output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn a_mount_with_no_lock_writes_no_lock_and_does_not_block_prune() {
+    if !fuse_available() {
+        return;
+    }
+    let env = Env::init();
+    env.write("kept.txt", b"in every snapshot");
+    env.write("gone.bin", &random_bytes(3 << 20, 7));
+    env.backup_json(&[]);
+    std::fs::remove_file(env.src.join("gone.bin")).unwrap();
+    env.backup_json(&[]);
+    let at = std::fs::canonicalize(env.dir.path()).unwrap().join("mnt");
+    let running = Running::start_with(&env, &at, &["--no-lock"]);
+    let locks_dir = env.repo.join("locks");
+    let lock_files = || std::fs::read_dir(&locks_dir).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(lock_files(), 0, "a lock object was written");
+    let (locks, unreadable) = open_repo(&env).locks().unwrap();
+    assert!(locks.is_empty() && unreadable.is_empty(), "{locks:?} {unreadable:?}");
+    let file = inside(&at.join("snapshots/latest"), &env.src).join("kept.txt");
+    assert_eq!(std::fs::read(&file).unwrap(), b"in every snapshot");
+    // Prune is not held back: it deletes the first snapshot's own chunks
+    // while the folder is mounted.
+    let chunks_before = open_repo(&env).list_ids(ObjectKind::Chunk).unwrap().len();
+    let out = env.coffer().args(["forget", "--keep-last", "1", "--prune"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let chunks_after = open_repo(&env).list_ids(ObjectKind::Chunk).unwrap().len();
+    assert!(chunks_after < chunks_before, "prune deleted nothing: {chunks_before} -> {chunks_after}");
+    assert_eq!(lock_files(), 0, "a lock object was left");
+    assert_eq!(std::fs::read(&file).unwrap(), b"in every snapshot");
+    let (status, stderr) = running.stop();
+    assert!(status.success(), "{status:?}: {stderr}");
 }

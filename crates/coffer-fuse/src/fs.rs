@@ -46,6 +46,8 @@ pub struct Settings {
     pub tree_cache_bytes: u64,
     pub prefetch_bytes: u64,
     pub max_in_flight: usize,
+    /// Threads decoding prefetched chunks.
+    pub decoders: usize,
 }
 
 pub struct CofferFs {
@@ -194,7 +196,8 @@ impl Found {
 
 impl CofferFs {
     pub fn new(repo: Arc<Repository>, settings: &Settings) -> Result<CofferFs, Error> {
-        let chunks = Arc::new(ChunkStore::new(repo.clone(), settings.cache_bytes, settings.max_in_flight));
+        let chunks =
+            Arc::new(ChunkStore::new(repo.clone(), settings.cache_bytes, settings.max_in_flight, settings.decoders));
         let fs = CofferFs {
             repo,
             inodes: RwLock::new(Inodes::new()),

@@ -44,6 +44,11 @@ pub struct MountOptions {
     /// The kernel's read-ahead for the mount, in KiB, when run as root (see
     /// [`DEFAULT_READ_AHEAD_KIB`]); 0 keeps the kernel's.
     pub read_ahead_kib: u32,
+    /// Take no lock: nothing is written to the repository, so read-only
+    /// credentials can mount it, but prune is not kept from deleting chunks
+    /// of snapshots being read (their reads then fail with EIO, never with
+    /// wrong data).
+    pub no_lock: bool,
 }
 
 /// Read-ahead asked of the kernel when mounted as root: enough for four
@@ -57,6 +62,7 @@ impl Default for MountOptions {
             cache_bytes: DEFAULT_CACHE_BYTES,
             threads: 4,
             read_ahead_kib: DEFAULT_READ_AHEAD_KIB,
+            no_lock: false,
         }
     }
 }
@@ -79,7 +85,8 @@ pub struct Mount {
     mountpoint: PathBuf,
     chunks: Arc<chunks::ChunkStore>,
     /// The shared lock held while mounted, so that prune does not delete
-    /// chunks under a reader (as restic's and borg's mounts do).
+    /// chunks under a reader (as restic's and borg's mounts do); none with
+    /// [`MountOptions::no_lock`].
     lock: Option<LockGuard>,
 }
 
@@ -117,12 +124,15 @@ pub fn spawn(repo: Arc<Repository>, mountpoint: &Path, options: &MountOptions) -
     let cache_bytes = options.cache_bytes.max(floor);
     // Refreshed in the background for as long as the mount lives; released
     // when it is unmounted.
-    let lock = repo.lock_shared(LOCK_OPERATION)?;
+    let lock = if options.no_lock { None } else { Some(repo.lock_shared(LOCK_OPERATION)?) };
     let settings = fs::Settings {
         cache_bytes,
         // Prefetched chunks must still be in the cache when the reader gets to them.
         prefetch_bytes: (cache_bytes / 4).min(32 << 20),
         max_in_flight: 16,
+        // As many as there are cores: more only share them, and delay the
+        // chunk a reader needs next behind the ones after it.
+        decoders: std::thread::available_parallelism().map_or(1, |n| n.get()),
         tree_cache_bytes: 64 << 20,
     };
     let filesystem = CofferFs::new(repo, &settings)?;
@@ -149,7 +159,7 @@ pub fn spawn(repo: Arc<Repository>, mountpoint: &Path, options: &MountOptions) -
     let session = fuser::spawn_mount(filesystem, mountpoint, &config)
         .map_err(|error| MountError::Mount { path: mountpoint.to_path_buf(), error })?;
     raise_read_ahead(mountpoint, options.read_ahead_kib);
-    Ok(Mount { session: Some(session), mountpoint: mountpoint.to_path_buf(), chunks, lock: Some(lock) })
+    Ok(Mount { session: Some(session), mountpoint: mountpoint.to_path_buf(), chunks, lock })
 }
 
 impl Mount {
