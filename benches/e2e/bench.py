@@ -793,9 +793,9 @@ def main() -> int:
         coffer_bin = args.coffer_bin.resolve() if args.coffer_bin else build_coffer(repo_root)
 
     prepare_scratch(scratch)
-    # Rough space check: data + edits, three repositories, every tool's restore
-    # (kept until the end, see set_aside).
-    need = int(1.6 * 1024 * MiB * args.scale * 8)
+    # Rough space check: data + edits, and per tool a repository and a restore (kept
+    # until the end, see set_aside).
+    need = int(1.6 * 1024 * MiB * args.scale * (1.2 + 2.2 * len(wanted)))
     free = shutil.disk_usage(scratch).free
     if free < need:
         sys.exit(f"bench: {scratch} has {free / MiB:,.0f} MiB free; this scale needs about {need / MiB:,.0f} MiB")
