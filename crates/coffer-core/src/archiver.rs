@@ -260,7 +260,8 @@ impl Uploader {
         rayon::spawn(move || {
             let stored = blob::encode_owned(&keys, &repo_id, kind, &id, plaintext, compression);
             let n = stored.len() as u64;
-            // Trees are small; their copy is kept until the store has them.
+            // A second handle on the same bytes (no copy), for the cache once
+            // the store has the tree.
             let copy = cache_dir.as_ref().map(|_| stored.clone());
             handle.spawn(async move {
                 let result = match connections.acquire().await {

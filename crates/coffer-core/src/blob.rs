@@ -89,9 +89,8 @@ impl Compression {
                 return None;
             }
             // Only now: most chunks of a photo library fail the probe, and
-            // need no second buffer at all.
-            // Room for the padding too, so that the frame never moves (and
-            // stays aligned) when it is padded.
+            // need no second buffer at all. With room for the padding too,
+            // so that the frame never moves (and stays aligned) when padded.
             out.reserve_exact(align - 1 + lead - HEADER_LEN + padme((HEADER_LEN + limit) as u64) as usize);
             at = aligned_offset(out, align);
             out.resize(at + lead, 0);

@@ -11,34 +11,29 @@
 //! `O_DIRECT` wants the buffer, the file offset and the length aligned to the
 //! device's logical block size. The encoder starts every chunk and tree at an
 //! aligned address ([`crate::blob::OBJECT_ALIGN`]); objects have any length,
-//! so the last partial block is copied into a small reused aligned buffer,
-//! rounded up to [`ALIGN`] with zeros, and the file is then truncated to the
-//! object's length. Objects that are not aligned in memory (the small
-//! snapshot, lock and key objects) are copied whole the same way. File systems that refuse direct I/O (tmpfs on older
-//! kernels, some FUSE and network file systems) answer `EINVAL`; the first
-//! refusal turns direct writes off for the backend and the object is written
-//! through the page cache instead, so nothing depends on direct I/O working.
+//! so the last partial block is copied into a small aligned buffer, rounded
+//! up to [`ALIGN`] with zeros, and the file is then truncated to the object's
+//! length. Objects that are not aligned in memory (the small snapshot, lock
+//! and key objects) are copied whole the same way.
+//!
+//! File systems that refuse direct I/O (tmpfs on older kernels, some FUSE
+//! and network file systems) answer `EINVAL`; the first refusal turns direct
+//! writes off for the backend and the object is written through the page
+//! cache instead, so nothing depends on direct I/O working.
 
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Alignment of buffer, offset and length: a page, which covers every
 /// logical block size in common use (512 and 4096 bytes).
 pub(super) const ALIGN: usize = crate::blob::OBJECT_ALIGN;
 
-/// Buffers kept for reuse, in bytes at most: a few average chunks. A put
-/// that finds none allocates one, so this bounds memory, not concurrency.
-const POOL_MAX_BYTES: usize = 8 * 1024 * 1024;
-
-/// Direct writes for one backend: whether the file system accepts them, and
-/// the aligned buffers the objects are copied into.
+/// Direct writes for one backend: whether the file system accepts them.
 pub(super) struct DirectWriter {
     enabled: AtomicBool,
-    pool: Mutex<Vec<Vec<u8>>>,
 }
 
 /// Whether an error means "this file system does not do direct I/O here"
@@ -49,10 +44,10 @@ fn refused(e: &io::Error) -> bool {
 
 impl DirectWriter {
     pub(super) fn new(enabled: bool) -> DirectWriter {
-        DirectWriter { enabled: AtomicBool::new(enabled), pool: Mutex::new(Vec::new()) }
+        DirectWriter { enabled: AtomicBool::new(enabled) }
     }
 
-    pub(super) fn enabled(&self) -> bool {
+    fn enabled(&self) -> bool {
         self.enabled.load(Ordering::Relaxed)
     }
 
@@ -86,7 +81,7 @@ impl DirectWriter {
             if rest.is_empty() {
                 return Ok(());
             }
-            self.write_copy(&file, rest, in_place as u64)
+            write_copy(&file, rest, in_place as u64)
         });
         if let Err(e) = written {
             drop(file);
@@ -103,54 +98,29 @@ impl DirectWriter {
         Ok(Some(file))
     }
 
-    /// Writes `bytes` at `offset` (aligned) through a reused aligned buffer,
-    /// padded with zeros to whole blocks.
-    fn write_copy(&self, file: &File, bytes: &[u8], offset: u64) -> io::Result<()> {
-        let padded = bytes.len().next_multiple_of(ALIGN);
-        let mut buf = self.take(padded + ALIGN);
-        let start = buf.as_ptr().align_offset(ALIGN);
-        let result = match start.checked_add(padded).and_then(|end| buf.get_mut(start..end)) {
-            Some(aligned) => {
-                aligned[..bytes.len()].copy_from_slice(bytes);
-                aligned[bytes.len()..].fill(0);
-                write_all_aligned(file, aligned, offset)
-            }
-            // align_offset may decline to compute an offset (usize::MAX);
-            // never seen for u8 pointers. Reported as a refusal, so that
-            // the page cache, always correct, takes over.
-            None => Err(io::Error::from_raw_os_error(nix::libc::EINVAL)),
-        };
-        self.give_back(buf);
-        result
-    }
-
     fn disable(&self, why: &io::Error) {
         if self.enabled.swap(false, Ordering::Relaxed) {
             tracing::debug!("direct I/O refused ({why}); writing objects through the page cache");
         }
     }
+}
 
-    /// A zero-initialised buffer of at least `len` bytes.
-    fn take(&self, len: usize) -> Vec<u8> {
-        let reused = self.pool.lock().ok().and_then(|mut pool| {
-            let i = pool.iter().position(|b| b.len() >= len)?;
-            Some(pool.swap_remove(i))
-        });
-        reused.unwrap_or_else(|| vec![0u8; len])
-    }
-
-    fn give_back(&self, buf: Vec<u8>) {
-        let Ok(mut pool) = self.pool.lock() else { return };
-        let held: usize = pool.iter().map(Vec::len).sum();
-        if held + buf.len() <= POOL_MAX_BYTES {
-            pool.push(buf);
-        } else if let Some(smallest) = pool.iter().enumerate().min_by_key(|(_, b)| b.len()).map(|(i, _)| i)
-            && pool[smallest].len() < buf.len()
-            && held - pool[smallest].len() + buf.len() <= POOL_MAX_BYTES
-        {
-            // Prefer keeping larger buffers: they serve every smaller object.
-            pool[smallest] = buf;
+/// Writes `bytes` at `offset` (aligned) through an aligned copy, padded with
+/// zeros to whole blocks. Only a chunk's last partial block, or a small
+/// unaligned object, comes this way, so the buffer is not worth keeping.
+fn write_copy(file: &File, bytes: &[u8], offset: u64) -> io::Result<()> {
+    let padded = bytes.len().next_multiple_of(ALIGN);
+    let mut buf = vec![0u8; padded + ALIGN];
+    let start = buf.as_ptr().align_offset(ALIGN);
+    match start.checked_add(padded).and_then(|end| buf.get_mut(start..end)) {
+        Some(aligned) => {
+            aligned[..bytes.len()].copy_from_slice(bytes);
+            write_all_aligned(file, aligned, offset)
         }
+        // align_offset may decline to compute an offset (usize::MAX); never
+        // seen for u8 pointers. Reported as a refusal, so that the page
+        // cache, always correct, takes over.
+        None => Err(io::Error::from_raw_os_error(nix::libc::EINVAL)),
     }
 }
 
@@ -226,19 +196,5 @@ mod tests {
         let path = dir.path().join("o");
         assert!(w.create(&path, b"abc").unwrap().is_none());
         assert!(!path.exists());
-    }
-
-    #[test]
-    fn the_pool_stays_bounded() {
-        let w = DirectWriter::new(true);
-        for _ in 0..8 {
-            w.give_back(vec![0u8; 3 << 20]);
-        }
-        let held: usize = w.pool.lock().unwrap().iter().map(Vec::len).sum();
-        assert!(held <= POOL_MAX_BYTES, "{held}");
-        assert!(held >= 6 << 20, "keeps what fits: {held}");
-        // A buffer is reused when large enough, and a larger request allocates.
-        assert_eq!(w.take(1 << 20).len(), 3 << 20);
-        assert_eq!(w.take(7 << 20).len(), 7 << 20);
     }
 }
