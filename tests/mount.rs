@@ -22,7 +22,7 @@ use coffer_core::{Id, Repository};
 use coffer_fuse::{Mount, MountOptions};
 
 use crate::common::s3::{self, S3Server};
-use crate::common::{Env, object_file, open_repo, random_bytes, snapshot_node};
+use crate::common::{Env, object_file, open_repo, random_bytes, snapshot_node, xorshift};
 
 fn fuse_available() -> bool {
     if Path::new("/dev/fuse").exists() {
@@ -43,6 +43,32 @@ fn mount(env: &Env, repo: Repository, options: &MountOptions) -> Mount {
 fn inside(snapshot_dir: &Path, src: &Path) -> PathBuf {
     let src = std::fs::canonicalize(src).unwrap();
     snapshot_dir.join(src.strip_prefix("/").unwrap())
+}
+
+/// A folder for `coffer mount` to mount on, by the binary, in the test's
+/// scratch folder (canonical: `/proc/mounts` shows it so).
+fn mount_point(env: &Env, name: &str) -> PathBuf {
+    std::fs::canonicalize(env.dir.path()).unwrap().join(name)
+}
+
+/// Damages a chunk: flips a byte in the middle of its stored object.
+fn damage_chunk(env: &Env, chunk: &Id) {
+    let stored = object_file(&env.repo, ObjectKind::Chunk, chunk);
+    let mut bytes = std::fs::read(&stored).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    std::fs::write(&stored, &bytes).unwrap();
+}
+
+/// Waits until the mount's chunk cache holds an amount for which `enough`
+/// is true, filled by background fetches. Not a timing assertion: the
+/// deadline only turns a hang into a failure naming `what` did not happen.
+fn wait_for_cache(m: &Mount, enough: impl Fn(u64) -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !enough(m.cached_chunk_bytes()) {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// One entry as `stat` shows it: kind, permission bits, owner, size, mtime
@@ -282,25 +308,14 @@ fn reads_at_any_offset_match_the_source() {
     }
     let mut x = 0x2545_f491_4f6c_dd1du64;
     for _ in 0..200 {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
+        xorshift(&mut x);
         reads.push((x % len, (x >> 40) as usize % 300_000 + 1));
     }
     for (offset, size) in reads {
-        f.seek(SeekFrom::Start(offset)).unwrap();
-        let mut buf = vec![0u8; size];
-        let mut got = 0;
-        while got < size {
-            let n = f.read(&mut buf[got..]).unwrap();
-            if n == 0 {
-                break;
-            }
-            got += n;
-        }
+        let got = read_at(&mut f, offset, size);
         let end = (offset as usize + size).min(data.len());
         let want = &data[(offset as usize).min(data.len())..end];
-        assert!(&buf[..got] == want, "{got} bytes at {offset} (asked {size}) differ from the source");
+        assert!(got == want, "{} bytes at {offset} (asked {size}) differ from the source", got.len());
         assert!(m.cached_chunk_bytes() <= cache, "the cache holds {} bytes", m.cached_chunk_bytes());
     }
     // Reading the whole file sequentially, and again from the page cache.
@@ -332,11 +347,7 @@ fn reading_the_start_of_a_file_fetches_the_next_chunks_ahead() {
     // kernel reads ahead a few pages, even with the 4 MiB read-ahead a mount
     // as root gets; a chunk is at least 512 KiB); the next ones come in the
     // background.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while m.cached_chunk_bytes() <= first {
-        assert!(Instant::now() < deadline, "nothing past the first chunk was fetched ahead");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_cache(&m, |held| held > first, "nothing past the first chunk was fetched ahead");
     let mut rest = Vec::new();
     f.read_to_end(&mut rest).unwrap();
     assert!(rest == data[4096..]);
@@ -420,11 +431,7 @@ fn a_damaged_chunk_fails_its_file_with_eio_and_nothing_else() {
     // Flip a byte in the middle of the file's second chunk's stored object.
     let (bad_chunk, bad_len) = (node.content[1].0, node.content[1].1);
     let bad_start = u64::from(node.content[0].1);
-    let stored = object_file(&env.repo, ObjectKind::Chunk, &bad_chunk);
-    let mut bytes = std::fs::read(&stored).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0x55;
-    std::fs::write(&stored, &bytes).unwrap();
+    damage_chunk(&env, &bad_chunk);
 
     let m = mount(&env, repo, &MountOptions::default());
     let dir = inside(&m.mountpoint().join("snapshots/latest"), &env.src);
@@ -446,7 +453,7 @@ fn a_damaged_chunk_fails_its_file_with_eio_and_nothing_else() {
     m.unmount().unwrap();
 
     // The binary logs the file and the chunk.
-    let at = std::fs::canonicalize(env.dir.path()).unwrap().join("bin-mnt");
+    let at = mount_point(&env, "bin-mnt");
     let running = Running::start(&env, &at);
     let dir = inside(&at.join("snapshots/latest"), &env.src);
     assert_eq!(std::fs::read(dir.join("damaged.bin")).unwrap_err().raw_os_error(), Some(nix::libc::EIO));
@@ -600,7 +607,7 @@ fn coffer_mount_ends_cleanly_on_sigterm_and_on_fusermount() {
     let env = Env::init();
     env.write("a.txt", b"through the binary");
     env.backup_json(&[]);
-    let at = std::fs::canonicalize(env.dir.path()).unwrap().join("mnt");
+    let at = mount_point(&env, "mnt");
 
     let running = Running::start(&env, &at);
     let file = inside(&at.join("snapshots/latest"), &env.src).join("a.txt");
@@ -688,9 +695,7 @@ fn random_reads_while_prefetch_runs_match_and_the_cache_stays_bounded() {
                 s.spawn(move || {
                     let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (t + 1);
                     for i in 0..60 {
-                        x ^= x << 13;
-                        x ^= x >> 7;
-                        x ^= x << 17;
+                        xorshift(&mut x);
                         let (name, want) = if i % 2 == 0 { ("big.bin", big) } else { ("other.bin", other) };
                         let mut f = std::fs::File::open(dir.join(name)).unwrap();
                         let offset = x % want.len() as u64;
@@ -735,11 +740,7 @@ fn a_reader_at_the_end_of_a_file_has_the_next_file_of_its_folder_fetched() {
     let dir = inside(&m.mountpoint().join("snapshots/latest"), &env.src).join("album");
     assert!(std::fs::read(dir.join("a.jpg")).unwrap() == a);
     // b.jpg was not opened, yet its chunks come into the cache.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while m.cached_chunk_bytes() <= a.len() as u64 {
-        assert!(Instant::now() < deadline, "nothing of the next file was fetched ahead");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_cache(&m, |held| held > a.len() as u64, "nothing of the next file was fetched ahead");
     m.unmount().unwrap();
 }
 
@@ -762,11 +763,7 @@ fn a_damaged_chunk_met_by_prefetch_still_fails_its_read_with_eio() {
     // Damage b.bin's first chunk: the prefetch that follows a sequential
     // read of a.bin meets it before any read of b.bin does.
     let (bad, bad_len) = (node.content[0].0, node.content[0].1);
-    let stored = object_file(&env.repo, ObjectKind::Chunk, &bad);
-    let mut bytes = std::fs::read(&stored).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0x55;
-    std::fs::write(&stored, &bytes).unwrap();
+    damage_chunk(&env, &bad);
 
     let m = mount(&env, repo, &MountOptions::default());
     let dir = inside(&m.mountpoint().join("snapshots/latest"), &env.src);
@@ -774,11 +771,7 @@ fn a_damaged_chunk_met_by_prefetch_still_fails_its_read_with_eio() {
     // The prefetch went past the damaged chunk: everything else of the
     // folder comes into the cache, and the damaged chunk does not.
     let want = (a.len() + b.len() + c.len()) as u64 - u64::from(bad_len);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while m.cached_chunk_bytes() < want {
-        assert!(Instant::now() < deadline, "the files after a.bin were not fetched ahead");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_cache(&m, |held| held >= want, "the files after a.bin were not fetched ahead");
     assert_eq!(m.cached_chunk_bytes(), want);
     let err = std::fs::read(dir.join("b.bin")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(nix::libc::EIO), "{err}");
@@ -796,7 +789,7 @@ fn a_damaged_chunk_met_by_prefetch_still_fails_its_read_with_eio() {
     m.unmount().unwrap();
 
     // Through the binary, the read that fails logs the file and the chunk.
-    let at = std::fs::canonicalize(env.dir.path()).unwrap().join("bin-mnt");
+    let at = mount_point(&env, "bin-mnt");
     let running = Running::start(&env, &at);
     let dir = inside(&at.join("snapshots/latest"), &env.src);
     assert!(std::fs::read(dir.join("a.bin")).unwrap() == a);
@@ -816,7 +809,7 @@ fn the_mount_holds_a_shared_lock_that_blocks_prune_until_unmounted() {
     let env = Env::init();
     env.write("a.txt", b"locked while mounted");
     env.backup_json(&[]);
-    let at = std::fs::canonicalize(env.dir.path()).unwrap().join("mnt");
+    let at = mount_point(&env, "mnt");
     let running = Running::start(&env, &at);
     let (locks, unreadable) = open_repo(&env).locks().unwrap();
     assert!(unreadable.is_empty(), "{unreadable:?}");
@@ -849,7 +842,7 @@ fn a_mount_with_no_lock_writes_no_lock_and_does_not_block_prune() {
     env.backup_json(&[]);
     std::fs::remove_file(env.src.join("gone.bin")).unwrap();
     env.backup_json(&[]);
-    let at = std::fs::canonicalize(env.dir.path()).unwrap().join("mnt");
+    let at = mount_point(&env, "mnt");
     let running = Running::start_with(&env, &at, &["--no-lock"]);
     let locks_dir = env.repo.join("locks");
     let lock_files = || std::fs::read_dir(&locks_dir).map(|d| d.count()).unwrap_or(0);

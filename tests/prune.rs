@@ -14,7 +14,7 @@ use coffer_core::lock::LockRecord;
 use coffer_core::repo::object_key;
 
 use crate::common::{
-    Backend, Env, both_backends, contents, open_repo, random_bytes, reachable_objects, restored_contents,
+    Backend, Env, both_backends, contents, open_repo, random_bytes, reachable_objects, restored_contents, xorshift,
 };
 
 fn stderr_of(out: &std::process::Output) -> String {
@@ -253,9 +253,7 @@ fn soak_backups_against_prunes(backend: Backend) {
     let mut expected = BTreeMap::new();
     let mut x = 0x2545_f491_4f6c_dd1du64;
     for round in 0..rounds {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
+        xorshift(&mut x);
         env.write(&format!("f{}.bin", x % 5), &random_bytes(300_000 + (x % 700_000) as usize, x));
         if x.is_multiple_of(3) {
             let _ = std::fs::remove_file(env.src.join(format!("f{}.bin", (x >> 8) % 5)));
@@ -279,6 +277,26 @@ fn soak_backups_against_prunes(backend: Backend) {
     assert!(out.status.success(), "check --read-data after the soak: {}", stderr_of(&out));
 }
 
+/// Three snapshots, each holding one photo (of seed `seed`, `seed + 1`,
+/// `seed + 2`) that no other snapshot has.
+fn three_snapshots_of_a_photo_each(env: &Env, seed: u64) {
+    for round in 0..3u64 {
+        let _ = std::fs::remove_file(env.src.join(format!("photo{}.jpg", round.wrapping_sub(1))));
+        env.write(&format!("photo{round}.jpg"), &random_bytes(900_000, round + seed));
+        backup_id(env, &[]);
+    }
+}
+
+/// The two JSON documents of `forget --prune --json`: forget's report, then
+/// prune's.
+fn forget_and_prune_reports(out: &std::process::Output) -> Vec<serde_json::Value> {
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let docs: Vec<serde_json::Value> =
+        serde_json::Deserializer::from_str(&text).into_iter().collect::<Result<_, _>>().expect("JSON documents");
+    assert_eq!(docs.len(), 2, "forget's report, then prune's: {text}");
+    docs
+}
+
 both_backends!(forget_with_prune_reclaims_what_the_forgotten_snapshots_alone_held);
 
 /// `forget --keep-last 1 --prune`: the dry run counts what the removals would
@@ -287,22 +305,12 @@ both_backends!(forget_with_prune_reclaims_what_the_forgotten_snapshots_alone_hel
 /// passes `check --read-data`.
 fn forget_with_prune_reclaims_what_the_forgotten_snapshots_alone_held(backend: Backend) {
     let env = Env::init_on(backend);
-    for round in 0..3u64 {
-        // Each snapshot holds one photo no other snapshot has.
-        let _ = std::fs::remove_file(env.src.join(format!("photo{}.jpg", round.wrapping_sub(1))));
-        env.write(&format!("photo{round}.jpg"), &random_bytes(900_000, round + 40));
-        backup_id(&env, &[]);
-    }
+    three_snapshots_of_a_photo_each(&env, 40);
     let kept_contents = contents(&env.src);
     let run = |extra: &[&str]| {
         let out = env.coffer().args(["forget", "--keep-last", "1", "--prune", "--json"]).args(extra).output().unwrap();
         assert!(out.status.success(), "forget --prune failed: {}", stderr_of(&out));
-        // Two JSON documents: forget's report, then prune's.
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let docs: Vec<serde_json::Value> =
-            serde_json::Deserializer::from_str(&text).into_iter().collect::<Result<_, _>>().expect("JSON documents");
-        assert_eq!(docs.len(), 2, "{text}");
-        docs
+        forget_and_prune_reports(&out)
     };
     let repo = open_repo(&env);
     let chunks_before = repo.list_ids(ObjectKind::Chunk).unwrap().len();
@@ -317,9 +325,7 @@ fn forget_with_prune_reclaims_what_the_forgotten_snapshots_alone_held(backend: B
     assert_eq!(done[1]["trees_deleted"], dry[1]["trees_deleted"], "{}", done[1]);
     let snapshots = repo.list_ids(ObjectKind::Snapshot).unwrap();
     assert_eq!(snapshots.len(), 1);
-    let (trees, chunks) = reachable_objects(&repo);
-    assert_eq!(repo.list_ids(ObjectKind::Tree).unwrap().into_iter().collect::<BTreeSet<_>>(), trees);
-    assert_eq!(repo.list_ids(ObjectKind::Chunk).unwrap().into_iter().collect::<BTreeSet<_>>(), chunks);
+    assert_exactly_reachable(&env);
     assert_eq!(restored_contents(&repo, &snapshots[0], &env.src), kept_contents);
     env.coffer().args(["check", "--read-data"]).assert().success();
 }
@@ -338,11 +344,7 @@ fn two_machines_running_forget_prune_at_once_both_finish(backend: Backend) {
     use std::process::Stdio;
 
     let env = Env::init_on(backend);
-    for round in 0..3u64 {
-        let _ = std::fs::remove_file(env.src.join(format!("photo{}.jpg", round.wrapping_sub(1))));
-        env.write(&format!("photo{round}.jpg"), &random_bytes(900_000, round + 60));
-        backup_id(&env, &[]);
-    }
+    three_snapshots_of_a_photo_each(&env, 60);
     let kept_contents = contents(&env.src);
     let repo = open_repo(&env);
     let chunks_before = repo.list_ids(ObjectKind::Chunk).unwrap().len();
@@ -396,14 +398,7 @@ fn two_machines_running_forget_prune_at_once_both_finish(backend: Backend) {
     let second_err = reader.join().unwrap();
     assert!(second_out.status.success(), "second: {second_err}");
 
-    let docs = |out: &std::process::Output| -> Vec<serde_json::Value> {
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let docs: Vec<serde_json::Value> =
-            serde_json::Deserializer::from_str(&text).into_iter().collect::<Result<_, _>>().expect("JSON documents");
-        assert_eq!(docs.len(), 2, "forget's report, then prune's: {text}");
-        docs
-    };
-    let (a, b) = (docs(&first), docs(&second_out));
+    let (a, b) = (forget_and_prune_reports(&first), forget_and_prune_reports(&second_out));
     assert_eq!(a[0]["removed"].as_array().unwrap().len(), 2, "{}", a[0]);
     assert_eq!(b[0]["removed"].as_array().unwrap().len(), 0, "{}", b[0]);
     // Both marked the same single snapshot, so both saw the same garbage;

@@ -159,15 +159,21 @@ impl Env {
     }
 }
 
+/// Advances a xorshift64 state and returns it: deterministic test choices
+/// (offsets, sizes, files) from a fixed seed.
+pub fn xorshift(x: &mut u64) -> u64 {
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    *x
+}
+
 /// Deterministic pseudo-random bytes (xorshift), incompressible like photos.
 pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut out = Vec::with_capacity(len + 8);
     while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
+        out.extend_from_slice(&xorshift(&mut x).to_le_bytes());
     }
     out.truncate(len);
     out
