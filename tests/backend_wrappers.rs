@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use coffer_core::Repository;
 use coffer_core::archiver::{self, BackupOptions};
-use coffer_core::backend::Backend;
-use coffer_core::backend::local::LocalBackend;
+use coffer_core::backend::Backend as _;
 use coffer_core::backend::testing::{Fault, FaultBackend, FaultKind, LatencyBackend, Op};
 use coffer_core::crypto::ObjectKind;
 use coffer_core::key::KdfParams;
@@ -16,17 +15,20 @@ use coffer_core::progress::NoProgress;
 use coffer_core::repo::InitOptions;
 use coffer_core::restorer::{self, RestoreOptions};
 
-use crate::common::s3::S3Server;
-use crate::common::{Env, random_bytes};
+use crate::common::{Backend, Env, both_backends, random_bytes};
 
 pub fn cheap_init() -> InitOptions {
     InitOptions { kdf: KdfParams { memory_kib: 64, iterations: 1, parallelism: 1 }, ..InitOptions::default() }
 }
 
+both_backends!(keeps_requests_in_flight);
+
 /// With 20 ms added to every request, backup and restore of 40 one-chunk
 /// files must keep many requests in flight: one at a time would make the
 /// latency, not the link, the limit.
-fn keeps_requests_in_flight(inner: Arc<dyn Backend>, env: &Env) {
+fn keeps_requests_in_flight(backend: Backend) {
+    let env = &Env::new_on(backend);
+    let inner = env.library_backend();
     for i in 0..40u64 {
         // 600 kB: above the 512 KiB minimum chunk, below the average, so one chunk each.
         env.write(&format!("photo-{i:02}.jpg"), &random_bytes(600_000, i + 1));
@@ -56,24 +58,15 @@ fn keeps_requests_in_flight(inner: Arc<dyn Backend>, env: &Env) {
     }
 }
 
-#[test]
-fn latency_keeps_requests_in_flight_local() {
-    let env = Env::new();
-    keeps_requests_in_flight(Arc::new(LocalBackend::new(&env.repo)), &env);
-}
-
-#[test]
-fn latency_keeps_requests_in_flight_s3() {
-    let server = S3Server::start();
-    let env = Env::new();
-    keeps_requests_in_flight(Arc::new(server.backend("bucket", "slow")), &env);
-}
+both_backends!(parent_trees_are_fetched_in_parallel);
 
 /// With a cold cache (a new machine, a cleared cache), an unchanged
 /// re-backup fetches its parent's trees a directory level at a time with many
 /// requests in flight, not one round trip per directory, and keeps them in
 /// the cache: the next re-backup fetches no tree at all.
-fn parent_trees_are_fetched_in_parallel(inner: Arc<dyn Backend>, env: &Env) {
+fn parent_trees_are_fetched_in_parallel(backend: Backend) {
+    let env = &Env::new_on(backend);
+    let inner = env.library_backend();
     for d in 0..12u64 {
         env.write(&format!("folder-{d:02}/sub/note.txt"), format!("note {d}").as_bytes());
     }
@@ -104,19 +97,6 @@ fn parent_trees_are_fetched_in_parallel(inner: Arc<dyn Backend>, env: &Env) {
     assert_eq!(second, third + 1 + trees, "second re-backup {second} GETs, third {third}, {trees} trees");
 }
 
-#[test]
-fn parent_trees_are_fetched_in_parallel_local() {
-    let env = Env::new();
-    parent_trees_are_fetched_in_parallel(Arc::new(LocalBackend::new(&env.repo)), &env);
-}
-
-#[test]
-fn parent_trees_are_fetched_in_parallel_s3() {
-    let server = S3Server::start();
-    let env = Env::new();
-    parent_trees_are_fetched_in_parallel(Arc::new(server.backend("bucket", "cold")), &env);
-}
-
 /// Ten files of one chunk each (300 kB, below the minimum chunk size).
 fn ten_files(env: &Env) {
     for i in 0..10u64 {
@@ -124,9 +104,13 @@ fn ten_files(env: &Env) {
     }
 }
 
+both_backends!(failed_uploads_leave_no_snapshot);
+
 /// Chunk uploads fail after the third: the backup fails naming the object,
 /// writes no snapshot, and the next backup reuses the three chunks stored.
-fn failed_uploads_leave_no_snapshot(inner: Arc<dyn Backend>, env: &Env) {
+fn failed_uploads_leave_no_snapshot(backend: Backend) {
+    let env = &Env::new_on(backend);
+    let inner = env.library_backend();
     ten_files(env);
     let faulty = Arc::new(FaultBackend::new(inner));
     let repo = Repository::init(faulty.clone(), b"pw", &cheap_init()).expect("init");
@@ -144,23 +128,14 @@ fn failed_uploads_leave_no_snapshot(inner: Arc<dyn Backend>, env: &Env) {
     assert_eq!(repo.list_ids(ObjectKind::Snapshot).unwrap().len(), 1);
 }
 
-#[test]
-fn failed_uploads_leave_no_snapshot_local() {
-    let env = Env::new();
-    failed_uploads_leave_no_snapshot(Arc::new(LocalBackend::new(&env.repo)), &env);
-}
-
-#[test]
-fn failed_uploads_leave_no_snapshot_s3() {
-    let server = S3Server::start();
-    let env = Env::new();
-    failed_uploads_leave_no_snapshot(Arc::new(server.backend("bucket", "faulty")), &env);
-}
+both_backends!(cached_chunk_set_spares_the_chunk_listing);
 
 /// With the chunk-set cache, a backup under an unchanged prune generation
 /// does not LIST `chunks/` at all: a listing that would fail does not matter.
 /// Once the generation changes it must list, and the failure shows.
-fn cached_chunk_set_spares_the_chunk_listing(inner: Arc<dyn Backend>, env: &Env) {
+fn cached_chunk_set_spares_the_chunk_listing(backend: Backend) {
+    let env = &Env::new_on(backend);
+    let inner = env.library_backend();
     ten_files(env);
     let faulty = Arc::new(FaultBackend::new(inner));
     let repo = Repository::init(faulty.clone(), b"pw", &cheap_init()).expect("init").with_cache(&env.path("cache"));
@@ -175,17 +150,4 @@ fn cached_chunk_set_spares_the_chunk_listing(inner: Arc<dyn Backend>, env: &Env)
     repo.runtime().block_on(repo.bump_generation()).unwrap();
     let err = archiver::backup(&repo, &options, &NoProgress).expect_err("a stale cache must not be trusted");
     assert!(err.to_string().contains("LIST chunks/"), "{err}");
-}
-
-#[test]
-fn cached_chunk_set_spares_the_chunk_listing_local() {
-    let env = Env::new();
-    cached_chunk_set_spares_the_chunk_listing(Arc::new(LocalBackend::new(&env.repo)), &env);
-}
-
-#[test]
-fn cached_chunk_set_spares_the_chunk_listing_s3() {
-    let server = S3Server::start();
-    let env = Env::new();
-    cached_chunk_set_spares_the_chunk_listing(Arc::new(server.backend("bucket", "cached")), &env);
 }
