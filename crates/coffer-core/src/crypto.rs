@@ -5,18 +5,17 @@
 //! by `init`, stored only sealed under a password (see [`crate::key`]), and
 //! zeroized when dropped.
 
-use aes_siv::KeyInit;
-use aes_siv::siv::Aes256PmacSiv;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::id::Id;
+use crate::siv::PmacSiv;
 
 /// Length of the master key.
 pub const MASTER_KEY_LEN: usize = 64;
 /// Length of an AES-256-PMAC-SIV key (two AES-256 keys).
-pub const AEAD_KEY_LEN: usize = 64;
+pub const AEAD_KEY_LEN: usize = crate::siv::KEY_LEN;
 /// Length of the SIV tag that starts every sealed object.
-pub const TAG_LEN: usize = 16;
+pub const TAG_LEN: usize = crate::siv::TAG_LEN;
 /// Length of the random nonce of snapshots, config and locks.
 pub const NONCE_LEN: usize = 16;
 
@@ -142,12 +141,8 @@ impl Keys {
         Id(*blake3::keyed_hash(&self.id_key, plaintext).as_bytes())
     }
 
-    fn cipher(&self, kind: ObjectKind) -> Aes256PmacSiv {
-        // The key has the right length by construction.
-        match Aes256PmacSiv::new_from_slice(&self.aead[kind.index()]) {
-            Ok(c) => c,
-            Err(_) => unreachable!("AEAD keys are 64 bytes"),
-        }
+    fn cipher(&self, kind: ObjectKind) -> PmacSiv {
+        PmacSiv::new(&self.aead[kind.index()])
     }
 
     /// Encrypts `plaintext` deterministically, binding `headers` as
@@ -165,12 +160,7 @@ impl Keys {
     /// encrypted where it lies, and the tag written in front of it.
     pub fn seal_in_place(&self, kind: ObjectKind, headers: &[&[u8]], buf: &mut [u8]) {
         let (tag_room, plaintext) = buf.split_at_mut(TAG_LEN);
-        let mut cipher = self.cipher(kind);
-        // Fails only with more than 126 headers; ours are fixed and short.
-        match cipher.encrypt_inout_detached(headers.iter(), plaintext.into()) {
-            Ok(tag) => tag_room.copy_from_slice(&tag),
-            Err(_) => unreachable!("at most a handful of associated-data headers"),
-        }
+        tag_room.copy_from_slice(&self.cipher(kind).seal(headers, plaintext));
     }
 
     /// Reverses [`Keys::seal_in_place`]: decrypts `buf[TAG_LEN..]` where it
@@ -178,18 +168,17 @@ impl Keys {
     /// does not authenticate.
     pub fn open_in_place(&self, kind: ObjectKind, headers: &[&[u8]], buf: &mut [u8]) -> bool {
         let Some((tag, ciphertext)) = buf.split_at_mut_checked(TAG_LEN) else { return false };
-        let Ok(tag) = aes_siv::Tag::try_from(&tag[..]) else { return false };
-        let mut cipher = self.cipher(kind);
-        cipher.decrypt_inout_detached(headers.iter(), ciphertext.into(), &tag).is_ok()
+        let Ok(tag) = <[u8; TAG_LEN]>::try_from(&tag[..]) else { return false };
+        self.cipher(kind).open(headers, ciphertext, &tag)
     }
 
     /// Reverses [`Keys::seal`]; `None` when the object does not authenticate.
     pub fn open(&self, kind: ObjectKind, headers: &[&[u8]], sealed: &[u8]) -> Option<Vec<u8>> {
-        let (tag, ciphertext) = sealed.split_at_checked(TAG_LEN)?;
-        let tag = aes_siv::Tag::try_from(tag).ok()?;
-        let mut buf = ciphertext.to_vec();
-        let mut cipher = self.cipher(kind);
-        cipher.decrypt_inout_detached(headers.iter(), buf.as_mut_slice().into(), &tag).ok()?;
+        let mut buf = sealed.to_vec();
+        if !self.open_in_place(kind, headers, &mut buf) {
+            return None;
+        }
+        buf.drain(..TAG_LEN);
         Some(buf)
     }
 }
@@ -197,26 +186,19 @@ impl Keys {
 /// Seals a key-encryption key's payload: used by [`crate::key`] with a key
 /// that came from the password rather than from the master key.
 pub fn seal_with(key: &[u8; AEAD_KEY_LEN], headers: &[&[u8]], plaintext: &[u8]) -> Vec<u8> {
-    let mut buf = plaintext.to_vec();
-    let mut cipher = match Aes256PmacSiv::new_from_slice(key) {
-        Ok(c) => c,
-        Err(_) => unreachable!("AEAD keys are 64 bytes"),
-    };
-    if cipher.encrypt_in_place(headers.iter(), &mut buf).is_err() {
-        unreachable!("at most a handful of associated-data headers");
-    }
+    let mut buf = vec![0u8; TAG_LEN];
+    buf.extend_from_slice(plaintext);
+    let (tag_room, body) = buf.split_at_mut(TAG_LEN);
+    tag_room.copy_from_slice(&PmacSiv::new(key).seal(headers, body));
     buf
 }
 
 /// Reverses [`seal_with`].
 pub fn open_with(key: &[u8; AEAD_KEY_LEN], headers: &[&[u8]], sealed: &[u8]) -> Option<Vec<u8>> {
-    if sealed.len() < TAG_LEN {
-        return None;
-    }
-    let mut buf = sealed.to_vec();
-    let mut cipher = Aes256PmacSiv::new_from_slice(key).ok()?;
-    cipher.decrypt_in_place(headers.iter(), &mut buf).ok()?;
-    Some(buf)
+    let (tag, ciphertext) = sealed.split_at_checked(TAG_LEN)?;
+    let tag = <[u8; TAG_LEN]>::try_from(tag).ok()?;
+    let mut buf = ciphertext.to_vec();
+    PmacSiv::new(key).open(headers, &mut buf, &tag).then_some(buf)
 }
 
 #[cfg(test)]

@@ -30,6 +30,7 @@ pub mod progress;
 pub mod prune;
 pub mod repo;
 pub mod restorer;
+pub mod siv;
 pub mod snapshot;
 pub mod state;
 pub mod stats;
