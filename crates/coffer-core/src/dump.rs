@@ -129,7 +129,7 @@ pub fn write(repo: &Repository, what: &Dumpable, out: &mut dyn Write, options: &
 /// One decoded chunk on its way out, holding its share of the byte budget
 /// until it is dropped.
 enum Piece {
-    Data(Vec<u8>, #[allow(dead_code)] tokio::sync::OwnedSemaphorePermit),
+    Data(crate::blob::Decoded, #[allow(dead_code)] tokio::sync::OwnedSemaphorePermit),
     Zeros(u32),
 }
 

@@ -444,6 +444,7 @@ impl Repository {
     pub fn load_chunk(&self, id: &Id) -> Result<Vec<u8>> {
         let stored = self.get(ObjectKind::Chunk, id)?;
         blob::decode_owned(&self.keys, self.repo_id(), ObjectKind::Chunk, id, stored, self.max_chunk_len())
+            .map(blob::Decoded::into_vec)
     }
 
     pub fn encode_chunk(&self, id: &Id, plaintext: &[u8]) -> Vec<u8> {
@@ -577,7 +578,7 @@ pub fn decode_chunk_ref(
     max_len: usize,
     chunk: &ChunkRef,
     stored: Vec<u8>,
-) -> Result<Vec<u8>> {
+) -> Result<blob::Decoded> {
     let data = blob::decode_owned(keys, repo_id, ObjectKind::Chunk, &chunk.0, stored, max_len)?;
     if data.len() != chunk.1 as usize {
         return Err(Error::corrupt("chunk", chunk.0.to_hex(), "length differs from the tree's record"));

@@ -16,7 +16,7 @@ use coffer_core::{Error, Id};
 
 use crate::lru::Lru;
 
-pub type Chunk = Arc<Vec<u8>>;
+pub type Chunk = Arc<coffer_core::blob::Decoded>;
 /// A fetch's outcome, shared by every reader waiting for it.
 pub type Fetched = Result<Chunk, Arc<Error>>;
 
@@ -108,7 +108,7 @@ impl Shared {
 
     fn finish(&self, chunk: &ChunkRef, pending: &Pending, result: Fetched) {
         if let Ok(data) = &result {
-            self.cache.lock().unwrap_or_else(|e| e.into_inner()).insert(chunk.0, data.clone(), data.len() as u64);
+            self.cache.lock().unwrap_or_else(|e| e.into_inner()).insert(chunk.0, data.clone(), data.footprint() as u64);
         }
         *pending.result.lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
         pending.done.notify_all();
