@@ -449,4 +449,9 @@ pub struct MountArgs {
     /// read-only credential can browse, but a prune may then delete chunks of the files being read
     #[arg(long)]
     pub no_lock: bool,
+    /// Read through the kernel's page cache instead of straight from coffer's chunk cache (the
+    /// default on Linux before 6.6): one more copy of every byte, and memory as large as the files
+    /// read, for programs that re-read the same bytes in small pieces
+    #[arg(long)]
+    pub page_cache: bool,
 }

@@ -18,8 +18,13 @@ pub fn run(g: &GlobalArgs, a: &MountArgs) -> Result<u8> {
         Err(e) => bail!("{}: {e}; the mount point must be an existing folder", a.mountpoint.display()),
     }
     let repo = Arc::new(crate::repository::open(g)?);
-    let options =
-        MountOptions { allow_other: a.allow_other, cache_bytes, no_lock: a.no_lock, ..MountOptions::default() };
+    let options = MountOptions {
+        allow_other: a.allow_other,
+        cache_bytes,
+        no_lock: a.no_lock,
+        page_cache: a.page_cache,
+        ..MountOptions::default()
+    };
     let ready = || {
         if !g.quiet {
             let at = a.mountpoint.display();

@@ -48,6 +48,8 @@ pub struct Settings {
     pub max_in_flight: usize,
     /// Threads decoding prefetched chunks.
     pub decoders: usize,
+    /// Reads through the kernel's page cache (see `MountOptions::page_cache`).
+    pub page_cache: bool,
 }
 
 pub struct CofferFs {
@@ -64,6 +66,9 @@ pub struct CofferFs {
     mounted_at: SystemTime,
     uid: u32,
     gid: u32,
+    /// Whether files are opened for direct I/O (see the `init` method).
+    direct_io: bool,
+    page_cache: bool,
 }
 
 enum Handle {
@@ -206,6 +211,8 @@ impl CofferFs {
             snapshots: Mutex::new(HashMap::new()),
             refreshed: Mutex::new(None),
             handles: Mutex::new(HashMap::new()),
+            direct_io: false,
+            page_cache: settings.page_cache,
             next_handle: AtomicU64::new(1),
             prefetch_bytes: settings.prefetch_bytes,
             mounted_at: SystemTime::now(),
@@ -507,6 +514,19 @@ impl fuser::Filesystem for CofferFs {
         if config.add_capabilities(plus).is_err() {
             tracing::debug!("the kernel does not offer readdirplus");
         }
+        // Reads go straight from the decrypted chunk into the reader's
+        // buffer, not through the kernel's page cache: that cache would
+        // take a second copy of every byte (and, for a large file, as much
+        // memory as the file), and the chunk cache serves repeated reads
+        // already. Only where the kernel still lets such files be mapped
+        // (Linux 6.6 and later), so that image viewers and programs that
+        // mmap their input keep working.
+        self.direct_io = !self.page_cache && config.add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP).is_ok();
+        if !self.page_cache && !self.direct_io {
+            tracing::info!(
+                "the kernel cannot map files opened for direct I/O (Linux < 6.6): reading through its page cache"
+            );
+        }
         Ok(())
     }
 
@@ -548,7 +568,11 @@ impl fuser::Filesystem for CofferFs {
                     self.chunks.prefetch(*first);
                 }
                 // The content never changes: the kernel may keep its cached pages.
-                reply.opened(FileHandle(self.new_handle(Handle::File(Arc::new(file)))), FopenFlags::FOPEN_KEEP_CACHE)
+                let mut flags = FopenFlags::FOPEN_KEEP_CACHE;
+                if self.direct_io {
+                    flags |= FopenFlags::FOPEN_DIRECT_IO;
+                }
+                reply.opened(FileHandle(self.new_handle(Handle::File(Arc::new(file)))), flags)
             }
             Err(e) => reply.error(e),
         }

@@ -49,6 +49,12 @@ pub struct MountOptions {
     /// of snapshots being read (their reads then fail with EIO, never with
     /// wrong data).
     pub no_lock: bool,
+    /// Serve reads through the kernel's page cache, as on kernels before
+    /// 6.6, instead of copying each read straight from the decrypted chunk
+    /// into the reader's buffer (direct I/O). The page cache adds a copy of
+    /// every byte read and holds as much memory as the files read; it helps
+    /// only programs that read the same bytes many times in small pieces.
+    pub page_cache: bool,
 }
 
 /// Read-ahead asked of the kernel when mounted as root: enough for four
@@ -63,6 +69,7 @@ impl Default for MountOptions {
             threads: 4,
             read_ahead_kib: DEFAULT_READ_AHEAD_KIB,
             no_lock: false,
+            page_cache: false,
         }
     }
 }
@@ -134,6 +141,7 @@ pub fn spawn(repo: Arc<Repository>, mountpoint: &Path, options: &MountOptions) -
         // chunk a reader needs next behind the ones after it.
         decoders: std::thread::available_parallelism().map_or(1, |n| n.get()),
         tree_cache_bytes: 64 << 20,
+        page_cache: options.page_cache,
     };
     let filesystem = CofferFs::new(repo, &settings)?;
     let chunks = filesystem.chunk_store().clone();
