@@ -662,6 +662,61 @@ fn coffer_mount_ends_cleanly_on_sigterm_and_on_fusermount() {
     drop(open);
 }
 
+/// How many of `path`'s pages are in the kernel's page cache: a mapping
+/// that nothing touches faults nothing in, and `mincore` reports residency.
+fn pages_in_page_cache(path: &Path) -> (usize, usize) {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path).unwrap();
+    let len = f.metadata().unwrap().len() as usize;
+    let page = 4096;
+    let mut resident = vec![0u8; len.div_ceil(page)];
+    // SAFETY: a private read-only mapping of a file open for reading, of
+    // its length; `mincore` fills one byte per page of it; unmapped before
+    // returning and never read through.
+    unsafe {
+        let p = libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, f.as_raw_fd(), 0);
+        assert!(p != libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
+        assert_eq!(libc::mincore(p, len, resident.as_mut_ptr()), 0, "{}", std::io::Error::last_os_error());
+        libc::munmap(p, len);
+    }
+    (resident.iter().filter(|&&r| r & 1 == 1).count(), resident.len())
+}
+
+/// Whether this kernel lets FUSE files opened for direct I/O be mapped
+/// (Linux 6.6 and later), which is when `coffer mount` uses direct I/O.
+fn kernel_maps_direct_io_files() -> bool {
+    let release = nix::sys::utsname::uname().unwrap().release().to_string_lossy().into_owned();
+    let mut parts = release.split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse::<u32>().ok());
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (6, 6)
+}
+
+#[test]
+fn reads_bypass_the_page_cache_unless_asked_to_use_it() {
+    if !fuse_available() {
+        return;
+    }
+    let env = Env::init();
+    let data = random_bytes(3 << 20, 17);
+    env.write("photo.jpg", &data);
+    env.backup_json(&[]);
+    for page_cache in [false, true] {
+        let at = mount_point(&env, if page_cache { "mnt-cached" } else { "mnt-direct" });
+        let running = Running::start_with(&env, &at, if page_cache { &["--page-cache"] } else { &[] });
+        let file = inside(&at.join("snapshots/latest"), &env.src).join("photo.jpg");
+        assert!(std::fs::read(&file).unwrap() == data);
+        let (cached, pages) = pages_in_page_cache(&file);
+        if page_cache || !kernel_maps_direct_io_files() {
+            assert_eq!(cached, pages, "--page-cache {page_cache}: a file read through the page cache stays in it");
+        } else {
+            assert_eq!(cached, 0, "read with direct I/O, yet {cached} of {pages} pages are in the page cache");
+        }
+        // Mapped, the file reads the same either way.
+        assert!(mapped(&file) == data, "--page-cache {page_cache}");
+        let (status, stderr) = running.stop();
+        assert!(status.success(), "{status:?}: {stderr}");
+    }
+}
+
 #[test]
 fn the_mount_point_must_be_an_existing_folder() {
     let env = Env::init();
