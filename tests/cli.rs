@@ -9,7 +9,9 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
-use crate::common::{Backend, Env, both_backends, dir_state, files_below, open_repo, random_bytes, snapshots_json};
+use crate::common::{
+    Backend, Env, both_backends, dir_state, files_below, open_repo, random_bytes, snapshots_json, stderr_of,
+};
 
 /// The counts of a backup's summary, in its JSON report and in its snapshot.
 const SUMMARY_FIELDS: [&str; 11] = [
@@ -27,10 +29,6 @@ const SUMMARY_FIELDS: [&str; 11] = [
 ];
 
 both_backends!(snapshots_table_and_json, ls_plain_long_and_json, restore_include_selects_a_subtree);
-
-fn stderr_of(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 /// Runs a command that must succeed; returns its stdout.
 fn ok(cmd: &mut assert_cmd::Command) -> String {

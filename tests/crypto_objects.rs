@@ -13,11 +13,9 @@ use std::path::Path;
 use coffer_core::Id;
 use coffer_core::crypto::ObjectKind;
 
-use crate::common::{Env, dir_state, files_below, object_file, open_repo, random_bytes, snapshot_node, snapshots_json};
-
-fn stderr_of(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+use crate::common::{
+    Env, dir_state, files_below, object_file, open_repo, random_bytes, snapshot_node, snapshots_json, stderr_of,
+};
 
 fn chunk_ids(repo: &coffer_core::Repository, path: &Path) -> Vec<Id> {
     snapshot_node(repo, "latest", path).content.iter().map(|c| c.0).collect()

@@ -13,11 +13,7 @@ use coffer_core::crypto::ObjectKind;
 use coffer_core::dump::{self, DumpOptions};
 use filetime::FileTime;
 
-use crate::common::{Env, object_file, open_repo, random_bytes, snapshot_node};
-
-fn stderr_of(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+use crate::common::{Env, object_file, open_repo, random_bytes, snapshot_node, stderr_of};
 
 /// `src` as the snapshot records it.
 fn src(env: &Env) -> PathBuf {

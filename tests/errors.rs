@@ -7,7 +7,7 @@ use coffer_core::crypto::ObjectKind;
 
 use crate::common::{
     Backend, Env, PASSWORD, both_backends, dir_state, object_file, open_repo, random_bytes, snapshot_node,
-    snapshots_json,
+    snapshots_json, stderr_of,
 };
 
 both_backends!(
@@ -19,10 +19,6 @@ both_backends!(
     missing_chunk_fails_only_its_file,
     truncated_chunk_fails_only_its_file,
 );
-
-fn stderr_of(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 /// An initialised repository with one snapshot of two small files.
 fn env_with_snapshot(backend: Backend) -> Env {

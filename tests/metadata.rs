@@ -13,13 +13,9 @@ use coffer_core::repo::object_key;
 use coffer_core::{Id, Repository};
 
 use crate::common::s3::{self, S3Server};
-use crate::common::{Backend, Env, PASSWORD, both_backends, open_repo, snapshots_json};
+use crate::common::{Backend, Env, PASSWORD, both_backends, open_repo, snapshots_json, stderr_of};
 
 const INIT: [&str; 5] = ["init", "--argon2-memory", "64", "--argon2-iterations", "1"];
-
-fn stderr_of(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 fn snapshot_ids(env: &Env) -> Vec<Id> {
     snapshots_json(env).iter().map(|s| s["id"].as_str().and_then(Id::from_hex).expect("id")).collect()

@@ -14,12 +14,9 @@ use coffer_core::lock::LockRecord;
 use coffer_core::repo::object_key;
 
 use crate::common::{
-    Backend, Env, both_backends, contents, open_repo, random_bytes, reachable_objects, restored_contents, xorshift,
+    Backend, Env, both_backends, contents, open_repo, random_bytes, reachable_objects, restored_contents, stderr_of,
+    xorshift,
 };
-
-fn stderr_of(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 fn backup_id(env: &Env, extra: &[&str]) -> Id {
     let report = env.backup_json(extra);

@@ -11,11 +11,7 @@ use coffer_core::restorer::{self, RestoreOptions};
 use filetime::FileTime;
 use serde_json::Value;
 
-use crate::common::{Env, open_repo, random_bytes};
-
-fn stderr_of(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+use crate::common::{Env, open_repo, random_bytes, stderr_of};
 
 /// `src` as the snapshot records it, relative to a restore target.
 fn restored(env: &Env, target: &Path) -> PathBuf {

@@ -8,13 +8,9 @@ use coffer_core::backend::Backend;
 use coffer_core::backend::s3::S3Backend;
 
 use crate::common::s3::{self, S3Server};
-use crate::common::{Env, random_bytes};
+use crate::common::{Env, random_bytes, stderr_of};
 
 const INIT: [&str; 5] = ["init", "--argon2-memory", "64", "--argon2-iterations", "1"];
-
-fn stderr_of(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 fn num(v: &serde_json::Value, field: &str) -> u64 {
     v[field].as_u64().unwrap_or_else(|| panic!("no {field} in {v}"))

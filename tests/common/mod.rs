@@ -168,6 +168,11 @@ pub fn xorshift(x: &mut u64) -> u64 {
     *x
 }
 
+/// What a finished command printed on stderr, as text.
+pub fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// Deterministic pseudo-random bytes (xorshift), incompressible like photos.
 pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
