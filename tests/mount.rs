@@ -332,21 +332,26 @@ fn reads_at_any_offset_match_the_source() {
     }
 }
 
-/// The bytes of `path` read through a read-only memory mapping.
-fn mapped(path: &Path) -> Vec<u8> {
+/// Maps `path` read-only and shared (as a viewer or `exec` would), hands
+/// the mapping's address and length to `with`, and unmaps it.
+fn with_mapping<T>(path: &Path, with: impl FnOnce(*mut libc::c_void, usize) -> T) -> T {
     use std::os::fd::AsRawFd;
     let f = std::fs::File::open(path).unwrap();
     let len = f.metadata().unwrap().len() as usize;
-    // SAFETY: a private read-only mapping of a file open for reading, of
-    // its length, read while mapped and unmapped before returning; the
-    // mount's files never change.
-    unsafe {
-        let p = libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_PRIVATE, f.as_raw_fd(), 0);
-        assert!(p != libc::MAP_FAILED, "mmap {}: {}", path.display(), std::io::Error::last_os_error());
-        let bytes = std::slice::from_raw_parts(p.cast::<u8>(), len).to_vec();
-        libc::munmap(p, len);
-        bytes
-    }
+    // SAFETY: a read-only shared mapping of a file open for reading, of its
+    // length, unmapped before returning; the mount's files never change.
+    let p = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, f.as_raw_fd(), 0) };
+    assert!(p != libc::MAP_FAILED, "mmap {}: {}", path.display(), std::io::Error::last_os_error());
+    let out = with(p, len);
+    // SAFETY: the mapping made above, no longer used.
+    unsafe { libc::munmap(p, len) };
+    out
+}
+
+/// The bytes of `path` read through a memory mapping.
+fn mapped(path: &Path) -> Vec<u8> {
+    // SAFETY: `len` readable bytes are mapped at `p` while `with` runs.
+    with_mapping(path, |p, len| unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) }.to_vec())
 }
 
 #[test]
@@ -665,20 +670,13 @@ fn coffer_mount_ends_cleanly_on_sigterm_and_on_fusermount() {
 /// How many of `path`'s pages are in the kernel's page cache: a mapping
 /// that nothing touches faults nothing in, and `mincore` reports residency.
 fn pages_in_page_cache(path: &Path) -> (usize, usize) {
-    use std::os::fd::AsRawFd;
-    let f = std::fs::File::open(path).unwrap();
-    let len = f.metadata().unwrap().len() as usize;
-    let page = 4096;
-    let mut resident = vec![0u8; len.div_ceil(page)];
-    // SAFETY: a private read-only mapping of a file open for reading, of
-    // its length; `mincore` fills one byte per page of it; unmapped before
-    // returning and never read through.
-    unsafe {
-        let p = libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, f.as_raw_fd(), 0);
-        assert!(p != libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
-        assert_eq!(libc::mincore(p, len, resident.as_mut_ptr()), 0, "{}", std::io::Error::last_os_error());
-        libc::munmap(p, len);
-    }
+    let resident = with_mapping(path, |p, len| {
+        let mut resident = vec![0u8; len.div_ceil(4096)];
+        // SAFETY: `mincore` fills one byte per page of the mapping at `p`.
+        let rc = unsafe { libc::mincore(p, len, resident.as_mut_ptr()) };
+        assert_eq!(rc, 0, "mincore: {}", std::io::Error::last_os_error());
+        resident
+    });
     (resident.iter().filter(|&&r| r & 1 == 1).count(), resident.len())
 }
 

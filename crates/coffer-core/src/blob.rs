@@ -360,12 +360,6 @@ impl std::ops::Deref for Decoded {
     }
 }
 
-impl PartialEq<[u8]> for Decoded {
-    fn eq(&self, other: &[u8]) -> bool {
-        **self == *other
-    }
-}
-
 /// Like [`unframe`] for a frame that starts at `start` in a buffer the
 /// caller gives up: a raw payload is left where it is.
 fn unframe_in(buf: Vec<u8>, start: usize, max_len: usize) -> std::result::Result<Decoded, String> {

@@ -148,11 +148,7 @@ impl Keys {
     /// Encrypts `plaintext` deterministically, binding `headers` as
     /// associated data. Returns `tag ‖ ciphertext`.
     pub fn seal(&self, kind: ObjectKind, headers: &[&[u8]], plaintext: Vec<u8>) -> Vec<u8> {
-        let mut buf = Vec::with_capacity(TAG_LEN + plaintext.len());
-        buf.extend_from_slice(&[0u8; TAG_LEN]);
-        buf.extend_from_slice(&plaintext);
-        self.seal_in_place(kind, headers, &mut buf);
-        buf
+        seal_with(&self.aead[kind.index()], headers, &plaintext)
     }
 
     /// Like [`Keys::seal`], for a buffer whose first [`TAG_LEN`] bytes are
@@ -174,19 +170,16 @@ impl Keys {
 
     /// Reverses [`Keys::seal`]; `None` when the object does not authenticate.
     pub fn open(&self, kind: ObjectKind, headers: &[&[u8]], sealed: &[u8]) -> Option<Vec<u8>> {
-        let mut buf = sealed.to_vec();
-        if !self.open_in_place(kind, headers, &mut buf) {
-            return None;
-        }
-        buf.drain(..TAG_LEN);
-        Some(buf)
+        open_with(&self.aead[kind.index()], headers, sealed)
     }
 }
 
-/// Seals a key-encryption key's payload: used by [`crate::key`] with a key
-/// that came from the password rather than from the master key.
+/// Seals under an explicit key: [`Keys::seal`] with a kind's key, and
+/// [`crate::key`] with a key that came from the password rather than from
+/// the master key.
 pub fn seal_with(key: &[u8; AEAD_KEY_LEN], headers: &[&[u8]], plaintext: &[u8]) -> Vec<u8> {
-    let mut buf = vec![0u8; TAG_LEN];
+    let mut buf = Vec::with_capacity(TAG_LEN + plaintext.len());
+    buf.extend_from_slice(&[0u8; TAG_LEN]);
     buf.extend_from_slice(plaintext);
     let (tag_room, body) = buf.split_at_mut(TAG_LEN);
     tag_room.copy_from_slice(&PmacSiv::new(key).seal(headers, body));

@@ -124,8 +124,9 @@ impl ChunkStore {
     /// Prefetched chunks are decoded in the order they were asked for, a
     /// few at a time: the chunk a sequential reader needs next is decoded
     /// first, at full speed, instead of sharing the cores with every chunk
-    /// behind it (as with a thread per prefetch, up to 16 at once), and the reader (`cp`, which also writes every byte
-    /// it reads) is not crowded off the cores by a dozen decoding threads.
+    /// behind it (as with a thread per prefetch, up to 16 at once), and the
+    /// reader (`cp`, which also writes every byte it reads) is not crowded
+    /// off the cores by a dozen decoding threads.
     /// A reader that needs a chunk still waiting for a decoder decodes it
     /// itself rather than wait behind the queue.
     pub fn new(repo: Arc<Repository>, cache_bytes: u64, max_in_flight: usize, decoders: usize) -> ChunkStore {

@@ -567,7 +567,8 @@ impl fuser::Filesystem for CofferFs {
                 if let Some(first) = file.chunks.first() {
                     self.chunks.prefetch(*first);
                 }
-                // The content never changes: the kernel may keep its cached pages.
+                // The content never changes: the kernel may keep its cached
+                // pages (all reads' with --page-cache; a mapping's otherwise).
                 let mut flags = FopenFlags::FOPEN_KEEP_CACHE;
                 if self.direct_io {
                     flags |= FopenFlags::FOPEN_DIRECT_IO;
