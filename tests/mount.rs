@@ -254,6 +254,10 @@ fn mount_shows_every_snapshot_as_backed_up() {
     assert_eq!(std::fs::metadata(first.join("big.bin")).unwrap().ino(), big);
     let listed = std::fs::read_dir(&first).unwrap().map(|e| e.unwrap()).find(|e| e.file_name() == "big.bin").unwrap();
     assert_eq!(listed.ino(), big, "readdir and stat agree");
+    // The preferred I/O size that copies out of the mount use (see BLOCK_SIZE
+    // in coffer-fuse): large enough for few requests, small enough that the
+    // copy's writes stay cheap.
+    assert_eq!(std::fs::metadata(first.join("big.bin")).unwrap().blksize(), 256 << 10);
 
     // A snapshot made while mounted appears on the next listing.
     env.write("fourth.txt", b"made while mounted");
