@@ -18,6 +18,11 @@ How the figures are taken:
 - one tool at a time, with only its own repository on disk (a peer's is deleted after
   its turn): with three repositories of the data the page cache fills, and whichever
   step writes next pays for reclaiming it (first runs of this script, docs/performance.md);
+- before every timed step that writes (restore and every `cp`), a file of the data's size
+  is written and deleted, so that each such step finds the same recently freed memory
+  for its page cache: on a VM that hands free memory back to its host, pages freed
+  minutes ago must be faulted in again by the host, and whichever step happened to
+  follow a deletion otherwise wrote several times faster (docs/performance.md);
 - every step runs once per round, each on a fresh mount (neither the kernel's cache of
   the mount nor a tool's chunk cache helps); the repository's files are in the page
   cache (warm) unless --drop-caches is given;
@@ -286,6 +291,16 @@ def main() -> None:
         if args.drop_caches:
             drop_caches()
 
+    def free_recently(size: int) -> None:
+        """Writes and deletes `size` bytes, leaving that much memory freed just now."""
+        block = bytes(1 << 20)
+        path = scratch / "recently-freed"
+        with open(path, "wb") as f:
+            for _ in range(0, size, len(block)):
+                f.write(block)
+        sync()
+        path.unlink()
+
     def through_mount(tool: Tool, rel: str, fn) -> float:
         proc = tool.mount(mnt)
         try:
@@ -311,12 +326,15 @@ def main() -> None:
         record(dataset, step, time.perf_counter() - start)
         cpu.setdefault((dataset, step), []).append(used)
 
+    sizes = {name: tree_bytes(data / rel) for name, rel in DATASETS}
+
     def measure(tool: Tool) -> None:
         for rnd in range(1, args.rounds + 1):
             log(f"{tool.name}: round {rnd} of {args.rounds}")
             for name, rel in DATASETS:
                 if tool is coffer:
                     shutil.rmtree(restored, ignore_errors=True)
+                    free_recently(sizes[name])
                     prepare()
                     record(name, "coffer restore", timed(lambda: coffer.restore(rel, restored)))
                     shutil.rmtree(restored, ignore_errors=True)
@@ -324,11 +342,13 @@ def main() -> None:
                         try:
                             shutil.copytree(data / rel, in_ram / rel)
                             shutil.rmtree(copy_to, ignore_errors=True)
+                            free_recently(sizes[name])
                             prepare()
                             copy(name, "cp from RAM (control)", in_ram / rel)
                         finally:
                             shutil.rmtree(in_ram, ignore_errors=True)
                 shutil.rmtree(copy_to, ignore_errors=True)
+                free_recently(sizes[name])
                 through_mount(tool, rel, lambda inside: copy(name, f"{tool.name} mount, cp", inside))
                 shutil.rmtree(copy_to, ignore_errors=True)
                 record(name, f"{tool.name} mount, cat",
