@@ -277,7 +277,8 @@ def main() -> None:
     # The control's source: a copy of one data set in RAM, made for each
     # measurement and removed after it, so that it never crowds the page cache.
     in_ram = Path("/dev/shm") / f"coffer-mount-bench-{os.getpid()}"
-    largest = max(tree_bytes(data / rel) for _, rel in DATASETS)
+    sizes = {name: tree_bytes(data / rel) for name, rel in DATASETS}
+    largest = max(sizes.values())
     try:
         room = shutil.disk_usage("/dev/shm").free
     except OSError:
@@ -325,8 +326,6 @@ def main() -> None:
         used = cp_r(src, copy_to)
         record(dataset, step, time.perf_counter() - start)
         cpu.setdefault((dataset, step), []).append(used)
-
-    sizes = {name: tree_bytes(data / rel) for name, rel in DATASETS}
 
     def measure(tool: Tool) -> None:
         for rnd in range(1, args.rounds + 1):
@@ -376,8 +375,8 @@ def main() -> None:
 
     results: dict = {"rounds": args.rounds, "cache": args.cache, "drop_caches": args.drop_caches,
                      "skipped": skipped, "datasets": {}}
-    for name, rel in DATASETS:
-        size = tree_bytes(data / rel)
+    for name, _ in DATASETS:
+        size = sizes[name]
         results["datasets"][name] = {"bytes": size, **{step: summary(secs, size)
                                                        for (ds, step), secs in steps.items() if ds == name}}
         for (ds, step), used in cpu.items():
