@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use crate::backend::{Backend, BackendError};
+use crate::backend::{Backend, BackendError, BackendResult, BlockingRead};
 use crate::blob::{self, Compression};
 use crate::chunker::{Chunker, ChunkerParams};
 use crate::config::{self, ConfigBody, ConfigHeader};
@@ -588,7 +588,16 @@ pub fn decode_chunk_ref(
 
 /// Fetches an object's stored bytes from a backend.
 pub async fn fetch(backend: &dyn Backend, kind: ObjectKind, id: &Id) -> Result<Vec<u8>> {
-    match backend.get(&object_key(kind, id)).await {
+    fetched(kind, id, backend.get(&object_key(kind, id)).await)
+}
+
+/// [`fetch`] on the calling thread, from a store whose reads block.
+pub fn fetch_blocking(reads: &dyn BlockingRead, kind: ObjectKind, id: &Id) -> Result<Vec<u8>> {
+    fetched(kind, id, reads.get_blocking(&object_key(kind, id)))
+}
+
+fn fetched(kind: ObjectKind, id: &Id, got: BackendResult<Vec<u8>>) -> Result<Vec<u8>> {
+    match got {
         Ok(b) => Ok(b),
         Err(BackendError::NotFound { .. }) => Err(Error::Missing { kind: kind.name(), id: *id }),
         Err(e) => Err(e.into()),

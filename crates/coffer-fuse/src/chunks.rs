@@ -9,8 +9,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, mpsc};
 
+use coffer_core::backend::Backend;
 use coffer_core::crypto::{Keys, ObjectKind};
-use coffer_core::repo::{Repository, decode_chunk_ref, fetch};
+use coffer_core::repo::{Repository, decode_chunk_ref, fetch, fetch_blocking};
 use coffer_core::tree::ChunkRef;
 use coffer_core::{Error, Id};
 
@@ -24,28 +25,55 @@ pub struct ChunkStore {
     repo: Arc<Repository>,
     shared: Arc<Shared>,
     max_in_flight: usize,
-    decoder: Decoder,
-    /// The queue of the decoder threads (see [`ChunkStore::new`]).
-    decode: mpsc::Sender<DecodeJob>,
+    loader: Loader,
+    /// The queue of the prefetch workers (see [`ChunkStore::new`]).
+    jobs: mpsc::Sender<Job>,
 }
 
-/// A prefetched chunk whose stored bytes are in its [`Pending`].
-struct DecodeJob {
+/// A prefetch for a worker: its [`Pending`] holds what is left to do.
+struct Job {
     chunk: ChunkRef,
     pending: Arc<Pending>,
 }
 
-/// What decoding a chunk needs; no reference to the repository (see [`Shared`]).
+/// What reading and decoding a chunk need; no reference to the repository (see [`Shared`]).
 #[derive(Clone)]
-struct Decoder {
+struct Loader {
     keys: Arc<Keys>,
     repo_id: [u8; 32],
     max_len: usize,
+    /// The store, for the workers' own reads where its reads block (a local
+    /// folder); S3 reads go through the repository's runtime instead.
+    backend: Arc<dyn Backend>,
 }
 
-impl Decoder {
+impl Loader {
     fn decode(&self, chunk: &ChunkRef, stored: Vec<u8>) -> Fetched {
         decode_chunk_ref(&self.keys, &self.repo_id, self.max_len, chunk, stored).map(Arc::new).map_err(Arc::new)
+    }
+
+    /// Reads and decodes a chunk on this thread, from a store whose reads
+    /// block; `None` for the other stores.
+    fn read_and_decode(&self, chunk: &ChunkRef) -> Option<Fetched> {
+        let reads = self.backend.blocking_reads()?;
+        Some(match fetch_blocking(reads, ObjectKind::Chunk, &chunk.0) {
+            Ok(stored) => self.decode(chunk, stored),
+            Err(e) => Err(Arc::new(e)),
+        })
+    }
+
+    /// Does what is left of a prefetch: its read as well where the store's
+    /// reads block, else only the decoding of bytes the runtime fetched.
+    fn finish_prefetch(&self, shared: &Shared, chunk: &ChunkRef, pending: &Pending) -> Option<Fetched> {
+        let result = match pending.take_work()? {
+            // Queued only for a store whose reads block, which does not change.
+            Work::Queued => self.read_and_decode(chunk).unwrap_or_else(|| {
+                Err(Arc::new(Error::InvalidInput("this store cannot read on the calling thread".into())))
+            }),
+            Work::Fetched(stored) => self.decode(chunk, stored),
+        };
+        shared.finish(chunk, pending, result.clone());
+        Some(result)
     }
 }
 
@@ -61,15 +89,26 @@ struct Shared {
 struct Pending {
     result: Mutex<Option<Fetched>>,
     done: Condvar,
-    /// A prefetched chunk's stored bytes, fetched and waiting for a decoder.
-    /// Whoever takes them decodes the chunk: a decoder thread, or a reader
-    /// that needs the chunk now and would otherwise wait behind the queue.
-    fetched: Mutex<Option<Vec<u8>>>,
+    /// A prefetch's work that nobody has started: whoever takes it does it,
+    /// a worker or a reader that needs the chunk now and would otherwise
+    /// wait behind the queue.
+    work: Mutex<Option<Work>>,
+}
+
+enum Work {
+    /// Not read yet (a store whose reads block: the worker reads it).
+    Queued,
+    /// Read by the runtime; waiting to be decoded.
+    Fetched(Vec<u8>),
 }
 
 impl Pending {
-    fn take_fetched(&self) -> Option<Vec<u8>> {
-        self.fetched.lock().unwrap_or_else(|e| e.into_inner()).take()
+    fn take_work(&self) -> Option<Work> {
+        self.work.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    fn set_work(&self, work: Work) {
+        *self.work.lock().unwrap_or_else(|e| e.into_inner()) = Some(work);
     }
 
     fn wait(&self) -> Fetched {
@@ -116,42 +155,70 @@ impl Shared {
     }
 }
 
+/// How much less CPU the prefetch workers get than the threads that answer
+/// readers (a `nice` value, Linux only): when a reader such as `cp` and the
+/// workers want the same core, the reader runs. The workers are normally
+/// chunks ahead and lose nothing by waiting; a reader that gets to a chunk
+/// they have not started reads it itself, at normal priority.
+const WORKER_NICE: i32 = 10;
+
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: gettid and setpriority take no pointers; on Linux a thread id
+    // names that thread alone, so only this thread's priority changes.
+    unsafe {
+        let tid = libc::gettid();
+        if libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, WORKER_NICE) != 0 {
+            tracing::debug!("cannot lower the priority of a prefetch thread: {}", std::io::Error::last_os_error());
+        }
+    }
+}
+
 impl ChunkStore {
     /// A store keeping `cache_bytes` of decrypted chunks, with at most
-    /// `max_in_flight` prefetches under way, decoded by `decoders` threads
-    /// of their own.
+    /// `max_in_flight` prefetches under way, done by `workers` threads of
+    /// their own.
     ///
-    /// Prefetched chunks are decoded in the order they were asked for, a
-    /// few at a time: the chunk a sequential reader needs next is decoded
-    /// first, at full speed, instead of sharing the cores with every chunk
-    /// behind it (as with a thread per prefetch, up to 16 at once), and the
-    /// reader (`cp`, which also writes every byte it reads) is not crowded
-    /// off the cores by a dozen decoding threads.
-    /// A reader that needs a chunk still waiting for a decoder decodes it
-    /// itself rather than wait behind the queue.
-    pub fn new(repo: Arc<Repository>, cache_bytes: u64, max_in_flight: usize, decoders: usize) -> ChunkStore {
+    /// A worker reads a chunk (where the store's reads block: a local
+    /// folder) and decodes it, on one thread: no hand-off to the runtime
+    /// and back per chunk, and the bytes are decoded while still in that
+    /// core's cache. From S3 the runtime fetches, many chunks at once, and
+    /// the workers decode.
+    ///
+    /// Prefetches are done in the order they were asked for, a few at a
+    /// time: the chunk a sequential reader needs next is decoded first, at
+    /// full speed, instead of sharing the cores with every chunk behind it
+    /// (as with a thread per prefetch, up to 16 at once), and the reader
+    /// (`cp`, which also writes every byte it reads) is not crowded off the
+    /// cores by a dozen decoding threads; the workers also run at a lower
+    /// priority ([`WORKER_NICE`]).
+    pub fn new(repo: Arc<Repository>, cache_bytes: u64, max_in_flight: usize, workers: usize) -> ChunkStore {
         let shared =
             Arc::new(Shared { cache: Mutex::new(Lru::new(cache_bytes)), in_flight: Mutex::new(HashMap::new()) });
-        let decoder = Decoder { keys: repo.keys().clone(), repo_id: *repo.repo_id(), max_len: repo.max_chunk_len() };
-        let (decode, jobs) = mpsc::channel::<DecodeJob>();
-        let jobs = Arc::new(Mutex::new(jobs));
-        for i in 0..decoders.max(1) {
-            let (jobs, shared, decoder) = (jobs.clone(), shared.clone(), decoder.clone());
-            let spawned = std::thread::Builder::new().name(format!("coffer-decode-{i}")).spawn(move || {
+        let loader = Loader {
+            keys: repo.keys().clone(),
+            repo_id: *repo.repo_id(),
+            max_len: repo.max_chunk_len(),
+            backend: repo.backend().clone(),
+        };
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let queue = Arc::new(Mutex::new(queue));
+        for i in 0..workers.max(1) {
+            let (queue, shared, loader) = (queue.clone(), shared.clone(), loader.clone());
+            let spawned = std::thread::Builder::new().name(format!("coffer-prefetch-{i}")).spawn(move || {
+                lower_priority();
                 // Ends when the store and every prefetch task are gone.
                 loop {
-                    let job = jobs.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                    let Ok(DecodeJob { chunk, pending }) = job else { return };
-                    if let Some(stored) = pending.take_fetched() {
-                        shared.finish(&chunk, &pending, decoder.decode(&chunk, stored));
-                    }
+                    let job = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    let Ok(Job { chunk, pending }) = job else { return };
+                    loader.finish_prefetch(&shared, &chunk, &pending);
                 }
             });
             if let Err(e) = spawned {
-                tracing::warn!("cannot start a chunk decoder thread: {e}");
+                tracing::warn!("cannot start a chunk prefetch thread: {e}");
             }
         }
-        ChunkStore { repo, shared, max_in_flight: max_in_flight.max(1), decoder, decode }
+        ChunkStore { repo, shared, max_in_flight: max_in_flight.max(1), loader, jobs }
     }
 
     /// Bytes of chunks held in the cache.
@@ -170,21 +237,21 @@ impl ChunkStore {
         match self.shared.claim(&chunk.0) {
             Ok(c) => Ok(c),
             Err((pending, false)) => {
-                // Fetched ahead but not decoded yet: decode it here rather
-                // than wait for a decoder thread.
-                if let Some(stored) = pending.take_fetched() {
-                    let result = self.decoder.decode(chunk, stored);
-                    self.shared.finish(chunk, &pending, result.clone());
+                // Prefetched, but nobody has started on it: do it here
+                // rather than wait for a worker.
+                if let Some(result) = self.loader.finish_prefetch(&self.shared, chunk, &pending) {
                     return result;
                 }
                 pending.wait()
             }
             Err((pending, true)) => {
-                let repo = &self.repo;
-                let result = match repo.runtime().block_on(fetch(&**repo.backend(), ObjectKind::Chunk, &chunk.0)) {
-                    Ok(stored) => self.decoder.decode(chunk, stored),
-                    Err(e) => Err(Arc::new(e)),
-                };
+                let result = self.loader.read_and_decode(chunk).unwrap_or_else(|| {
+                    let repo = &self.repo;
+                    match repo.runtime().block_on(fetch(&**repo.backend(), ObjectKind::Chunk, &chunk.0)) {
+                        Ok(stored) => self.loader.decode(chunk, stored),
+                        Err(e) => Err(Arc::new(e)),
+                    }
+                });
                 self.shared.finish(chunk, &pending, result.clone());
                 result
             }
@@ -199,26 +266,34 @@ impl ChunkStore {
             return;
         }
         let Err((pending, true)) = self.shared.claim(&chunk.0) else { return };
+        if self.loader.backend.blocking_reads().is_some() {
+            pending.set_work(Work::Queued);
+            return send(&self.jobs, &self.shared, chunk, pending);
+        }
         let shared = self.shared.clone();
         let backend = self.repo.backend().clone();
-        let decode = self.decode.clone();
+        let jobs = self.jobs.clone();
         self.repo.runtime().spawn(async move {
-            let error = match fetch(&*backend, ObjectKind::Chunk, &chunk.0).await {
+            match fetch(&*backend, ObjectKind::Chunk, &chunk.0).await {
                 Ok(stored) => {
-                    *pending.fetched.lock().unwrap_or_else(|e| e.into_inner()) = Some(stored);
-                    match decode.send(DecodeJob { chunk, pending: pending.clone() }) {
-                        Ok(()) => return,
-                        // No decoder thread could be started.
-                        Err(_) if pending.take_fetched().is_some() => {
-                            Arc::new(Error::InvalidInput("no thread to decode chunks".into()))
-                        }
-                        Err(_) => return,
-                    }
+                    pending.set_work(Work::Fetched(stored));
+                    send(&jobs, &shared, chunk, pending);
                 }
-                Err(e) => Arc::new(e),
-            };
-            tracing::debug!("prefetch of chunk {} failed: {error}", chunk.0.to_hex());
-            shared.finish(&chunk, &pending, Err(error));
+                Err(e) => {
+                    tracing::debug!("prefetch of chunk {} failed: {e}", chunk.0.to_hex());
+                    shared.finish(&chunk, &pending, Err(Arc::new(e)));
+                }
+            }
         });
+    }
+}
+
+/// Hands a prefetch to the workers; if none could be started, the chunk's
+/// readers are told rather than left waiting.
+fn send(jobs: &mpsc::Sender<Job>, shared: &Shared, chunk: ChunkRef, pending: Arc<Pending>) {
+    if let Err(mpsc::SendError(Job { chunk, pending })) = jobs.send(Job { chunk, pending })
+        && pending.take_work().is_some()
+    {
+        shared.finish(&chunk, &pending, Err(Arc::new(Error::InvalidInput("no thread to prefetch chunks".into()))));
     }
 }

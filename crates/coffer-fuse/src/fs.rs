@@ -56,8 +56,8 @@ pub struct Settings {
     pub tree_cache_bytes: u64,
     pub prefetch_bytes: u64,
     pub max_in_flight: usize,
-    /// Threads decoding prefetched chunks.
-    pub decoders: usize,
+    /// Threads reading (from a local folder) and decoding prefetched chunks.
+    pub workers: usize,
     /// Reads through the kernel's page cache (see `MountOptions::page_cache`).
     pub page_cache: bool,
 }
@@ -212,7 +212,7 @@ impl Found {
 impl CofferFs {
     pub fn new(repo: Arc<Repository>, settings: &Settings) -> Result<CofferFs, Error> {
         let chunks =
-            Arc::new(ChunkStore::new(repo.clone(), settings.cache_bytes, settings.max_in_flight, settings.decoders));
+            Arc::new(ChunkStore::new(repo.clone(), settings.cache_bytes, settings.max_in_flight, settings.workers));
         let fs = CofferFs {
             repo,
             inodes: RwLock::new(Inodes::new()),

@@ -139,7 +139,7 @@ pub fn spawn(repo: Arc<Repository>, mountpoint: &Path, options: &MountOptions) -
         max_in_flight: 16,
         // As many as there are cores: more only share them, and delay the
         // chunk a reader needs next behind the ones after it.
-        decoders: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
         tree_cache_bytes: 64 << 20,
         page_cache: options.page_cache,
     };

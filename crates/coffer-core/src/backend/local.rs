@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 
 use super::direct::DirectWriter;
-use super::{Backend, BackendError, BackendResult, Bytes, Entry, WireCounters, WireStats};
+use super::{Backend, BackendError, BackendResult, BlockingRead, Bytes, Entry, WireCounters, WireStats};
 
 /// Temporary files carry this marker; names containing it are never listed.
 const TEMP_MARKER: &str = ".tmp-";
@@ -49,10 +49,29 @@ impl LocalBackend {
         move |source| BackendError::Io { key: key.to_string(), error: source }
     }
 
+    /// Counts a finished read and names what went wrong.
+    fn read_done(&self, key: &str, res: std::io::Result<Vec<u8>>) -> BackendResult<Vec<u8>> {
+        match res {
+            Ok(data) => {
+                self.wire.received(data.len() as u64);
+                Ok(data)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(BackendError::NotFound { key: key.to_string() }),
+            Err(e) => Err(BackendError::Io { key: key.to_string(), error: e }),
+        }
+    }
+
     fn mark_dirty(&self, dir: PathBuf) {
         if let Ok(mut dirty) = self.dirty_dirs.lock() {
             dirty.insert(dir);
         }
+    }
+}
+
+impl BlockingRead for LocalBackend {
+    fn get_blocking(&self, key: &str) -> BackendResult<Vec<u8>> {
+        self.wire.get();
+        self.read_done(key, std::fs::read(self.path(key)))
     }
 }
 
@@ -147,14 +166,11 @@ impl Backend for LocalBackend {
         let res = tokio::task::spawn_blocking(move || std::fs::read(path))
             .await
             .map_err(|e| BackendError::Io { key: key.to_string(), error: std::io::Error::other(e) })?;
-        match res {
-            Ok(data) => {
-                self.wire.received(data.len() as u64);
-                Ok(data)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(BackendError::NotFound { key: key.to_string() }),
-            Err(e) => Err(BackendError::Io { key: key.to_string(), error: e }),
-        }
+        self.read_done(key, res)
+    }
+
+    fn blocking_reads(&self) -> Option<&dyn BlockingRead> {
+        Some(self)
     }
 
     async fn list(&self, prefix: &str) -> BackendResult<Vec<Entry>> {
@@ -262,5 +278,23 @@ mod tests {
             let expected = WireStats { puts: 1, gets: 2, lists: 3, deletes: 2, heads: 0, bytes_up: 4, bytes_down: 4 };
             assert_eq!(b.wire_stats(), expected);
         });
+    }
+
+    #[test]
+    fn blocking_reads_match_get_and_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalBackend::new(dir.path().join("repo"));
+        rt().block_on(async {
+            b.create().await.unwrap();
+            b.put("chunks/ab/abcd", Bytes::from_static(b"data")).await.unwrap();
+        });
+        let reads = b.blocking_reads().expect("a local folder reads by blocking calls");
+        assert_eq!(reads.get_blocking("chunks/ab/abcd").unwrap(), b"data");
+        assert!(reads.get_blocking("chunks/ab/none").unwrap_err().is_not_found());
+        std::fs::create_dir(dir.path().join("repo/chunks/ab/abce")).unwrap();
+        let err = reads.get_blocking("chunks/ab/abce").unwrap_err();
+        assert!(matches!(err, BackendError::Io { ref key, .. } if key == "chunks/ab/abce"), "{err}");
+        let stats = b.wire_stats();
+        assert_eq!((stats.gets, stats.bytes_down), (3, 4));
     }
 }

@@ -147,6 +147,11 @@ impl WireCounters {
     }
 }
 
+/// [`Backend::get`] as a blocking call on the calling thread.
+pub trait BlockingRead: Send + Sync {
+    fn get_blocking(&self, key: &str) -> BackendResult<Vec<u8>>;
+}
+
 /// An object store.
 ///
 /// Writes must be atomic: a reader sees either no object or the whole object,
@@ -175,6 +180,16 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Reads the whole object.
     async fn get(&self, key: &str) -> BackendResult<Vec<u8>>;
+
+    /// The store's reads as plain blocking calls, for a store whose reads are
+    /// file reads (a local folder); `None` for the others. A worker thread
+    /// that reads and then decodes an object can then do both itself,
+    /// instead of handing every read to the runtime and waiting for it.
+    /// Wrappers that change what `get` does (delays, faults) keep the
+    /// default, so that their behaviour is not bypassed.
+    fn blocking_reads(&self) -> Option<&dyn BlockingRead> {
+        None
+    }
 
     /// Lists every key that starts with `prefix` (a folder such as
     /// `chunks/`), in no particular order. Temporary objects are left out;
