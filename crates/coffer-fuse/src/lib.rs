@@ -9,7 +9,9 @@
 //! [`chunks`]).
 //!
 //! The mount uses fuser's pure-Rust mount: `/dev/fuse` directly when run as
-//! root, the `fusermount3` helper otherwise; no libfuse.
+//! root, the `fusermount3` helper otherwise; no libfuse. That mount is
+//! Linux's alone, so elsewhere the crate is empty (see its `Cargo.toml`).
+#![cfg(target_os = "linux")]
 
 mod chunks;
 mod fs;
