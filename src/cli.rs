@@ -117,6 +117,10 @@ pub struct UnlockArgs {
     /// not refreshed meanwhile
     #[arg(long)]
     pub wait: bool,
+    /// Remove every lock, even those in use or unreadable: only when you know that no other coffer
+    /// is running on this repository
+    #[arg(long)]
+    pub remove_all: bool,
 }
 
 /// Parses `90`, `90s`, `15m`, `2h`, `1h30m`, `500ms`.

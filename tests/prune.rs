@@ -144,6 +144,9 @@ fn unlock_wait_removes_an_abandoned_lock_and_keeps_a_refreshed_one(backend: Back
     let mut abandoned = LockRecord::for_process(4242, false, "forget");
     abandoned.host = "another-machine".into();
     abandoned.boot_id = "another boot".into();
+    // Its holder ran with the same short stale time: a lock records its
+    // holder's, and watchers wait for the longer of theirs and that one.
+    abandoned.stale_secs = stale;
     repo.write_lock_record(&abandoned).unwrap();
 
     let out = env.coffer().arg("unlock").output().unwrap();

@@ -14,9 +14,11 @@ mod crypto_objects;
 mod dedup;
 mod diff;
 mod dump;
+mod durability;
 mod errors;
 mod forget;
 mod keys;
+mod lock_records;
 mod locks;
 mod metadata;
 #[cfg(all(feature = "mount", target_os = "linux"))]

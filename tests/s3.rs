@@ -149,8 +149,8 @@ fn listing_pages_past_1000_keys() {
             assert_eq!(e.key, format!("chunks/ab/{i:05}"));
             assert_eq!(e.size, 4);
         }
-        assert_eq!(backend.get("chunks/ab/01099").await.unwrap(), 1099u32.to_le_bytes());
-        assert!(backend.get("chunks/ab/99999").await.unwrap_err().is_not_found());
+        assert_eq!(backend.get("chunks/ab/01099", u64::MAX).await.unwrap(), 1099u32.to_le_bytes());
+        assert!(backend.get("chunks/ab/99999", u64::MAX).await.unwrap_err().is_not_found());
         backend.delete("chunks/ab/00000").await.unwrap();
         backend.delete("chunks/ab/00000").await.unwrap();
         assert_eq!(backend.list("chunks/ab/").await.unwrap().len(), 1099);
@@ -282,16 +282,16 @@ fn conditional_chunk_upload_keeps_the_stored_object() {
         // s3s-fs honours If-None-Match: *, answering 412; a HEAD finds an
         // object of the same length there (an equivalent encoding): kept.
         backend.put("chunks/aa/aa01", b"other".to_vec().into()).await.unwrap();
-        assert_eq!(backend.get("chunks/aa/aa01").await.unwrap(), b"first");
+        assert_eq!(backend.get("chunks/aa/aa01", u64::MAX).await.unwrap(), b"first");
         let w = backend.wire_stats();
         assert_eq!((w.puts, w.heads), (2, 2), "{w:?}");
         // A stored object of another length (truncated) is replaced.
         backend.put("chunks/aa/aa01", b"longer".to_vec().into()).await.unwrap();
-        assert_eq!(backend.get("chunks/aa/aa01").await.unwrap(), b"longer");
+        assert_eq!(backend.get("chunks/aa/aa01", u64::MAX).await.unwrap(), b"longer");
         // Only chunks are uploaded conditionally.
         backend.put("snapshots/bb", b"first".to_vec().into()).await.unwrap();
         backend.put("snapshots/bb", b"second".to_vec().into()).await.unwrap();
-        assert_eq!(backend.get("snapshots/bb").await.unwrap(), b"second");
+        assert_eq!(backend.get("snapshots/bb", u64::MAX).await.unwrap(), b"second");
         let w = backend.wire_stats();
         // The bucket check, and one HEAD after each 412.
         assert_eq!((w.puts, w.heads), (6, 3), "{w:?}");
@@ -315,9 +315,9 @@ fn store_without_conditional_uploads_is_probed_once() {
         backend.put("chunks/aa/aa01", b"one".to_vec().into()).await.unwrap();
         backend.put("chunks/bb/bb01", b"two".to_vec().into()).await.unwrap();
         backend.put("chunks/aa/aa01", b"again".to_vec().into()).await.unwrap();
-        assert_eq!(backend.get("chunks/bb/bb01").await.unwrap(), b"two");
+        assert_eq!(backend.get("chunks/bb/bb01", u64::MAX).await.unwrap(), b"two");
         // Without the condition, an upload replaces (with an equivalent object in real use).
-        assert_eq!(backend.get("chunks/aa/aa01").await.unwrap(), b"again");
+        assert_eq!(backend.get("chunks/aa/aa01", u64::MAX).await.unwrap(), b"again");
     });
     assert_eq!(conditional.load(Ordering::SeqCst), 1, "the condition is sent until the first refusal only");
     assert_eq!(backend.wire_stats().puts, 4, "the refused upload, its plain retry and two more");

@@ -9,18 +9,33 @@ pub fn run(g: &GlobalArgs, a: &UnlockArgs) -> Result<u8> {
     if a.wait && !g.quiet {
         eprintln!("watching the locks for {}s to see which are still refreshed", observe.as_secs());
     }
-    let outcome = repo.unlock(observe)?;
+    let outcome = repo.unlock(observe, a.remove_all)?;
     if !g.quiet {
         for (who, why) in &outcome.removed {
             println!("removed the stale lock of {who}: {why}");
         }
-        if outcome.removed.is_empty() && outcome.live.is_empty() {
+        if outcome.removed.is_empty()
+            && outcome.live.is_empty()
+            && outcome.foreign.is_empty()
+            && outcome.damaged.is_empty()
+        {
             println!("no locks");
         }
     }
-    if let Some(first) = outcome.live.first() {
-        for l in &outcome.live {
-            eprintln!("kept the lock of {}: it is in use, or not provably stale", l.describe());
+    // Damaged locks hold nobody back; they are kept only so that a lock
+    // being written as we looked is not removed under its writer.
+    for d in &outcome.damaged {
+        eprintln!(
+            "kept the unreadable object {}: {}; it does not count as a lock. `coffer unlock --wait` removes it \
+             once unchanged for the stale time, `--remove-all` at once",
+            d.name, d.why
+        );
+    }
+    let mut holders: Vec<String> = outcome.foreign.iter().map(|f| f.describe()).collect();
+    holders.extend(outcome.live.iter().map(|l| l.describe()));
+    if let Some(first) = holders.first() {
+        for h in &holders {
+            eprintln!("kept the lock of {h}: it is in use, or not provably stale");
         }
         let hint = if a.wait {
             "; it was refreshed while watched, so its process is running".to_string()
@@ -29,7 +44,7 @@ pub fn run(g: &GlobalArgs, a: &UnlockArgs) -> Result<u8> {
              `coffer unlock --wait` watches it for the stale time first"
                 .to_string()
         };
-        return Err(coffer_core::Error::Locked { holder: first.describe(), hint }.into());
+        return Err(coffer_core::Error::Locked { holder: first.clone(), hint }.into());
     }
     Ok(exit::OK)
 }

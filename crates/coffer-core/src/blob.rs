@@ -28,9 +28,24 @@ const COMPRESSION_ZSTD: u8 = 1;
 /// whatever the object's header claims.
 pub const MAX_PLAINTEXT: usize = 1 << 30;
 
+/// The most bytes a chunk or tree whose plaintext has at most `max_plain`
+/// bytes can be stored as: the tag and the padded frame of the raw
+/// plaintext (a compressed payload is kept only when it is smaller). A
+/// store's object of that kind that is larger is damaged or hostile, and is
+/// refused before it is read.
+pub const fn max_stored_len(max_plain: usize) -> u64 {
+    padme((HEADER_LEN as u64).saturating_add(max_plain as u64)).saturating_add(TAG_LEN as u64)
+}
+
+/// [`max_stored_len`] for an object sealed with [`seal_random`] (its nonce
+/// comes in front).
+pub const fn max_stored_random_len(max_plain: usize) -> u64 {
+    max_stored_len(max_plain).saturating_add(NONCE_LEN as u64)
+}
+
 /// Padmé: rounds `len` up so that only O(log log len) bits of it are stored.
 /// The overhead is at most about 12%, and a few percent at chunk sizes.
-pub fn padme(len: u64) -> u64 {
+pub const fn padme(len: u64) -> u64 {
     if len < 2 {
         return len;
     }
@@ -480,6 +495,23 @@ pub fn open_random(
     stored: &[u8],
     max_len: usize,
 ) -> Result<Vec<u8>> {
+    open_random_authentic(keys, repo_id, kind, name, extra, stored, max_len)?
+        .map_err(|r| Error::corrupt(kind.name(), name, r))
+}
+
+/// [`open_random`], telling an object that does not authenticate (`Err`)
+/// from an authentic one whose frame this version cannot read, or whose
+/// plaintext is longer than `max_len` (`Ok(Err(why))`): the second was
+/// written by a holder of the repository's key, maybe a newer coffer.
+pub fn open_random_authentic(
+    keys: &Keys,
+    repo_id: &[u8; 32],
+    kind: ObjectKind,
+    name: &str,
+    extra: &[u8],
+    stored: &[u8],
+    max_len: usize,
+) -> Result<std::result::Result<Vec<u8>, String>> {
     if stored.len() < NONCE_LEN + TAG_LEN {
         return Err(Error::corrupt(kind.name(), name, format!("only {} bytes long", stored.len())));
     }
@@ -487,7 +519,7 @@ pub fn open_random(
     let framed = keys.open(kind, &[kind.tag(), name.as_bytes(), repo_id, extra, nonce], sealed).ok_or_else(|| {
         Error::corrupt(kind.name(), name, "does not authenticate (altered, truncated, or stored under the wrong name)")
     })?;
-    unframe(&framed, max_len).map_err(|r| Error::corrupt(kind.name(), name, r))
+    Ok(unframe(&framed, max_len))
 }
 
 #[cfg(test)]
@@ -497,6 +529,34 @@ mod tests {
 
     fn keys() -> Keys {
         Keys::from_master(&[42u8; 64])
+    }
+
+    #[test]
+    fn stored_lengths_never_exceed_their_bound() {
+        let k = keys();
+        let id = Id([1; 32]);
+        // Incompressible plaintexts of awkward lengths, and compressible ones.
+        for len in [0usize, 1, 63, 64, 4095, 4096, 100_000, 1 << 20] {
+            let mut x = 0x1234_5678_u64 ^ len as u64;
+            let random: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            for plain in [random, vec![7u8; len]] {
+                let stored = encode(&k, &[2; 32], ObjectKind::Chunk, &id, &plain, Compression { level: 3 });
+                assert!(stored.len() as u64 <= max_stored_len(len), "chunk of {len}: {}", stored.len());
+                let sealed = seal_random(&k, &[2; 32], ObjectKind::Lock, "locks/x", b"", &plain);
+                assert!(sealed.len() as u64 <= max_stored_random_len(len), "sealed {len}: {}", sealed.len());
+            }
+        }
+        // The bound is tight for raw data: a stored object is never refused
+        // by more than padding's worth.
+        let raw = encode(&k, &[2; 32], ObjectKind::Chunk, &id, &[5u8; 40], Compression { level: 0 });
+        assert_eq!(raw.len() as u64, max_stored_len(40));
     }
 
     #[test]

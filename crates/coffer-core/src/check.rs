@@ -202,11 +202,12 @@ pub fn check(repo: &Repository, read: ReadData) -> Result<CheckReport> {
 fn fetch_all(repo: &Repository, kind: ObjectKind, ids: Vec<Id>) -> Vec<(Id, Result<Vec<u8>>)> {
     let backend = repo.backend().clone();
     let concurrency = backend.concurrency().max(1);
+    let limit = repo.stored_limit(kind);
     repo.runtime().block_on(
         futures_util::stream::iter(ids)
             .map(|id| {
                 let backend = backend.clone();
-                async move { (id, fetch(&*backend, kind, &id).await) }
+                async move { (id, fetch(&*backend, kind, &id, limit).await) }
             })
             .buffer_unordered(concurrency)
             .collect(),
@@ -227,6 +228,7 @@ fn read_chunks(repo: &Repository, chunks: Vec<ChunkRef>) -> Vec<(Id, Error)> {
     let keys = repo.keys().clone();
     let repo_id = *repo.repo_id();
     let max_len = repo.max_chunk_len();
+    let limit = repo.stored_limit(ObjectKind::Chunk);
     let concurrency = backend.concurrency().max(1);
     let budget = Arc::new(tokio::sync::Semaphore::new(READ_BUDGET as usize));
     let failures: Vec<Option<(Id, Error)>> = repo.runtime().block_on(
@@ -240,7 +242,7 @@ fn read_chunks(repo: &Repository, chunks: Vec<ChunkRef>) -> Vec<(Id, Error)> {
                         Ok(p) => p,
                         Err(e) => return Some((chunk.0, Error::InvalidInput(format!("read budget: {e}")))),
                     };
-                    let stored = match fetch(&*backend, ObjectKind::Chunk, &chunk.0).await {
+                    let stored = match fetch(&*backend, ObjectKind::Chunk, &chunk.0, limit).await {
                         Ok(b) => b,
                         Err(e) => return Some((chunk.0, e)),
                     };

@@ -23,6 +23,8 @@ pub const HEADER_LEN: usize = 48;
 /// The object's key in the repository.
 pub const NAME: &str = "config";
 const MAX_BODY: usize = 64 * 1024;
+/// The most bytes a stored `config` can take: the header and the sealed body.
+pub const MAX_STORED: u64 = HEADER_LEN as u64 + crate::blob::max_stored_random_len(MAX_BODY);
 
 /// The plaintext header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -180,9 +180,10 @@ impl Fetcher<'_> {
         let keys = self.repo.keys().clone();
         let repo_id = *self.repo.repo_id();
         let max_len = self.repo.max_chunk_len();
+        let limit = self.repo.stored_limit(ObjectKind::Chunk);
         let zero_chunks = self.zero_chunks.clone();
         Ok(Msg::Chunk(self.repo.runtime().spawn(async move {
-            let stored = fetch(&*backend, ObjectKind::Chunk, &chunk.0).await?;
+            let stored = fetch(&*backend, ObjectKind::Chunk, &chunk.0, limit).await?;
             tokio::task::spawn_blocking(move || {
                 let data = crate::repo::decode_chunk_ref(&keys, &repo_id, max_len, &chunk, stored)?;
                 if is_all_zero(&data) {

@@ -26,6 +26,8 @@ pub const NAME: &str = "generation";
 
 /// Upper bound on the plaintext a client decodes.
 const MAX_LEN: usize = 4096;
+/// Upper bound on the stored object a client reads.
+const MAX_STORED: u64 = blob::max_stored_random_len(MAX_LEN);
 
 /// An opaque generation token. Two reads that return equal tokens saw no
 /// prune in between.
@@ -52,9 +54,12 @@ impl Repository {
     /// Reads the current generation ([`Generation::INITIAL`] when no prune
     /// has ever run).
     pub async fn generation(&self) -> Result<Generation> {
-        let stored = match self.backend().get(NAME).await {
+        let stored = match self.backend().get(NAME, MAX_STORED).await {
             Ok(b) => b,
             Err(e) if e.is_not_found() => return Ok(Generation::INITIAL),
+            Err(e @ crate::backend::BackendError::TooLarge { .. }) => {
+                return Err(Error::corrupt("generation", NAME, e.to_string()));
+            }
             Err(e) => return Err(e.into()),
         };
         let plain = blob::open_random(self.keys(), self.repo_id(), ObjectKind::Lock, NAME, b"", &stored, MAX_LEN)?;

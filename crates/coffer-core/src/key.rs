@@ -211,12 +211,13 @@ impl Repository {
             names.sort();
             let mut out = Vec::new();
             for name in names {
-                let bytes = match backend.get(&name).await {
-                    Ok(b) => b,
+                let envelope = match backend.get(&name, MAX_ENVELOPE_LEN as u64).await {
+                    Ok(bytes) => KeyEnvelope::from_bytes(&name, &bytes).ok(),
                     Err(e) if e.is_not_found() => continue,
+                    // Listed as a key that does not parse.
+                    Err(crate::backend::BackendError::TooLarge { .. }) => None,
                     Err(e) => return Err(e.into()),
                 };
-                let envelope = KeyEnvelope::from_bytes(&name, &bytes).ok();
                 out.push(KeyInfo { name, envelope });
             }
             Ok(out)

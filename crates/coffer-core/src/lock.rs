@@ -48,6 +48,9 @@ use crate::repo::{Repository, object_key, parse_object_key};
 pub const LOCK_VERSION: u32 = 1;
 /// Largest lock plaintext a client decodes.
 const MAX_LOCK_LEN: usize = 64 * 1024;
+/// Largest stored lock object a client reads (docs/format.md, section 13):
+/// a larger `locks/…` object is refused unread and counts as damaged.
+pub const MAX_STORED: u64 = blob::max_stored_random_len(MAX_LOCK_LEN);
 /// The operation name prune's locks carry.
 pub const PRUNE: &str = "prune";
 /// The operation name forget's lock carries.
@@ -123,11 +126,17 @@ pub struct LockRecord {
     pub counter: u64,
     /// When it was written (RFC 3339), for people only.
     pub time: String,
+    /// The holder's stale time in seconds: others wait at least this long
+    /// (and at least their own stale time) before they call it stale, so a
+    /// watcher with a short stale time never overrides a holder that
+    /// refreshes slowly. 0 in records that predate it: the default applies.
+    #[serde(default)]
+    pub stale_secs: u64,
 }
 
 impl LockRecord {
     /// A record for this process.
-    fn for_this_process(exclusive: bool, operation: &str, offset: jiff::SignedDuration) -> LockRecord {
+    fn for_this_process(exclusive: bool, operation: &str, settings: &LockSettings) -> LockRecord {
         let pid = std::process::id();
         LockRecord {
             version: LOCK_VERSION,
@@ -141,14 +150,15 @@ impl LockRecord {
             process_start: process_start(pid).unwrap_or(0),
             lock_id: Id::random(),
             counter: 0,
-            time: wall_time(offset),
+            time: wall_time(settings.wall_clock_offset),
+            stale_secs: settings.stale.as_secs().max(1),
         }
     }
 
     /// A record for another process of this machine, for tests of stale
-    /// locks left by a process that has died.
+    /// locks left by a process that has died. Its stale time is the default.
     pub fn for_process(pid: u32, exclusive: bool, operation: &str) -> LockRecord {
-        let mut r = LockRecord::for_this_process(exclusive, operation, jiff::SignedDuration::ZERO);
+        let mut r = LockRecord::for_this_process(exclusive, operation, &LockSettings::default());
         r.pid = pid;
         r.process_start = process_start(pid).unwrap_or(0);
         r
@@ -171,17 +181,26 @@ impl LockRecord {
 
     /// True when the holder provably no longer runs: it was on this very
     /// machine, in this boot and pid namespace, and its pid is gone or now
-    /// belongs to a process started at another time.
+    /// belongs to a process started at another time. Anything that cannot
+    /// be known (a `/proc` hidden by `hidepid` or `ProtectProc`, a read that
+    /// fails, a record without a start time) means alive.
     pub fn holder_is_dead(&self) -> bool {
+        self.holder_is_dead_with(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")))
+    }
+
+    /// [`LockRecord::holder_is_dead`], reading `/proc/<pid>/stat` with
+    /// `read_stat` (tests make that read fail as a hidden `/proc` does).
+    pub fn holder_is_dead_with(&self, read_stat: impl Fn(u32) -> std::io::Result<String>) -> bool {
         if self.boot_id.is_empty() || self.pid_namespace.is_empty() {
             return false;
         }
         if self.host != crate::repo::host_name() || self.boot_id != boot_id() || self.pid_namespace != pid_namespace() {
             return false;
         }
-        match process_start(self.pid) {
-            None => true,
-            Some(start) => start != self.process_start,
+        match process_state(self.pid, read_stat) {
+            ProcessState::Gone => true,
+            ProcessState::Running { start } => self.process_start != 0 && start != self.process_start,
+            ProcessState::Unknown => false,
         }
     }
 
@@ -192,17 +211,128 @@ impl LockRecord {
 
     /// Authenticates and parses the lock stored under `name`.
     pub fn open(keys: &Keys, repo_id: &[u8; 32], name: &str, stored: &[u8]) -> Result<LockRecord> {
-        let plain = blob::open_random(keys, repo_id, ObjectKind::Lock, name, b"", stored, MAX_LOCK_LEN)?;
-        let record: LockRecord =
-            rmp_serde::from_slice(&plain).map_err(|e| Error::corrupt("lock", name, format!("does not parse: {e}")))?;
+        match LockRecord::open_authentic(keys, repo_id, name, stored)? {
+            Ok(record) => Ok(record),
+            Err(foreign) => Err(Error::corrupt("lock", name, foreign.why)),
+        }
+    }
+
+    /// [`LockRecord::open`], telling a lock that does not authenticate
+    /// (`Err`: garbage, whoever wrote it has no key) from an authentic one
+    /// this version cannot read (`Ok(Err(_))`: a newer coffer's, or a
+    /// writer's bug), which must be honoured as a live lock.
+    fn open_authentic(
+        keys: &Keys,
+        repo_id: &[u8; 32],
+        name: &str,
+        stored: &[u8],
+    ) -> Result<std::result::Result<LockRecord, ForeignLock>> {
+        let foreign = |why: String, summary: LockSummary| ForeignLock { name: name.to_string(), summary, why };
+        let plain = match blob::open_random_authentic(keys, repo_id, ObjectKind::Lock, name, b"", stored, MAX_LOCK_LEN)?
+        {
+            Ok(p) => p,
+            Err(why) => return Ok(Err(foreign(why, LockSummary::default()))),
+        };
+        let summary = || rmp_serde::from_slice::<LockSummary>(&plain).unwrap_or_default();
+        let record: LockRecord = match rmp_serde::from_slice(&plain) {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(foreign(format!("does not parse: {e}"), summary()))),
+        };
         if record.version != LOCK_VERSION {
-            return Err(Error::corrupt("lock", name, format!("unknown lock version {}", record.version)));
+            return Ok(Err(foreign(
+                format!("lock version {}, newer than this coffer's {LOCK_VERSION}", record.version),
+                summary(),
+            )));
         }
         if record.name() != name {
-            return Err(Error::corrupt("lock", name, "its id does not match its name"));
+            return Ok(Err(foreign("its id does not match its name".into(), summary())));
         }
-        Ok(record)
+        Ok(Ok(record))
     }
+
+    /// The stale time others apply to it: the larger of theirs and its
+    /// holder's.
+    fn stale_after(&self, settings: &LockSettings) -> Duration {
+        settings.stale.max(Duration::from_secs(self.stale_secs))
+    }
+}
+
+/// What can be read of an authentic lock this version does not understand:
+/// every field is optional, so a newer record still names its holder.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct LockSummary {
+    pub version: u32,
+    pub operation: String,
+    pub host: String,
+    pub user: String,
+    pub pid: u32,
+    pub time: String,
+    pub stale_secs: u64,
+}
+
+/// An authentic lock this version cannot read: it counts as a live
+/// exclusive lock until nobody saw it change for the stale time.
+#[derive(Clone, Debug)]
+pub struct ForeignLock {
+    /// Its object name (`locks/<id>`).
+    pub name: String,
+    pub summary: LockSummary,
+    /// Why this version cannot read it.
+    pub why: String,
+}
+
+impl ForeignLock {
+    pub fn describe(&self) -> String {
+        let s = &self.summary;
+        let op = if s.operation.is_empty() { "an unknown operation" } else { s.operation.as_str() };
+        let user = if s.user.is_empty() { String::new() } else { format!("{}@", s.user) };
+        let host = if s.host.is_empty() { "an unknown host" } else { s.host.as_str() };
+        format!(
+            "{op} (a lock this coffer cannot read: {}; it is honoured as exclusive) of {user}{host}, pid {}, since {}, in {}",
+            self.why,
+            s.pid,
+            if s.time.is_empty() { "an unknown time" } else { s.time.as_str() },
+            self.name
+        )
+    }
+
+    fn stale_after(&self, settings: &LockSettings) -> Duration {
+        settings.stale.max(Duration::from_secs(self.summary.stale_secs))
+    }
+}
+
+/// A `locks/…` object that does not authenticate or is too large to be a
+/// lock: it protects nothing (its writer had no key, or it is not a lock).
+#[derive(Clone, Debug)]
+pub struct DamagedLock {
+    pub name: String,
+    pub why: String,
+}
+
+/// Everything `locks/` holds, read and sorted by what it means.
+#[derive(Debug, Default)]
+pub struct LockListing {
+    pub records: Vec<LockRecord>,
+    pub foreign: Vec<ForeignLock>,
+    pub damaged: Vec<DamagedLock>,
+    /// A digest of each object's stored bytes (or of its size, when it was
+    /// too large to read), by name: what watchers follow to see whether an
+    /// unreadable lock changes.
+    fingerprints: HashMap<String, u128>,
+}
+
+impl LockListing {
+    fn fingerprint(&self, name: &str) -> u128 {
+        self.fingerprints.get(name).copied().unwrap_or_default()
+    }
+}
+
+fn fingerprint(bytes: &[u8]) -> u128 {
+    let h = blake3::hash(bytes);
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&h.as_bytes()[..16]);
+    u128::from_le_bytes(first)
 }
 
 /// `CLOCK_BOOTTIME`: monotonic, and counting time spent suspended.
@@ -230,66 +360,125 @@ fn pid_namespace() -> String {
     std::fs::read_link("/proc/self/ns/pid").map(|p| p.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
-/// A running process's start time (field 22 of `/proc/<pid>/stat`); `None`
-/// when there is no such process or it is a zombie.
+/// What this machine can tell about a pid.
+#[derive(Debug, PartialEq, Eq)]
+enum ProcessState {
+    /// It runs, and started at this many clock ticks after boot.
+    Running { start: u64 },
+    /// No process has that pid, or it is a zombie.
+    Gone,
+    /// It may run: its `/proc` entry could not be read (hidden by
+    /// `hidepid`/`ProtectProc`, or another error) or made no sense.
+    Unknown,
+}
+
+/// Asks the kernel whether `pid` exists (signal 0: ESRCH is the only answer
+/// that means "no such process"; EPERM means it exists under another user),
+/// then reads its start time with `read_stat`.
+fn process_state(pid: u32, read_stat: impl Fn(u32) -> std::io::Result<String>) -> ProcessState {
+    // 0 and negative pids address process groups, not a process.
+    let Ok(raw) = i32::try_from(pid) else { return ProcessState::Unknown };
+    if raw <= 0 {
+        return ProcessState::Unknown;
+    }
+    if let Err(nix::errno::Errno::ESRCH) = nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), None) {
+        return ProcessState::Gone;
+    }
+    // The process exists. A failed read is no evidence of anything: under
+    // `hidepid=2` another user's entry reads as ENOENT although it runs.
+    let Ok(stat) = read_stat(pid) else { return ProcessState::Unknown };
+    match parse_stat(&stat) {
+        Some(Some(start)) => ProcessState::Running { start },
+        Some(None) => ProcessState::Gone,
+        None => ProcessState::Unknown,
+    }
+}
+
+/// This process's start time.
 fn process_start(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    match process_state(pid, |pid| std::fs::read_to_string(format!("/proc/{pid}/stat"))) {
+        ProcessState::Running { start } => Some(start),
+        _ => None,
+    }
+}
+
+/// The start time (field 22) in a `/proc/<pid>/stat` line: `Some(None)` for
+/// a zombie, `None` when the line does not parse.
+fn parse_stat(stat: &str) -> Option<Option<u64>> {
     // The command name (field 2) is in parentheses and may hold anything;
     // the fields after its last ')' are plain.
     let rest = &stat[stat.rfind(')')? + 1..];
     let mut fields = rest.split_whitespace();
     let state = fields.next()?;
     if state == "Z" || state == "X" {
-        return None;
+        return Some(None);
     }
     // `rest` starts at field 3 (state); field 22 is 19 further on.
-    fields.nth(18)?.parse().ok()
+    fields.nth(18)?.parse().ok().map(Some)
 }
 
-/// The locks in the repository, read and authenticated, and the names of
-/// those that do not authenticate or parse. A damaged lock protects nothing
-/// (its holder's own re-read fails too), so it is reported and left out.
-async fn read_locks_async(
-    backend: &dyn Backend,
-    keys: &Keys,
-    repo_id: &[u8; 32],
-) -> Result<(Vec<LockRecord>, Vec<String>)> {
-    let mut good = Vec::new();
-    let mut damaged = Vec::new();
+/// Reads every lock in the repository. Reading one never takes more than
+/// [`MAX_STORED`] bytes: a larger object is damaged, not read.
+async fn read_locks_async(backend: &dyn Backend, keys: &Keys, repo_id: &[u8; 32]) -> Result<LockListing> {
+    let mut listing = LockListing::default();
     for entry in backend.list("locks/").await? {
         if parse_object_key(ObjectKind::Lock, &entry.key).is_none() {
             continue;
         }
-        let stored = match backend.get(&entry.key).await {
+        let stored = match backend.get(&entry.key, MAX_STORED).await {
             Ok(b) => b,
             // Released between the listing and the read.
             Err(e) if e.is_not_found() => continue,
+            Err(e @ crate::backend::BackendError::TooLarge { .. }) => {
+                let size = match &e {
+                    crate::backend::BackendError::TooLarge { size, .. } => *size,
+                    _ => 0,
+                };
+                tracing::warn!("ignoring {}: {e}", entry.key);
+                listing.fingerprints.insert(entry.key.clone(), fingerprint(&size.to_le_bytes()));
+                listing.damaged.push(DamagedLock { name: entry.key, why: e.to_string() });
+                continue;
+            }
             Err(e) => return Err(e.into()),
         };
-        match LockRecord::open(keys, repo_id, &entry.key, &stored) {
-            Ok(r) => good.push(r),
+        listing.fingerprints.insert(entry.key.clone(), fingerprint(&stored));
+        match LockRecord::open_authentic(keys, repo_id, &entry.key, &stored) {
+            Ok(Ok(r)) => listing.records.push(r),
+            Ok(Err(foreign)) => {
+                tracing::warn!(
+                    "cannot read the lock {}: {}; it is honoured as a live exclusive lock",
+                    entry.key,
+                    foreign.why
+                );
+                listing.foreign.push(foreign);
+            }
             Err(e) => {
-                tracing::warn!("ignoring lock {}: {e}", entry.key);
-                damaged.push(entry.key);
+                tracing::warn!("ignoring the lock {}: {e}", entry.key);
+                listing.damaged.push(DamagedLock { name: entry.key, why: e.to_string() });
             }
         }
     }
-    Ok((good, damaged))
+    Ok(listing)
 }
 
-/// What a process waiting for locks has seen of each: the counter and when
-/// (on its own boot-time clock) it first saw that counter.
+/// What a process waiting for locks has seen of each object: a token of its
+/// state (a record's counter, an unreadable object's digest) and when (on
+/// its own boot-time clock) it first saw that token.
 #[derive(Default)]
 pub struct Observations {
-    seen: HashMap<Id, (u64, Duration)>,
+    seen: HashMap<String, (u128, Duration)>,
 }
 
 impl Observations {
     /// Records a sighting; returns how long the lock has been seen unchanged.
     pub fn observe(&mut self, record: &LockRecord, now: Duration) -> Duration {
-        let entry = self.seen.entry(record.lock_id).or_insert((record.counter, now));
-        if entry.0 != record.counter {
-            *entry = (record.counter, now);
+        self.observe_token(&record.name(), u128::from(record.counter), now)
+    }
+
+    fn observe_token(&mut self, name: &str, token: u128, now: Duration) -> Duration {
+        let entry = self.seen.entry(name.to_string()).or_insert((token, now));
+        if entry.0 != token {
+            *entry = (token, now);
         }
         now.saturating_sub(entry.1)
     }
@@ -300,10 +489,18 @@ fn stale_reason(record: &LockRecord, unchanged_for: Duration, settings: &LockSet
     if record.holder_is_dead() {
         return Some(format!("its process {} on this machine is gone", record.pid));
     }
-    if unchanged_for >= settings.stale {
-        return Some(format!("it was not refreshed for {}s", unchanged_for.as_secs()));
-    }
-    None
+    unchanged_stale(unchanged_for, record.stale_after(settings))
+}
+
+fn unchanged_stale(unchanged_for: Duration, stale: Duration) -> Option<String> {
+    (unchanged_for >= stale).then(|| format!("it was not refreshed for {}s", unchanged_for.as_secs()))
+}
+
+/// A lock that keeps another from being taken.
+struct Conflict {
+    holder: String,
+    /// Held for one of the [`SHORT_OPERATIONS`]: waited for without a limit.
+    short: bool,
 }
 
 impl Repository {
@@ -318,9 +515,16 @@ impl Repository {
         self.lock(true, operation)
     }
 
-    /// The locks in the repository, authenticated, and the names of those
-    /// that are not.
+    /// The locks in the repository this version reads, and the names of
+    /// those it cannot (damaged or foreign).
     pub fn locks(&self) -> Result<(Vec<LockRecord>, Vec<String>)> {
+        let l = self.lock_listing()?;
+        let others = l.foreign.into_iter().map(|f| f.name).chain(l.damaged.into_iter().map(|d| d.name)).collect();
+        Ok((l.records, others))
+    }
+
+    /// Everything `locks/` holds, sorted by what it means.
+    pub fn lock_listing(&self) -> Result<LockListing> {
         self.runtime().block_on(read_locks_async(&**self.backend(), self.keys(), self.repo_id()))
     }
 
@@ -344,22 +548,35 @@ impl Repository {
         let repo_id = *self.repo_id();
         let start = boottime();
         let mut observed = Observations::default();
-        let mut record = LockRecord::for_this_process(exclusive, operation, settings.wall_clock_offset);
+        let mut record = LockRecord::for_this_process(exclusive, operation, &settings);
         let name = record.name();
         let my_id = record.lock_id;
         let mut told = false;
-        let blocking = |observed: &mut Observations| -> Result<Vec<LockRecord>> {
-            let (locks, _) = rt.block_on(read_locks_async(&*backend, &keys, &repo_id))?;
+        let blocking = |observed: &mut Observations| -> Result<Vec<Conflict>> {
+            let mut listing = rt.block_on(read_locks_async(&*backend, &keys, &repo_id))?;
             let now = boottime();
             let mut out = Vec::new();
-            for other in locks.into_iter().filter(|l| l.lock_id != my_id) {
+            for other in std::mem::take(&mut listing.records).into_iter().filter(|l| l.lock_id != my_id) {
                 if !other.conflicts_with(exclusive) {
                     continue;
                 }
                 let unchanged = observed.observe(&other, now);
                 match stale_reason(&other, unchanged, &settings) {
                     Some(why) => tracing::info!("ignoring the stale lock {}: {why}", other.describe()),
-                    None => out.push(other),
+                    None => out.push(Conflict {
+                        holder: other.describe(),
+                        short: SHORT_OPERATIONS.contains(&other.operation.as_str()),
+                    }),
+                }
+            }
+            // A lock this version cannot read may mean anything: it
+            // conflicts with every lock until it is seen unchanged for the
+            // stale time.
+            for other in listing.foreign.iter().filter(|f| f.name != name) {
+                let unchanged = observed.observe_token(&other.name, listing.fingerprint(&other.name), now);
+                match unchanged_stale(unchanged, other.stale_after(&settings)) {
+                    Some(why) => tracing::info!("ignoring the stale lock {}: {why}", other.describe()),
+                    None => out.push(Conflict { holder: other.describe(), short: false }),
                 }
             }
             Ok(out)
@@ -390,11 +607,11 @@ impl Repository {
                 // decide who goes first next time.
                 rt.block_on(backend.delete(&name))?;
             }
-            let only_short = conflicts.iter().all(|c| SHORT_OPERATIONS.contains(&c.operation.as_str()));
-            let holder = &conflicts[0];
+            let only_short = conflicts.iter().all(|c| c.short);
+            let holder = &conflicts[0].holder;
             if !only_short && boottime().saturating_sub(start) >= settings.retry {
                 return Err(Error::Locked {
-                    holder: holder.describe(),
+                    holder: holder.clone(),
                     hint: if settings.retry.is_zero() {
                         "; wait for it to finish, pass --retry-lock to wait, or, if its process is gone, run `coffer unlock`"
                             .into()
@@ -407,7 +624,7 @@ impl Repository {
                 });
             }
             if !told {
-                tracing::warn!("waiting for the lock of {}", holder.describe());
+                tracing::warn!("waiting for the lock of {holder}");
                 told = true;
             }
             let poll = settings.poll_interval();
@@ -418,38 +635,67 @@ impl Repository {
         }
     }
 
-    /// Removes locks that are provably stale: damaged ones, those of a
-    /// process of this machine that is gone, and, when `observe` is at least
-    /// the stale time, those whose counter did not change while watched for
-    /// the stale time. Live locks are kept and listed.
-    pub fn unlock(&self, observe: Duration) -> Result<UnlockOutcome> {
+    /// Removes locks that are provably stale: those of a process of this
+    /// machine that is gone and, when `observe` is at least the stale time,
+    /// those (readable, foreign or damaged) that did not change while
+    /// watched for the stale time. With `remove_all`, removes every lock,
+    /// live or not, as restic's `unlock --remove-all` does: only for when no
+    /// other coffer can be running. What is kept is listed.
+    pub fn unlock(&self, observe: Duration, remove_all: bool) -> Result<UnlockOutcome> {
         let settings = self.lock_settings();
         let backend = self.backend().clone();
         let start = boottime();
         let mut observed = Observations::default();
         let mut outcome = UnlockOutcome::default();
         loop {
-            let (locks, damaged) = self.locks()?;
+            let listing = self.lock_listing()?;
             let now = boottime();
+            let watched = now.saturating_sub(start);
+            let mut remove = |name: &str, who: String, why: String| -> Result<()> {
+                self.runtime().block_on(backend.delete(name))?;
+                outcome.removed.push((who, why));
+                Ok(())
+            };
             let mut live = Vec::new();
-            for name in damaged {
-                self.runtime().block_on(backend.delete(&name))?;
-                outcome.removed.push((name, "it is damaged".into()));
+            let mut foreign = Vec::new();
+            let mut damaged = Vec::new();
+            for d in listing.damaged.iter() {
+                let unchanged = observed.observe_token(&d.name, listing.fingerprint(&d.name), now);
+                if remove_all {
+                    remove(&d.name, d.name.clone(), format!("--remove-all, and {}", d.why))?;
+                } else if let Some(why) = unchanged_stale(unchanged, settings.stale) {
+                    remove(&d.name, d.name.clone(), format!("{why}, and {}", d.why))?;
+                } else {
+                    damaged.push(d.clone());
+                }
             }
-            for l in locks {
+            for f in listing.foreign.iter() {
+                let unchanged = observed.observe_token(&f.name, listing.fingerprint(&f.name), now);
+                if remove_all {
+                    remove(&f.name, f.describe(), "--remove-all".into())?;
+                } else if let Some(why) = unchanged_stale(unchanged, f.stale_after(&settings)) {
+                    remove(&f.name, f.describe(), why)?;
+                } else {
+                    foreign.push(f.clone());
+                }
+            }
+            for l in listing.records {
                 let unchanged = observed.observe(&l, now);
+                if remove_all {
+                    remove(&l.name(), l.describe(), "--remove-all".into())?;
+                    continue;
+                }
                 match stale_reason(&l, unchanged, &settings) {
-                    Some(why) => {
-                        self.runtime().block_on(backend.delete(&l.name()))?;
-                        outcome.removed.push((l.describe(), why));
-                    }
+                    Some(why) => remove(&l.name(), l.describe(), why)?,
                     None => live.push(l),
                 }
             }
-            let watched = boottime().saturating_sub(start);
-            if live.is_empty() || watched >= observe || observe < settings.stale {
+            let pending = !(live.is_empty() && foreign.is_empty() && damaged.is_empty());
+            if !pending || watched >= observe || observe < settings.stale {
                 self.runtime().block_on(backend.sync())?;
                 outcome.live = live;
+                outcome.foreign = foreign;
+                outcome.damaged = damaged;
                 return Ok(outcome);
             }
             std::thread::sleep(settings.poll_interval());
@@ -460,10 +706,16 @@ impl Repository {
 /// What `unlock` did.
 #[derive(Debug, Default)]
 pub struct UnlockOutcome {
-    /// (who held it, why it was stale).
+    /// (who held it, why it was removed).
     pub removed: Vec<(String, String)>,
     /// Locks that are in use, or not provably stale.
     pub live: Vec<LockRecord>,
+    /// Authentic locks this version cannot read, not seen unchanged for the
+    /// stale time: honoured as live.
+    pub foreign: Vec<ForeignLock>,
+    /// Locks that do not authenticate, kept because they were not watched
+    /// for the stale time. They hold nobody back.
+    pub damaged: Vec<DamagedLock>,
 }
 
 struct GuardParts {
@@ -513,7 +765,7 @@ impl GuardState {
         let backend = &self.parts.backend;
         // A lock that someone removed is not written back: whoever removed
         // it may already act as if this process were gone.
-        match self.parts.runtime.block_on(backend.get(&name)) {
+        match self.parts.runtime.block_on(backend.get(&name, MAX_STORED)) {
             Err(e) if e.is_not_found() => {
                 held.lost = Some(format!("{name} was removed by another process"));
                 tracing::error!("{}", held.lost.as_deref().unwrap_or_default());
@@ -621,7 +873,7 @@ impl LockGuard {
             let held = self.state.held.lock().map_err(|_| Error::LockLost { reason: "lock state poisoned".into() })?;
             let name = held.record.name();
             let p = &self.state.parts;
-            let stored = match p.runtime.block_on(p.backend.get(&name)) {
+            let stored = match p.runtime.block_on(p.backend.get(&name, MAX_STORED)) {
                 Ok(b) => b,
                 Err(e) if e.is_not_found() => {
                     return Err(Error::LockLost { reason: format!("{name} was removed by another process") });
@@ -683,7 +935,7 @@ mod tests {
 
     #[test]
     fn this_process_is_alive_and_a_finished_child_is_dead() {
-        let me = LockRecord::for_this_process(false, "backup", jiff::SignedDuration::ZERO);
+        let me = LockRecord::for_this_process(false, "backup", &LockSettings::default());
         assert!(me.process_start > 0);
         assert!(!me.holder_is_dead());
         let mut child = std::process::Command::new("true").spawn().unwrap();
@@ -701,11 +953,77 @@ mod tests {
         assert!(!elsewhere.holder_is_dead());
     }
 
+    /// A `/proc` entry that cannot be read (`hidepid=2` makes another
+    /// user's read as ENOENT; `ProtectProc` or an LSM as EACCES) proves
+    /// nothing: the holder counts as alive while the kernel says its pid
+    /// exists, and as dead once it does not.
+    #[test]
+    fn a_running_holder_whose_proc_entry_cannot_be_read_is_alive() {
+        use std::io::{Error as IoError, ErrorKind};
+        let mut child = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+        let record = LockRecord::for_process(child.id(), true, "backup");
+        assert!(record.process_start > 0);
+        assert!(!record.holder_is_dead(), "a running child is alive");
+        for kind in [ErrorKind::NotFound, ErrorKind::PermissionDenied, ErrorKind::Other] {
+            assert!(!record.holder_is_dead_with(|_| Err(IoError::from(kind))), "{kind:?} judged the holder dead");
+        }
+        assert!(!record.holder_is_dead_with(|_| Ok("garbage".into())), "an unparsable stat judged it dead");
+        // Recorded without a start time (its own /proc was hidden): alive
+        // whatever start time the entry now shows.
+        let mut unknown_start = record.clone();
+        unknown_start.process_start = 0;
+        assert!(!unknown_start.holder_is_dead());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(record.holder_is_dead(), "a reaped child is gone");
+        assert!(record.holder_is_dead_with(|_| Err(IoError::from(ErrorKind::PermissionDenied))));
+    }
+
+    #[test]
+    fn stat_lines_parse_with_any_command_name() {
+        let line =
+            |state: &str| format!("42 (a) b) c) {state} 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 987654 21 22");
+        assert_eq!(parse_stat(&line("S")), Some(Some(987654)));
+        assert_eq!(parse_stat(&line("Z")), Some(None));
+        assert_eq!(parse_stat("42 (no close"), None);
+        assert_eq!(parse_stat("42 (x) S 1 2"), None);
+    }
+
+    #[test]
+    fn a_newer_lock_is_foreign_and_garbage_is_an_error() {
+        let keys = Keys::generate();
+        let repo_id = [3u8; 32];
+        let mut newer = LockRecord::for_this_process(false, "backup", &LockSettings::default());
+        newer.version = LOCK_VERSION + 1;
+        newer.stale_secs = 7200;
+        let stored = newer.seal(&keys, &repo_id);
+        let foreign = LockRecord::open_authentic(&keys, &repo_id, &newer.name(), &stored).unwrap().unwrap_err();
+        assert_eq!((foreign.summary.operation.as_str(), foreign.summary.stale_secs), ("backup", 7200));
+        assert!(foreign.describe().contains("cannot read") && foreign.describe().contains(&newer.name()));
+        let settings = LockSettings { stale: Duration::from_secs(60), ..LockSettings::default() };
+        assert_eq!(foreign.stale_after(&settings), Duration::from_secs(7200), "the holder's longer stale time wins");
+        let mut damaged = stored.clone();
+        damaged[20] ^= 1;
+        assert!(LockRecord::open_authentic(&keys, &repo_id, &newer.name(), &damaged).is_err());
+    }
+
+    #[test]
+    fn watchers_use_the_longer_of_their_stale_time_and_the_holders() {
+        let short = LockSettings { stale: Duration::from_secs(5), ..LockSettings::default() };
+        let holder = LockRecord::for_this_process(false, "backup", &LockSettings::default());
+        assert_eq!(holder.stale_secs, DEFAULT_STALE.as_secs());
+        assert_eq!(holder.stale_after(&short), DEFAULT_STALE);
+        assert!(unchanged_stale(Duration::from_secs(60), holder.stale_after(&short)).is_none());
+        let quick = LockRecord::for_this_process(false, "backup", &short);
+        assert_eq!(quick.stale_after(&LockSettings::default()), DEFAULT_STALE);
+        assert_eq!(quick.stale_after(&short), Duration::from_secs(5));
+    }
+
     #[test]
     fn a_record_opens_only_under_its_own_name() {
         let keys = Keys::generate();
         let repo_id = [3u8; 32];
-        let r = LockRecord::for_this_process(true, "prune", jiff::SignedDuration::ZERO);
+        let r = LockRecord::for_this_process(true, "prune", &LockSettings::default());
         let stored = r.seal(&keys, &repo_id);
         assert_eq!(LockRecord::open(&keys, &repo_id, &r.name(), &stored).unwrap(), r);
         let other = object_key(ObjectKind::Lock, &Id::random());
@@ -717,7 +1035,7 @@ mod tests {
         #[test]
         fn damaged_records_are_errors_not_panics(pos in proptest::prelude::any::<usize>(), val in proptest::prelude::any::<u8>()) {
             let keys = Keys::from_master(&[9u8; 64]);
-            let r = LockRecord::for_this_process(false, "backup", jiff::SignedDuration::ZERO);
+            let r = LockRecord::for_this_process(false, "backup", &LockSettings::default());
             let mut plain = rmp_serde::to_vec_named(&r).unwrap();
             let i = pos % plain.len();
             plain[i] = val;
@@ -729,7 +1047,7 @@ mod tests {
     #[test]
     fn observations_measure_an_unchanged_counter() {
         let mut o = Observations::default();
-        let mut r = LockRecord::for_this_process(false, "backup", jiff::SignedDuration::ZERO);
+        let mut r = LockRecord::for_this_process(false, "backup", &LockSettings::default());
         assert_eq!(o.observe(&r, Duration::from_secs(10)), Duration::ZERO);
         assert_eq!(o.observe(&r, Duration::from_secs(25)), Duration::from_secs(15));
         r.counter += 1;

@@ -117,8 +117,8 @@ impl Repository {
         let runtime = Arc::new(new_runtime()?);
         let location = backend.location();
         runtime.block_on(async {
-            match backend.get(config::NAME).await {
-                Ok(_) => {
+            match backend.get(config::NAME, config::MAX_STORED).await {
+                Ok(_) | Err(BackendError::TooLarge { .. }) => {
                     return Err(Error::RepositoryExists {
                         location: location.clone(),
                         reason: "a repository already exists there".into(),
@@ -183,9 +183,12 @@ impl Repository {
         let runtime = Arc::new(new_runtime()?);
         let location = backend.location();
         let (config_bytes, envelopes) = runtime.block_on(async {
-            let config_bytes = match backend.get(config::NAME).await {
+            let config_bytes = match backend.get(config::NAME, config::MAX_STORED).await {
                 Ok(b) => b,
                 Err(e) if e.is_not_found() => return Err(Error::NotARepository { location: location.clone() }),
+                Err(e @ BackendError::TooLarge { .. }) => {
+                    return Err(Error::corrupt("config", config::NAME, e.to_string()));
+                }
                 Err(e) => return Err(e.into()),
             };
             // Check the version before spending time on the password. A
@@ -199,9 +202,11 @@ impl Repository {
             let mut listed = backend.list("keys/").await?;
             listed.sort_by(|a, b| a.key.cmp(&b.key));
             for entry in listed {
-                match backend.get(&entry.key).await {
+                match backend.get(&entry.key, crate::key::MAX_ENVELOPE_LEN as u64).await {
                     Ok(b) => envelopes.push((entry.key, b)),
                     Err(e) if e.is_not_found() => continue,
+                    // Not a key any client wrote: skipped, as a damaged key is.
+                    Err(e @ BackendError::TooLarge { .. }) => tracing::warn!("skipping key {}: {e}", entry.key),
                     Err(e) => return Err(e.into()),
                 }
             }
@@ -354,7 +359,12 @@ impl Repository {
     /// Fetches the stored bytes of an object; a missing object is
     /// [`Error::Missing`].
     pub async fn get_async(&self, kind: ObjectKind, id: &Id) -> Result<Vec<u8>> {
-        fetch(&*self.backend, kind, id).await
+        fetch(&*self.backend, kind, id, self.stored_limit(kind)).await
+    }
+
+    /// [`max_stored`] for this repository.
+    pub fn stored_limit(&self, kind: ObjectKind) -> u64 {
+        max_stored(kind, self.max_chunk_len())
     }
 
     pub fn decode_tree(&self, id: &Id, stored: &[u8]) -> Result<Tree> {
@@ -586,20 +596,35 @@ pub fn decode_chunk_ref(
     Ok(data)
 }
 
-/// Fetches an object's stored bytes from a backend.
-pub async fn fetch(backend: &dyn Backend, kind: ObjectKind, id: &Id) -> Result<Vec<u8>> {
-    fetched(kind, id, backend.get(&object_key(kind, id)).await)
+/// The most bytes a stored object of `kind` can take, in a repository whose
+/// chunks have at most `max_chunk_len` bytes of plaintext (docs/format.md,
+/// section 13). Reads refuse larger objects before reading them.
+pub fn max_stored(kind: ObjectKind, max_chunk_len: usize) -> u64 {
+    match kind {
+        ObjectKind::Chunk => blob::max_stored_len(max_chunk_len),
+        ObjectKind::Tree => blob::max_stored_len(MAX_TREE_LEN),
+        ObjectKind::Snapshot => blob::max_stored_random_len(MAX_SNAPSHOT_LEN),
+        ObjectKind::Lock => crate::lock::MAX_STORED,
+        ObjectKind::Config => config::MAX_STORED,
+    }
+}
+
+/// Fetches an object's stored bytes from a backend, refusing more than
+/// `limit` bytes (see [`max_stored`]).
+pub async fn fetch(backend: &dyn Backend, kind: ObjectKind, id: &Id, limit: u64) -> Result<Vec<u8>> {
+    fetched(kind, id, backend.get(&object_key(kind, id), limit).await)
 }
 
 /// [`fetch`] on the calling thread, from a store whose reads block.
-pub fn fetch_blocking(reads: &dyn BlockingRead, kind: ObjectKind, id: &Id) -> Result<Vec<u8>> {
-    fetched(kind, id, reads.get_blocking(&object_key(kind, id)))
+pub fn fetch_blocking(reads: &dyn BlockingRead, kind: ObjectKind, id: &Id, limit: u64) -> Result<Vec<u8>> {
+    fetched(kind, id, reads.get_blocking(&object_key(kind, id), limit))
 }
 
 fn fetched(kind: ObjectKind, id: &Id, got: BackendResult<Vec<u8>>) -> Result<Vec<u8>> {
     match got {
         Ok(b) => Ok(b),
         Err(BackendError::NotFound { .. }) => Err(Error::Missing { kind: kind.name(), id: *id }),
+        Err(e @ BackendError::TooLarge { .. }) => Err(Error::corrupt(kind.name(), id.to_hex(), e.to_string())),
         Err(e) => Err(e.into()),
     }
 }

@@ -668,6 +668,7 @@ pub fn restore(
     let backend = repo.backend().clone();
     let repo_id = *repo.repo_id();
     let max_len = repo.max_chunk_len();
+    let limit = repo.stored_limit(ObjectKind::Chunk);
     repo.runtime().block_on(async {
         futures_util::stream::iter(chunk_jobs)
             .map(|(fi, offset, chunk)| {
@@ -687,7 +688,7 @@ pub fn restore(
                         let now = in_flight.fetch_add(len, Ordering::AcqRel) + len;
                         peak.fetch_max(now, Ordering::AcqRel);
                         let _guard = InFlight { counter: in_flight, len, _permit: permit };
-                        let stored = fetch(&*backend, ObjectKind::Chunk, &chunk.0).await?;
+                        let stored = fetch(&*backend, ObjectKind::Chunk, &chunk.0, limit).await?;
                         let (keys, files) = (keys.clone(), files.clone());
                         // Decoding is CPU work: it runs on rayon's pool, one thread
                         // per core, rather than on tokio's blocking pool, whose

@@ -225,7 +225,7 @@ impl Repository {
     /// repository opened without them, e.g. just created).
     fn fingerprints_now(&self) -> Result<Fingerprints> {
         self.runtime().block_on(async {
-            let config = self.backend().get(crate::config::NAME).await?;
+            let config = self.backend().get(crate::config::NAME, crate::config::MAX_STORED).await?;
             let names: Vec<String> = self.backend().list("keys/").await?.into_iter().map(|e| e.key).collect();
             Ok(Fingerprints::of(&config, names.iter().map(String::as_str)))
         })

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, mpsc};
 
 use coffer_core::backend::Backend;
+use coffer_core::blob::max_stored_len;
 use coffer_core::crypto::{Keys, ObjectKind};
 use coffer_core::repo::{Repository, decode_chunk_ref, fetch, fetch_blocking};
 use coffer_core::tree::ChunkRef;
@@ -56,7 +57,7 @@ impl Loader {
     /// block; `None` for the other stores.
     fn read_and_decode(&self, chunk: &ChunkRef) -> Option<Fetched> {
         let reads = self.backend.blocking_reads()?;
-        Some(match fetch_blocking(reads, ObjectKind::Chunk, &chunk.0) {
+        Some(match fetch_blocking(reads, ObjectKind::Chunk, &chunk.0, max_stored_len(self.max_len)) {
             Ok(stored) => self.decode(chunk, stored),
             Err(e) => Err(Arc::new(e)),
         })
@@ -247,7 +248,8 @@ impl ChunkStore {
             Err((pending, true)) => {
                 let result = self.loader.read_and_decode(chunk).unwrap_or_else(|| {
                     let repo = &self.repo;
-                    match repo.runtime().block_on(fetch(&**repo.backend(), ObjectKind::Chunk, &chunk.0)) {
+                    let limit = repo.stored_limit(ObjectKind::Chunk);
+                    match repo.runtime().block_on(fetch(&**repo.backend(), ObjectKind::Chunk, &chunk.0, limit)) {
                         Ok(stored) => self.loader.decode(chunk, stored),
                         Err(e) => Err(Arc::new(e)),
                     }
@@ -273,8 +275,9 @@ impl ChunkStore {
         let shared = self.shared.clone();
         let backend = self.repo.backend().clone();
         let jobs = self.jobs.clone();
+        let limit = self.repo.stored_limit(ObjectKind::Chunk);
         self.repo.runtime().spawn(async move {
-            match fetch(&*backend, ObjectKind::Chunk, &chunk.0).await {
+            match fetch(&*backend, ObjectKind::Chunk, &chunk.0, limit).await {
                 Ok(stored) => {
                     pending.set_work(Work::Fetched(stored));
                     send(&jobs, &shared, chunk, pending);

@@ -5,6 +5,16 @@
 //! by [`Backend::sync`], before any snapshot that depends on them is written.
 //! Objects are written with direct I/O where the file system allows it (see
 //! [`super::direct`]); `COFFER_NO_DIRECT_IO` set to anything turns that off.
+//!
+//! Several threads of one process sync the same handle (the backup's
+//! pipeline, its lock's refresh thread), so a sync cannot simply drain the
+//! set of dirty folders: one that found the set emptied by another must
+//! still wait for, and report, the fsyncs of everything dirtied before it
+//! was called. Each sync therefore starts one shared batch for the folders
+//! it takes and waits for every batch still running. A failed folder fsync
+//! is final for the handle: the kernel may forget the error once reported
+//! (so a retry could succeed without the rename being durable), so every
+//! later sync fails too and no snapshot can be written on top of it.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -12,29 +22,86 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
 
 use super::direct::DirectWriter;
+use super::rule::{KeyMatch, Op, Selector, Turn};
 use super::{Backend, BackendError, BackendResult, BlockingRead, Bytes, Entry, WireCounters, WireStats};
 
 /// Temporary files carry this marker; names containing it are never listed.
 const TEMP_MARKER: &str = ".tmp-";
 
+/// A failed folder fsync: the folder and what the kernel said.
+#[derive(Clone, Debug)]
+struct SyncFailure {
+    dir: PathBuf,
+    kind: std::io::ErrorKind,
+    message: String,
+}
+
+impl SyncFailure {
+    fn to_error(&self) -> BackendError {
+        BackendError::Io {
+            key: self.dir.display().to_string(),
+            error: std::io::Error::new(self.kind, format!("fsync of the folder failed: {}", self.message)),
+        }
+    }
+}
+
+/// The fsyncs of one set of folders, awaited by every sync that needs them.
+type Batch = Shared<BoxFuture<'static, Result<(), SyncFailure>>>;
+
+#[derive(Default)]
+struct Durability {
+    /// Folders that received a rename or a removal since a sync last took them.
+    dirty: BTreeSet<PathBuf>,
+    /// Batches started and not yet seen finished.
+    running: Vec<Batch>,
+    /// The first folder fsync that failed (see the module's doc).
+    failed: Option<SyncFailure>,
+}
+
 pub struct LocalBackend {
     root: PathBuf,
-    /// Folders that received a rename since the last sync.
-    dirty_dirs: Mutex<BTreeSet<PathBuf>>,
+    durability: Mutex<Durability>,
     wire: WireCounters,
     direct: Arc<DirectWriter>,
+    /// Injected folder fsync failures, for tests (see
+    /// [`LocalBackend::fail_dir_fsyncs`]).
+    fsync_faults: Mutex<Vec<Selector>>,
 }
 
 impl LocalBackend {
     pub fn new(root: impl Into<PathBuf>) -> LocalBackend {
         LocalBackend {
             root: root.into(),
-            dirty_dirs: Mutex::new(BTreeSet::new()),
+            durability: Mutex::new(Durability::default()),
             wire: WireCounters::default(),
             direct: Arc::new(DirectWriter::new(std::env::var_os("COFFER_NO_DIRECT_IO").is_none())),
+            fsync_faults: Mutex::new(Vec::new()),
         }
+    }
+
+    /// For tests: the fsyncs of folders whose path contains `pattern`
+    /// fail, after `skip` of them have passed, `times` times (`None`: for
+    /// ever), as a failing disk's would.
+    pub fn fail_dir_fsyncs(&self, pattern: &str, skip: usize, times: Option<usize>) {
+        if let Ok(mut faults) = self.fsync_faults.lock() {
+            faults.push(Selector::new(Op::Fsync, pattern, KeyMatch::Contains, skip, times));
+        }
+    }
+
+    /// How many folder fsyncs the injected faults have failed so far.
+    pub fn dir_fsync_faults_applied(&self) -> usize {
+        self.fsync_faults.lock().map(|f| f.iter().map(Selector::applied).sum()).unwrap_or(0)
+    }
+
+    /// Whether an injected fault fails the fsync of `dir`.
+    fn fsync_fault(&self, dir: &Path) -> bool {
+        let Ok(mut faults) = self.fsync_faults.lock() else { return false };
+        let key = dir.to_string_lossy();
+        faults.iter_mut().any(|f| f.turn(Op::Fsync, &key) == Turn::Applies)
     }
 
     pub fn root(&self) -> &Path {
@@ -50,29 +117,89 @@ impl LocalBackend {
     }
 
     /// Counts a finished read and names what went wrong.
-    fn read_done(&self, key: &str, res: std::io::Result<Vec<u8>>) -> BackendResult<Vec<u8>> {
+    fn read_done(&self, key: &str, max_len: u64, res: std::io::Result<Bounded>) -> BackendResult<Vec<u8>> {
         match res {
-            Ok(data) => {
+            Ok(Bounded::Read(data)) => {
                 self.wire.received(data.len() as u64);
                 Ok(data)
             }
+            Ok(Bounded::TooLarge(size)) => Err(BackendError::TooLarge { key: key.to_string(), size, limit: max_len }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(BackendError::NotFound { key: key.to_string() }),
             Err(e) => Err(BackendError::Io { key: key.to_string(), error: e }),
         }
     }
 
     fn mark_dirty(&self, dir: PathBuf) {
-        if let Ok(mut dirty) = self.dirty_dirs.lock() {
-            dirty.insert(dir);
+        if let Ok(mut d) = self.durability.lock() {
+            d.dirty.insert(dir);
         }
+    }
+
+    /// A batch that fsyncs `dirs` in parallel; its result is the first
+    /// failure.
+    fn start_batch(&self, dirs: BTreeSet<PathBuf>) -> Batch {
+        let tasks: Vec<_> = dirs
+            .into_iter()
+            .map(|dir| {
+                let injected = self.fsync_fault(&dir);
+                tokio::task::spawn_blocking(move || {
+                    let result =
+                        if injected { Err(std::io::Error::other("injected failure")) } else { fsync_dir(&dir) };
+                    result.map_err(|e| SyncFailure { dir, kind: e.kind(), message: e.to_string() })
+                })
+            })
+            .collect();
+        async move {
+            let mut first = None;
+            for t in tasks {
+                let result = t.await.unwrap_or_else(|e| {
+                    Err(SyncFailure {
+                        dir: PathBuf::from("sync"),
+                        kind: std::io::ErrorKind::Other,
+                        message: e.to_string(),
+                    })
+                });
+                if let Err(f) = result {
+                    first.get_or_insert(f);
+                }
+            }
+            first.map_or(Ok(()), Err)
+        }
+        .boxed()
+        .shared()
     }
 }
 
 impl BlockingRead for LocalBackend {
-    fn get_blocking(&self, key: &str) -> BackendResult<Vec<u8>> {
+    fn get_blocking(&self, key: &str, max_len: u64) -> BackendResult<Vec<u8>> {
         self.wire.get();
-        self.read_done(key, std::fs::read(self.path(key)))
+        self.read_done(key, max_len, read_bounded(&self.path(key), max_len))
     }
+}
+
+/// What [`read_bounded`] found.
+enum Bounded {
+    Read(Vec<u8>),
+    /// The file's size, larger than the limit; nothing was read.
+    TooLarge(u64),
+}
+
+/// Reads a whole file of at most `max_len` bytes. The size is checked
+/// before a byte is read, and the read stops after `max_len + 1` bytes in
+/// case the file grows meanwhile.
+fn read_bounded(path: &Path, max_len: u64) -> std::io::Result<Bounded> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    let size = file.metadata()?.len();
+    if size > max_len {
+        return Ok(Bounded::TooLarge(size));
+    }
+    let mut data = Vec::with_capacity(size as usize);
+    file.take(max_len.saturating_add(1)).read_to_end(&mut data)?;
+    if data.len() as u64 > max_len {
+        return Ok(Bounded::TooLarge(data.len() as u64));
+    }
+    Ok(Bounded::Read(data))
 }
 
 fn fsync_dir(dir: &Path) -> std::io::Result<()> {
@@ -160,13 +287,13 @@ impl Backend for LocalBackend {
         Ok(())
     }
 
-    async fn get(&self, key: &str) -> BackendResult<Vec<u8>> {
+    async fn get(&self, key: &str, max_len: u64) -> BackendResult<Vec<u8>> {
         let path = self.path(key);
         self.wire.get();
-        let res = tokio::task::spawn_blocking(move || std::fs::read(path))
+        let res = tokio::task::spawn_blocking(move || read_bounded(&path, max_len))
             .await
             .map_err(|e| BackendError::Io { key: key.to_string(), error: std::io::Error::other(e) })?;
-        self.read_done(key, res)
+        self.read_done(key, max_len, res)
     }
 
     fn blocking_reads(&self) -> Option<&dyn BlockingRead> {
@@ -203,25 +330,41 @@ impl Backend for LocalBackend {
     }
 
     async fn sync(&self) -> BackendResult<()> {
-        let dirs: Vec<PathBuf> = match self.dirty_dirs.lock() {
-            Ok(mut d) => std::mem::take(&mut *d).into_iter().collect(),
-            Err(_) => Vec::new(),
+        // Take the folders dirtied so far, and note every batch that other
+        // syncs started for earlier ones: all of them must finish, and
+        // succeed, before this sync may say that what was written is durable.
+        let waits: Vec<Batch> = {
+            let mut d = self.durability.lock().map_err(|_| BackendError::Io {
+                key: self.root.display().to_string(),
+                error: std::io::Error::other("sync state poisoned"),
+            })?;
+            if let Some(f) = &d.failed {
+                return Err(f.to_error());
+            }
+            if !d.dirty.is_empty() {
+                let batch = self.start_batch(std::mem::take(&mut d.dirty));
+                d.running.push(batch);
+            }
+            d.running.clone()
         };
-        let tasks: Vec<_> =
-            dirs.into_iter().map(|d| tokio::task::spawn_blocking(move || fsync_dir(&d).map_err(|e| (d, e)))).collect();
-        let mut first_err = None;
-        for t in tasks {
-            match t.await {
-                Ok(Ok(())) => {}
-                Ok(Err((d, e))) => {
-                    first_err.get_or_insert(BackendError::Io { key: d.display().to_string(), error: e });
-                }
-                Err(e) => {
-                    first_err.get_or_insert(BackendError::Io { key: "sync".into(), error: std::io::Error::other(e) });
-                }
+        let mut first = None;
+        for batch in waits {
+            if let Err(f) = batch.await {
+                first.get_or_insert(f);
             }
         }
-        first_err.map_or(Ok(()), Err)
+        let mut d = self.durability.lock().map_err(|_| BackendError::Io {
+            key: self.root.display().to_string(),
+            error: std::io::Error::other("sync state poisoned"),
+        })?;
+        d.running.retain(|b| b.peek().is_none());
+        if let Some(f) = first {
+            d.failed.get_or_insert(f);
+        }
+        match &d.failed {
+            Some(f) => Err(f.to_error()),
+            None => Ok(()),
+        }
     }
 
     async fn create(&self) -> BackendResult<()> {
@@ -265,8 +408,8 @@ mod tests {
             b.create().await.unwrap();
             b.put("chunks/ab/abcd", Bytes::from_static(b"data")).await.unwrap();
             b.sync().await.unwrap();
-            assert_eq!(b.get("chunks/ab/abcd").await.unwrap(), b"data");
-            assert!(b.get("chunks/ab/none").await.unwrap_err().is_not_found());
+            assert_eq!(b.get("chunks/ab/abcd", u64::MAX).await.unwrap(), b"data");
+            assert!(b.get("chunks/ab/none", u64::MAX).await.unwrap_err().is_not_found());
             // A leftover temporary file is not listed.
             std::fs::write(dir.path().join("repo/chunks/ab/abce.tmp-1234"), b"partial").unwrap();
             let list = b.list("chunks/").await.unwrap();
@@ -289,10 +432,10 @@ mod tests {
             b.put("chunks/ab/abcd", Bytes::from_static(b"data")).await.unwrap();
         });
         let reads = b.blocking_reads().expect("a local folder reads by blocking calls");
-        assert_eq!(reads.get_blocking("chunks/ab/abcd").unwrap(), b"data");
-        assert!(reads.get_blocking("chunks/ab/none").unwrap_err().is_not_found());
+        assert_eq!(reads.get_blocking("chunks/ab/abcd", u64::MAX).unwrap(), b"data");
+        assert!(reads.get_blocking("chunks/ab/none", u64::MAX).unwrap_err().is_not_found());
         std::fs::create_dir(dir.path().join("repo/chunks/ab/abce")).unwrap();
-        let err = reads.get_blocking("chunks/ab/abce").unwrap_err();
+        let err = reads.get_blocking("chunks/ab/abce", u64::MAX).unwrap_err();
         assert!(matches!(err, BackendError::Io { ref key, .. } if key == "chunks/ab/abce"), "{err}");
         let stats = b.wire_stats();
         assert_eq!((stats.gets, stats.bytes_down), (3, 4));

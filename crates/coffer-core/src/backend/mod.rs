@@ -34,6 +34,11 @@ pub enum BackendError {
     Io { key: String, error: std::io::Error },
     #[error("{location}: {message}")]
     Unavailable { location: String, message: String },
+    /// The object is larger than any well-formed object of its kind can
+    /// be: refused before its bytes are read, so that a hostile store
+    /// cannot exhaust a client's memory with one huge object.
+    #[error("object {key} holds {size} bytes, more than the {limit} an object of its kind can have: refused unread")]
+    TooLarge { key: String, size: u64, limit: u64 },
 }
 
 impl BackendError {
@@ -149,7 +154,7 @@ impl WireCounters {
 
 /// [`Backend::get`] as a blocking call on the calling thread.
 pub trait BlockingRead: Send + Sync {
-    fn get_blocking(&self, key: &str) -> BackendResult<Vec<u8>>;
+    fn get_blocking(&self, key: &str, max_len: u64) -> BackendResult<Vec<u8>>;
 }
 
 /// An object store.
@@ -178,8 +183,10 @@ pub trait Backend: Send + Sync + 'static {
     /// placed it, e.g. at the aligned address a direct write needs.)
     async fn put(&self, key: &str, data: Bytes) -> BackendResult<()>;
 
-    /// Reads the whole object.
-    async fn get(&self, key: &str) -> BackendResult<Vec<u8>>;
+    /// Reads the whole object, if it holds at most `max_len` bytes; a larger
+    /// one is [`BackendError::TooLarge`], refused before its body is read
+    /// (the limits of each kind are in `docs/format.md`, section 13).
+    async fn get(&self, key: &str, max_len: u64) -> BackendResult<Vec<u8>>;
 
     /// The store's reads as plain blocking calls, for a store whose reads are
     /// file reads (a local folder); `None` for the others. A worker thread

@@ -231,8 +231,8 @@ impl Backend for PausingBackend {
         self.run(Op::Put, key, self.inner.put(key, data)).await
     }
 
-    async fn get(&self, key: &str) -> BackendResult<Vec<u8>> {
-        self.run(Op::Get, key, self.inner.get(key)).await
+    async fn get(&self, key: &str, max_len: u64) -> BackendResult<Vec<u8>> {
+        self.run(Op::Get, key, self.inner.get(key, max_len)).await
     }
 
     async fn list(&self, prefix: &str) -> BackendResult<Vec<Entry>> {
@@ -277,7 +277,7 @@ mod tests {
         rt.block_on(b.list("chunks/")).unwrap();
         rt.block_on(b.put("locks/a", Bytes::from_static(b"1"))).unwrap();
         assert!(rt.block_on(b.put("locks/a", Bytes::from_static(b"2"))).is_err());
-        assert_eq!(rt.block_on(b.get("locks/a")).unwrap(), b"1");
+        assert_eq!(rt.block_on(b.get("locks/a", u64::MAX)).unwrap(), b"1");
         rt.block_on(b.put("snapshots/a", Bytes::from_static(b"1"))).unwrap();
     }
 }

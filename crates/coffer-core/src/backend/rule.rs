@@ -10,6 +10,9 @@ pub enum Op {
     Get,
     List,
     Delete,
+    /// A local folder's fsync of a directory, inside [`super::Backend::sync`]
+    /// (the key is the directory's path).
+    Fsync,
 }
 
 impl Op {
@@ -20,6 +23,7 @@ impl Op {
             "get" => Some(Op::Get),
             "list" => Some(Op::List),
             "delete" => Some(Op::Delete),
+            "fsync" => Some(Op::Fsync),
             _ => None,
         }
     }
@@ -31,6 +35,7 @@ impl Op {
             Op::Get => "GET",
             Op::List => "LIST",
             Op::Delete => "DELETE",
+            Op::Fsync => "FSYNC",
         }
     }
 }

@@ -469,12 +469,26 @@ const MAX_PRESIZE: usize = 16 << 20;
 /// Reads a GET body into one buffer, copying each piece once as it arrives
 /// (collecting the pieces first and then joining them copied every byte
 /// twice). The buffer is sized from the announced length up front.
-async fn read_body(mut body: ByteStream, expected: usize) -> Result<Vec<u8>, ByteStreamError> {
+///
+/// Reading stops with [`BodyError::TooLarge`] once more than `max_len`
+/// bytes have arrived, whatever length the store announced.
+async fn read_body(mut body: ByteStream, expected: usize, max_len: u64) -> Result<Vec<u8>, BodyError> {
     let mut data = Vec::with_capacity(expected.min(MAX_PRESIZE));
-    while let Some(piece) = body.try_next().await? {
+    while let Some(piece) = body.try_next().await.map_err(BodyError::Stream)? {
+        if (data.len() + piece.len()) as u64 > max_len {
+            return Err(BodyError::TooLarge((data.len() + piece.len()) as u64));
+        }
         data.extend_from_slice(&piece);
     }
     Ok(data)
+}
+
+/// Why a GET body could not be read.
+enum BodyError {
+    /// The connection broke: worth a retry.
+    Stream(ByteStreamError),
+    /// More bytes than the limit arrived (at least this many).
+    TooLarge(u64),
 }
 
 fn status<E>(err: &SdkError<E, aws_smithy_runtime_api::http::Response>) -> Option<u16> {
@@ -570,7 +584,7 @@ impl Backend for S3Backend {
         }
     }
 
-    async fn get(&self, key: &str) -> BackendResult<Vec<u8>> {
+    async fn get(&self, key: &str, max_len: u64) -> BackendResult<Vec<u8>> {
         let client = self.client().await?;
         let full = self.full_key(key);
         // The SDK retries the request, but not a connection dropped while the
@@ -589,18 +603,26 @@ impl Backend for S3Backend {
                     return Err(self.error("GET", key, e));
                 }
             };
-            let expected = resp.content_length().and_then(|n| usize::try_from(n).ok()).unwrap_or(0);
-            match read_body(resp.body, expected).await {
+            let announced = resp.content_length().and_then(|n| u64::try_from(n).ok());
+            if let Some(size) = announced.filter(|&n| n > max_len) {
+                // Dropping the response closes the connection unread.
+                return Err(BackendError::TooLarge { key: key.to_string(), size, limit: max_len });
+            }
+            let expected = announced.and_then(|n| usize::try_from(n).ok()).unwrap_or(0);
+            match read_body(resp.body, expected, max_len).await {
                 Ok(data) => {
                     self.wire.received(data.len() as u64);
                     return Ok(data);
                 }
-                Err(e) if attempt < self.config.max_attempts => {
+                Err(BodyError::TooLarge(size)) => {
+                    return Err(BackendError::TooLarge { key: key.to_string(), size, limit: max_len });
+                }
+                Err(BodyError::Stream(e)) if attempt < self.config.max_attempts => {
                     tracing::debug!("GET {key}: body interrupted ({e}); retrying");
                     tokio::time::sleep(self.config.initial_backoff * attempt).await;
                     attempt += 1;
                 }
-                Err(e) => {
+                Err(BodyError::Stream(e)) => {
                     return Err(self.unavailable(format!(
                         "GET {key}: the connection broke while reading the object, {attempt} times: {e}"
                     )));

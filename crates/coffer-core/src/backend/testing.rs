@@ -78,9 +78,9 @@ impl Backend for LatencyBackend {
         self.inner.put(key, data).await
     }
 
-    async fn get(&self, key: &str) -> BackendResult<Vec<u8>> {
+    async fn get(&self, key: &str, max_len: u64) -> BackendResult<Vec<u8>> {
         let _g = self.enter().await;
-        self.inner.get(key).await
+        self.inner.get(key, max_len).await
     }
 
     async fn list(&self, prefix: &str) -> BackendResult<Vec<Entry>> {
@@ -223,9 +223,9 @@ impl Backend for FaultBackend {
         self.inner.put(key, data).await
     }
 
-    async fn get(&self, key: &str) -> BackendResult<Vec<u8>> {
+    async fn get(&self, key: &str, max_len: u64) -> BackendResult<Vec<u8>> {
         self.check(Op::Get, key)?;
-        self.inner.get(key).await
+        self.inner.get(key, max_len).await
     }
 
     async fn list(&self, prefix: &str) -> BackendResult<Vec<Entry>> {
@@ -272,14 +272,14 @@ mod tests {
             b.put("chunks/aa/aa1", Bytes::from_static(b"x")).await.unwrap();
             // Other keys and other operations pass.
             b.put("trees/bb/bb1", Bytes::from_static(b"t")).await.unwrap();
-            assert_eq!(b.get("chunks/aa/aa1").await.unwrap(), b"x");
-            assert_eq!(b.get("trees/bb/bb1").await.unwrap(), b"t");
-            let e = b.get("trees/bb/bb1").await.unwrap_err();
+            assert_eq!(b.get("chunks/aa/aa1", u64::MAX).await.unwrap(), b"x");
+            assert_eq!(b.get("trees/bb/bb1", u64::MAX).await.unwrap(), b"t");
+            let e = b.get("trees/bb/bb1", u64::MAX).await.unwrap_err();
             assert!(matches!(e, BackendError::Io { .. }), "{e}");
-            assert!(b.get("trees/bb/bb1").await.is_err());
+            assert!(b.get("trees/bb/bb1", u64::MAX).await.is_err());
             assert_eq!(b.injected(), 4);
             b.clear();
-            assert_eq!(b.get("trees/bb/bb1").await.unwrap(), b"t");
+            assert_eq!(b.get("trees/bb/bb1", u64::MAX).await.unwrap(), b"t");
         });
     }
 
@@ -295,7 +295,7 @@ mod tests {
             let gets: Vec<_> = (0..6)
                 .map(|_| {
                     let b = b.clone();
-                    tokio::spawn(async move { b.get("config").await })
+                    tokio::spawn(async move { b.get("config", u64::MAX).await })
                 })
                 .collect();
             for g in gets {
