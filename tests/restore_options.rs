@@ -68,7 +68,8 @@ fn verify_reads_back_every_restored_file() {
 /// Stands for whatever can change a file between restore writing it and
 /// reading it back (a failing disk or controller, a file system bug, another
 /// program writing into the target): when the only file of the snapshot is
-/// complete, it changes one byte of it. Restore itself cannot be made to
+/// complete, it changes one byte of it (under the temporary name it is
+/// written to before being renamed into place). Restore itself cannot be made to
 /// write wrong bytes from outside: every chunk is authenticated and checked
 /// against its id before it is written, and a crafted tree cannot name
 /// content it does not have without the key.
@@ -78,7 +79,10 @@ struct ChangesTheFileWhenWritten {
 
 impl Progress for ChangesTheFileWhenWritten {
     fn file_done(&self) {
-        let f = std::fs::OpenOptions::new().write(true).open(&self.path).expect("open the restored file");
+        let dir = self.path.parent().expect("a folder");
+        let written = temp_files(dir);
+        assert_eq!(written.len(), 1, "one file is being written in {}: {written:?}", dir.display());
+        let f = std::fs::OpenOptions::new().write(true).open(dir.join(&written[0])).expect("open the restored file");
         f.write_all_at(b"X", 70_000).expect("change it");
     }
 }
@@ -326,4 +330,79 @@ fn bytes_in_flight_stay_within_the_budget() {
             assert!(std::fs::read(restored(&env, &target).join(name)).unwrap() == *data, "{name}");
         }
     }
+}
+
+/// An unchanged file whose mode differs from the snapshot's, but which is
+/// another name of a file outside the target: `--overwrite if-changed`
+/// must not chmod that outside file; it writes a new file instead.
+#[test]
+fn restore_never_changes_metadata_through_a_hard_link_in_the_target() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::init();
+    let x = env.write("x.txt", b"same content inside and out");
+    std::fs::set_permissions(&x, std::fs::Permissions::from_mode(0o644)).unwrap();
+    env.backup_json(&[]);
+    let target = env.path("out");
+    let back = restored(&env, &target);
+    std::fs::create_dir_all(&back).unwrap();
+    // Outside: the snapshot's content and mtime, another mode.
+    let outside = env.path("outside.txt");
+    std::fs::write(&outside, b"same content inside and out").unwrap();
+    filetime::set_file_mtime(&outside, FileTime::from_last_modification_time(&std::fs::metadata(&x).unwrap())).unwrap();
+    std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::hard_link(&outside, back.join("x.txt")).unwrap();
+
+    restore_json(&env, &target, &["--overwrite", "if-changed"]);
+    let (o, inside) = (std::fs::metadata(&outside).unwrap(), std::fs::metadata(back.join("x.txt")).unwrap());
+    assert_eq!(o.permissions().mode() & 0o7777, 0o600, "the outside file's mode was changed through the link");
+    assert_eq!(inside.permissions().mode() & 0o7777, 0o644, "the restored file has the snapshot's mode");
+    assert_ne!(o.ino(), inside.ino(), "the restored name is a file of its own");
+    assert_eq!((o.nlink(), inside.nlink()), (1, 1));
+    assert_eq!(std::fs::read(back.join("x.txt")).unwrap(), b"same content inside and out");
+}
+
+/// Names in `dir` that restore uses for files not yet complete.
+fn temp_files(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with(restorer::TEMP_PREFIX))
+        .collect()
+}
+
+/// With `--overwrite always`, a file whose chunk fails to decode is not
+/// restored, and the copy the target held before stays as it was: the new
+/// content goes to a temporary name, renamed over the old one only once
+/// complete, and the temporary file is removed.
+#[test]
+fn a_chunk_that_fails_to_decode_leaves_the_previous_copy_intact() {
+    let env = Env::init();
+    env.write("photo.jpg", &random_bytes(400_000, 5));
+    env.write("other.txt", b"other");
+    env.backup_json(&[]);
+    let target = env.path("out");
+    restore_json(&env, &target, &[]);
+    let back = restored(&env, &target);
+    let previous = random_bytes(123_456, 6);
+    std::fs::write(back.join("photo.jpg"), &previous).unwrap();
+    // Damage every chunk of the photo.
+    let repo = open_repo(&env);
+    let node =
+        crate::common::snapshot_node(&repo, "latest", &std::fs::canonicalize(env.src.join("photo.jpg")).unwrap());
+    for coffer_core::tree::ChunkRef(id, _) in &node.content {
+        let path = crate::common::object_file(&env.repo, coffer_core::crypto::ObjectKind::Chunk, id);
+        let mut stored = std::fs::read(&path).unwrap();
+        let mid = stored.len() / 2;
+        stored[mid] ^= 0x40;
+        std::fs::write(&path, stored).unwrap();
+    }
+
+    let out =
+        env.coffer().args(["restore", "latest", "--overwrite", "always", "--target"]).arg(&target).output().unwrap();
+    assert!(!out.status.success(), "a damaged chunk must fail the restore");
+    let err = stderr_of(&out);
+    assert!(err.contains("photo.jpg"), "the message names the file: {err}");
+    assert_eq!(std::fs::read(back.join("photo.jpg")).unwrap(), previous, "the previous copy was lost");
+    assert_eq!(std::fs::read(back.join("other.txt")).unwrap(), b"other");
+    assert_eq!(temp_files(&back), Vec::<String>::new(), "temporary files are removed");
 }

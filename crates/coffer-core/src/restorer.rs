@@ -131,6 +131,9 @@ enum FileState {
 
 struct FileJob {
     path: PathBuf,
+    /// Where the content is written: a new name in the same folder, renamed
+    /// over `path` once every chunk landed (see [`temp_name`]).
+    temp: PathBuf,
     node: Node,
     remaining: AtomicUsize,
     /// Opened at the first chunk written, closed after the last one.
@@ -148,7 +151,7 @@ impl FileJob {
         if let Some(f) = &*slot {
             return Ok(f.clone());
         }
-        let f = Arc::new(open_no_follow(&self.path, false)?);
+        let f = Arc::new(open_no_follow(&self.temp, false)?);
         *slot = Some(f.clone());
         Ok(f)
     }
@@ -376,6 +379,7 @@ impl Planner<'_> {
         let remaining = AtomicUsize::new(node.content.len());
         self.plan.files.push(FileJob {
             path: path.to_path_buf(),
+            temp: temp_name(path),
             node,
             remaining,
             handle: Mutex::new(None),
@@ -398,36 +402,54 @@ fn make_dir(path: &Path) -> std::io::Result<()> {
     std::fs::create_dir(path)
 }
 
-/// Makes `path` an empty regular file of `size` bytes (all of it a hole),
-/// ready for chunks to be written at their offsets. Whatever is in the way is
-/// removed rather than written through: a symlink is never followed, and a
-/// file with other names (hard links, maybe outside the target) is replaced
-/// by a new one so that those other names keep what they hold.
-fn prepare_file(path: &Path, size: u64) -> std::io::Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
-                "a directory is in the way of the file",
-            ));
-        }
-        Ok(m) if !m.is_file() || m.nlink() > 1 => std::fs::remove_file(path)?,
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    open_no_follow(path, true)?.set_len(size)
+/// Marks the names restore writes to before renaming; a restore that was
+/// killed leaves them behind, and nothing else uses the prefix.
+pub const TEMP_PREFIX: &str = ".coffer-tmp-";
+
+/// A fresh name next to `path` (`.coffer-tmp-` and 16 random hex digits).
+/// A file is written under it and renamed over `path` only when complete,
+/// so a chunk that fails to fetch or decode, a full disk or a crash never
+/// leaves a half-written file under the final name, and whatever was there
+/// before stays as it was. A new inode also means nothing at `path` is ever
+/// written through: not a symlink, not a file with other names (hard links,
+/// maybe outside the target), whose other names keep what they hold.
+fn temp_name(path: &Path) -> PathBuf {
+    let mut random = [0u8; 8];
+    crate::crypto::fill_random(&mut random);
+    path.with_file_name(format!("{TEMP_PREFIX}{}", hex::encode(random)))
 }
 
-/// Opens a file for writing without following a symlink at its name.
+/// Makes the job's temporary name an empty regular file of `size` bytes
+/// (all of it a hole), ready for chunks to be written at their offsets.
+fn prepare_file(job: &FileJob) -> std::io::Result<()> {
+    if let Ok(m) = std::fs::symlink_metadata(&job.path)
+        && m.is_dir()
+    {
+        return Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, "a directory is in the way of the file"));
+    }
+    open_no_follow(&job.temp, true)?.set_len(job.node.size)
+}
+
+/// Puts a complete file under its final name, replacing (never following)
+/// whatever is there.
+fn finish_file(job: &FileJob) -> std::io::Result<()> {
+    std::fs::rename(&job.temp, &job.path)
+}
+
+/// Removes the temporary file of a file that could not be restored.
+fn discard_file(job: &FileJob) {
+    match std::fs::remove_file(&job.temp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!("could not remove {}: {e}", job.temp.display()),
+    }
+}
+
+/// Opens a file for writing without following a symlink at its name; a
+/// created file must be new (`O_EXCL`).
 fn open_no_follow(path: &Path, create: bool) -> std::io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(create)
-        .truncate(create)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(path)
+    std::fs::OpenOptions::new().write(true).create_new(create).custom_flags(nix::libc::O_NOFOLLOW).open(path)
 }
 
 /// Opens a file for reading without following a symlink at its name.
@@ -617,8 +639,10 @@ pub fn restore(
             (i, same)
         })
         .collect();
+    let chown = metadata::can_chown();
     for (i, same) in checked {
-        states[i] = if same { FileState::Same } else { FileState::Write };
+        states[i] =
+            if same && !shared_with_wrong_metadata(&files[i], chown) { FileState::Same } else { FileState::Write };
     }
 
     let problem = |outcome: &mut RestoreOutcome, path: &Path, message: String| {
@@ -628,9 +652,10 @@ pub fn restore(
 
     for (f, state) in files.iter().zip(states.iter_mut()) {
         if *state == FileState::Write
-            && let Err(e) = prepare_file(&f.path, f.node.size)
+            && let Err(e) = prepare_file(f)
         {
             problem(&mut outcome, &f.path, e.to_string());
+            discard_file(f);
             *state = FileState::Failed;
         }
     }
@@ -745,13 +770,19 @@ pub fn restore(
     failed.dedup_by(|a, b| a.0 == b.0);
     for (fi, msg) in failed {
         problem(&mut outcome, &files[fi].path, msg);
+        discard_file(&files[fi]);
         states[fi] = FileState::Failed;
     }
 
-    let chown = metadata::can_chown();
-    for (f, state) in files.iter().zip(&states) {
+    for (f, state) in files.iter().zip(states.iter_mut()) {
         match state {
             FileState::Write => {
+                if let Err(e) = finish_file(f) {
+                    problem(&mut outcome, &f.path, format!("cannot put the restored file in place: {e}"));
+                    discard_file(f);
+                    *state = FileState::Failed;
+                    continue;
+                }
                 outcome.files += 1;
                 outcome.bytes += f.node.size;
                 if let Err(e) = metadata::apply(&f.path, &f.node, chown) {
@@ -761,11 +792,12 @@ pub fn restore(
             FileState::Same => {
                 outcome.skipped += 1;
                 outcome.skipped_bytes += f.node.size;
-                // Its mtime is the snapshot's already; touch nothing that is right.
-                let right = std::fs::symlink_metadata(&f.path).is_ok_and(|m| {
-                    m.mode() & 0o7777 == f.node.mode && (!chown || (m.uid() == f.node.uid && m.gid() == f.node.gid))
-                });
-                if !right && let Err(e) = metadata::apply(&f.path, &f.node, chown) {
+                // Its mtime is the snapshot's already; touch nothing that is
+                // right. (A file with other names and wrong metadata was
+                // rewritten instead: see `shared_with_wrong_metadata`.)
+                if !metadata_right(&f.path, &f.node, chown)
+                    && let Err(e) = metadata::apply(&f.path, &f.node, chown)
+                {
                     problem(&mut outcome, &f.path, format!("setting metadata: {e}"));
                 }
             }
@@ -846,6 +878,22 @@ pub fn restore(
         }
     }
     Ok(outcome)
+}
+
+/// Whether the mode, and the owner where restore sets owners, of `path` are
+/// the snapshot's.
+fn metadata_right(path: &Path, node: &Node, chown: bool) -> bool {
+    std::fs::symlink_metadata(path)
+        .is_ok_and(|m| m.mode() & 0o7777 == node.mode && (!chown || (m.uid() == node.uid && m.gid() == node.gid)))
+}
+
+/// Whether an unchanged file's metadata would have to be set on an inode
+/// with other names: chmod or chown there would change a file that may lie
+/// outside the target (a link planted to make restore change it), so such
+/// a file is written anew instead, as `prepare_file` does for any write.
+fn shared_with_wrong_metadata(job: &FileJob, chown: bool) -> bool {
+    let shared = std::fs::symlink_metadata(&job.path).map_or(true, |m| m.nlink() > 1);
+    shared && !metadata_right(&job.path, &job.node, chown)
 }
 
 /// Makes `path` a hard link to `source`, replacing what is in the way.
