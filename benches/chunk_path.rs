@@ -16,7 +16,7 @@ const LEN: usize = 32 * 1024 * 1024;
 fn bench(c: &mut Criterion) {
     let keys = Keys::from_master(&[3u8; 64]);
     let repo_id = [1u8; 32];
-    let chunker = Chunker::new(&ChunkerParams::default(), keys.gear_table()).expect("default params");
+    let chunker = Chunker::new(&ChunkerParams::default(), &keys.gear_table()).expect("default params");
     let compression = Compression { level: 3 };
     for (name, data) in [("incompressible", incompressible(LEN, 1)), ("half-compressible", half_compressible(LEN, 2))] {
         let mut g = c.benchmark_group(name);

@@ -87,6 +87,23 @@ pub struct Chunker {
     zero_cut: std::sync::OnceLock<usize>,
 }
 
+impl zeroize::Zeroize for Chunker {
+    fn zeroize(&mut self) {
+        self.gear.zeroize();
+        self.gear_ls.zeroize();
+    }
+}
+
+impl Drop for Chunker {
+    /// The tables are derived from the master key, and knowing them helps
+    /// guess chunk boundaries: they do not outlive the chunker.
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(self);
+    }
+}
+
+impl zeroize::ZeroizeOnDrop for Chunker {}
+
 /// True when every byte is zero; stops at the first one that is not, so it
 /// costs nothing on ordinary data. Comparing 16-byte words lets the
 /// compiler vectorise the loop.
@@ -96,7 +113,7 @@ pub fn is_zero(data: &[u8]) -> bool {
 }
 
 impl Chunker {
-    pub fn new(params: &ChunkerParams, gear: [u64; 256]) -> Result<Chunker> {
+    pub fn new(params: &ChunkerParams, gear: &[u64; 256]) -> Result<Chunker> {
         params.validate()?;
         let level = match params.normalization {
             0 => v2020::Normalization::Level0,
@@ -108,13 +125,15 @@ impl Chunker {
         // The shifted table must be exactly `gear << 1`: FastCDC 2020 consumes
         // two bytes per step, and any other relation makes the boundaries
         // after an odd-length insertion differ from those before it.
-        let mut gear_ls = [0u64; 256];
+        let mut table = Box::new([0u64; 256]);
+        let mut gear_ls = Box::new([0u64; 256]);
+        table.copy_from_slice(gear);
         for (ls, g) in gear_ls.iter_mut().zip(gear.iter()) {
             *ls = g << 1;
         }
         Ok(Chunker {
-            gear: Box::new(gear),
-            gear_ls: Box::new(gear_ls),
+            gear: table,
+            gear_ls,
             min: params.min_size as usize,
             avg: params.avg_size as usize,
             max: params.max_size as usize,
@@ -280,6 +299,23 @@ mod tests {
             .collect()
     }
 
+    #[test]
+    fn key_material_is_wiped() {
+        let mut c = Chunker::new(&small(), &gear(1)).unwrap();
+        assert!(c.gear.iter().any(|&g| g != 0));
+        zeroize::Zeroize::zeroize(&mut c);
+        assert!(c.gear.iter().chain(c.gear_ls.iter()).all(|&g| g == 0), "a table survived");
+        // What holds key material wipes it when dropped; without the crates'
+        // `zeroize` features these bounds do not hold and this test does
+        // not build.
+        fn wiped_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+        wiped_on_drop::<Chunker>();
+        wiped_on_drop::<aes::Aes256>();
+        wiped_on_drop::<crate::crypto::Keys>();
+        fn wipeable<T: zeroize::Zeroize>() {}
+        wipeable::<argon2::Block>();
+    }
+
     fn gear(seed: u64) -> [u64; 256] {
         let bytes = pseudo_random(2048, seed);
         let mut t = [0u64; 256];
@@ -302,14 +338,14 @@ mod tests {
             ChunkerParams { algorithm: "rabin".into(), ..small() },
             ChunkerParams { normalization: 4, ..small() },
         ] {
-            assert!(Chunker::new(&p, gear(1)).is_err(), "{p:?}");
+            assert!(Chunker::new(&p, &gear(1)).is_err(), "{p:?}");
         }
         assert!(ChunkerParams::default().validate().is_ok());
     }
 
     #[test]
     fn chunks_respect_bounds_and_cover_input() {
-        let c = Chunker::new(&small(), gear(1)).unwrap();
+        let c = Chunker::new(&small(), &gear(1)).unwrap();
         let data = pseudo_random(1 << 20, 9);
         let chunks: Vec<&[u8]> = c.split(&data).collect();
         assert_eq!(chunks.concat(), data);
@@ -321,7 +357,7 @@ mod tests {
 
     #[test]
     fn stream_matches_in_memory() {
-        let c = Chunker::new(&small(), gear(2)).unwrap();
+        let c = Chunker::new(&small(), &gear(2)).unwrap();
         let mut data = pseudo_random(700_001, 3);
         // A hole longer than the maximum chunk, and a run of few distinct
         // bytes, so that forced, zero and scanned cuts all meet short reads.
@@ -353,7 +389,7 @@ mod tests {
 
     #[test]
     fn odd_insertion_resynchronises() {
-        let c = Chunker::new(&small(), gear(4)).unwrap();
+        let c = Chunker::new(&small(), &gear(4)).unwrap();
         let data = pseudo_random(1 << 20, 5);
         let mut edited = data.clone();
         let insert = pseudo_random(101, 6);
@@ -366,7 +402,7 @@ mod tests {
 
     #[test]
     fn zero_runs_cut_as_if_scanned() {
-        let c = Chunker::new(&small(), gear(8)).unwrap();
+        let c = Chunker::new(&small(), &gear(8)).unwrap();
         let mut data = pseudo_random(100_000, 1);
         data.extend(std::iter::repeat_n(0u8, 1_000_000));
         data.extend(pseudo_random(100_000, 2));
@@ -389,8 +425,8 @@ mod tests {
     #[test]
     fn different_tables_cut_differently() {
         let data = pseudo_random(1 << 20, 7);
-        let c1 = Chunker::new(&small(), gear(10)).unwrap();
-        let c2 = Chunker::new(&small(), gear(20)).unwrap();
+        let c1 = Chunker::new(&small(), &gear(10)).unwrap();
+        let c2 = Chunker::new(&small(), &gear(20)).unwrap();
         let l1: Vec<usize> = c1.split(&data).map(|c| c.len()).collect();
         let l2: Vec<usize> = c2.split(&data).map(|c| c.len()).collect();
         assert_ne!(l1, l2);

@@ -5,7 +5,7 @@
 //! by `init`, stored only sealed under a password (see [`crate::key`]), and
 //! zeroized when dropped.
 
-use zeroize::{Zeroize, ZeroizeOnDrop};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::id::Id;
 use crate::siv::PmacSiv;
@@ -125,9 +125,11 @@ impl Keys {
         &self.master
     }
 
-    /// The chunker's 256-entry gear table, read as little-endian u64s.
-    pub fn gear_table(&self) -> [u64; 256] {
-        let mut table = [0u64; 256];
+    /// The chunker's 256-entry gear table, read as little-endian u64s. It is
+    /// key material (it decides where chunks are cut): the copy is wiped
+    /// when dropped, as the chunker's own are.
+    pub fn gear_table(&self) -> Zeroizing<[u64; 256]> {
+        let mut table = Zeroizing::new([0u64; 256]);
         for (entry, bytes) in table.iter_mut().zip(self.gear.chunks_exact(8)) {
             let mut b = [0u8; 8];
             b.copy_from_slice(bytes);

@@ -63,7 +63,15 @@ impl KdfParams {
             .map_err(|e| format!("argon2id parameters: {e}"))?;
         let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
         let mut kek = Zeroizing::new([0u8; AEAD_KEY_LEN]);
-        argon.hash_password_into(password, salt, &mut kek[..]).map_err(|e| format!("argon2id: {e}"))?;
+        // Our own memory, wiped when dropped: argon2's blocks hold values
+        // derived from the password, and the crate frees its own unwiped.
+        let mut blocks = Zeroizing::new(Vec::new());
+        let count = argon.params().block_count();
+        blocks.try_reserve_exact(count).map_err(|e| format!("argon2id memory: {e}"))?;
+        blocks.resize(count, argon2::Block::new());
+        argon
+            .hash_password_into_with_memory(password, salt, &mut kek[..], &mut blocks[..])
+            .map_err(|e| format!("argon2id: {e}"))?;
         Ok(kek)
     }
 }

@@ -320,7 +320,7 @@ impl Repository {
     }
 
     pub fn chunker(&self) -> Result<Chunker> {
-        Chunker::new(&self.config.chunker, self.keys.gear_table())
+        Chunker::new(&self.config.chunker, &self.keys.gear_table())
     }
 
     /// The largest plaintext a chunk of this repository can have.

@@ -71,6 +71,8 @@ impl Pmac {
         let mut zero = Block::default();
         cipher.encrypt_block(&mut zero);
         let l0 = u128::from_be_bytes(zero.into());
+        // L is as secret as the key.
+        zero.zeroize();
         let mut l = [0u128; 64];
         let mut li = l0;
         for entry in &mut l {

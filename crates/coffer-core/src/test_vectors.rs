@@ -230,7 +230,7 @@ fn chunk_boundaries() {
     let mut data = vec![0u8; 12 << 20];
     blake3::Hasher::new().update(b"coffer chunker test vector").finalize_xof().fill(&mut data);
     let keys = Keys::from_master(&master());
-    let chunker = Chunker::new(&ChunkerParams::default(), keys.gear_table()).unwrap();
+    let chunker = Chunker::new(&ChunkerParams::default(), &keys.gear_table()).unwrap();
     let expected = [1_442_693, 1_408_444, 1_200_691, 1_552_189, 533_652, 2_153_365, 2_599_727, 1_202_295, 489_856];
     let lens: Vec<usize> = chunker.split(&data).map(|c| c.len()).collect();
     assert_eq!(lens, expected);
