@@ -220,6 +220,52 @@ fn two_prunes_both_finish(fx: &Fixture) {
     assert_eq!(fx.check(true), vec![fx.snap_b]);
 }
 
+/// The backup's lock vanishes in the window after its last check, while
+/// its snapshot is being written (held right after the write landed). With
+/// `pruned`, a prune ran in that window: snapshot `a` is forgotten and a
+/// chunk of its photo, which the new snapshot reuses, is deleted; without,
+/// only the forget ran. The
+/// backup must notice the lost lock after writing, look for everything its
+/// snapshot references, and remove the snapshot (failing clearly) only if
+/// something is missing.
+fn lock_lost_as_the_snapshot_lands(fx: &Fixture, pruned: bool) {
+    std::fs::write(fx.src_a.join("new.txt"), b"written after snapshot a").unwrap();
+    let backup_backend = PausingBackend::new(fx.store.backend());
+    let written = backup_backend.pause_after(Op::Put, "snapshots/");
+    let backup_repo = open(backup_backend.clone(), settings(Duration::from_secs(20), Duration::ZERO));
+    let src = fx.src_a.clone();
+    let parent = fx.snap_a;
+    let backup_thread = std::thread::spawn(move || backup(&backup_repo, &src, ParentChoice::Snapshot(parent)));
+    written.wait_reached();
+
+    let watcher = open(fx.store.backend(), LockSettings::default());
+    let (locks, _) = watcher.locks().unwrap();
+    assert_eq!(locks.len(), 1, "the backup's shared lock");
+    fx.store.remove(&locks[0].name());
+    let photo = crate::common::snapshot_node(&watcher, &fx.snap_a.to_string(), &fx.src_a.join("photo.jpg"));
+    fx.forget_a();
+    if pruned {
+        fx.store.remove(&object_key(ObjectKind::Chunk, &photo.content[0].0));
+    }
+    written.release();
+    let result = backup_thread.join().unwrap();
+    let snaps = fx.check(false);
+    if pruned {
+        match result {
+            Err(Error::CommitLost { snapshot, reason }) => {
+                assert!(!snaps.contains(&snapshot), "the snapshot referencing a deleted chunk was removed");
+                assert!(reason.contains("1 chunks it references are missing"), "{reason}");
+            }
+            other => panic!("the backup must fail and remove its snapshot: {other:?}"),
+        }
+        assert_eq!(snaps, vec![fx.snap_b]);
+    } else {
+        let id = result.expect("nothing is missing: the backup stands").expect("a snapshot");
+        assert_eq!(snaps.len(), 2);
+        assert!(snaps.contains(&id), "the new snapshot stays and restores");
+    }
+}
+
 fn local(dir: &Path) -> Box<dyn Store> {
     Box::new(LocalStore(dir.join("repo")))
 }
@@ -242,6 +288,16 @@ fn a_backup_that_cannot_refresh_its_lock_aborts_local() {
 #[test]
 fn a_backup_whose_lock_is_removed_aborts_local() {
     backup_whose_lock_is_removed_aborts(&Fixture::new(local));
+}
+
+#[test]
+fn a_snapshot_written_as_the_lock_is_lost_is_removed_if_a_prune_deleted_its_data_local() {
+    lock_lost_as_the_snapshot_lands(&Fixture::new(local), true);
+}
+
+#[test]
+fn a_snapshot_written_as_the_lock_is_lost_stands_if_nothing_is_missing_local() {
+    lock_lost_as_the_snapshot_lands(&Fixture::new(local), false);
 }
 
 #[test]
@@ -296,6 +352,11 @@ fn a_prune_whose_clock_is_two_hours_ahead_still_waits_s3() {
 #[test]
 fn a_backup_that_cannot_refresh_its_lock_aborts_s3() {
     backup_with_failing_refreshes_aborts(&Fixture::new(s3));
+}
+
+#[test]
+fn a_snapshot_written_as_the_lock_is_lost_is_removed_if_a_prune_deleted_its_data_s3() {
+    lock_lost_as_the_snapshot_lands(&Fixture::new(s3), true);
 }
 
 #[test]

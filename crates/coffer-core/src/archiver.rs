@@ -750,7 +750,13 @@ pub fn backup(repo: &Repository, options: &BackupOptions, progress: &dyn Progres
             // Re-read our own lock just before committing: if it was lost,
             // a prune may have deleted chunks this snapshot reuses.
             lock.check()?;
-            Some(repo.save_snapshot(&snapshot)?)
+            let id = repo.save_snapshot(&snapshot)?;
+            // And once more after: the lock may have been lost in the
+            // window between the check and the write landing.
+            if let Err(lost) = lock.check() {
+                confirm_after_lost_lock(repo, &id, &lost)?;
+            }
+            Some(id)
         }
     };
     if snapshot_id.is_some() {
@@ -770,6 +776,50 @@ pub fn backup(repo: &Repository, options: &BackupOptions, progress: &dyn Progres
         tracing::warn!("could not remove the backup's lock: {e}");
     }
     Ok(BackupOutcome { snapshot_id, snapshot, parent: parent_id, state })
+}
+
+/// The backup's lock was found lost right after its snapshot was written.
+/// Until then every check passed, so the only data the snapshot can be
+/// missing is what a prune deleted in that window (at most the margin
+/// before the stale time, see docs/threat-model.md). Under a fresh shared
+/// lock, which waits for any prune to finish, every tree and chunk the
+/// snapshot references is looked up in fresh listings; if anything is
+/// missing, or this cannot be shown, the snapshot is removed again and the
+/// backup fails, so that no snapshot ever references deleted data.
+fn confirm_after_lost_lock(repo: &Repository, id: &Id, lost: &Error) -> Result<()> {
+    tracing::warn!("{lost}, after snapshot {id} was written: checking that everything it references still exists");
+    let missing = (|| -> Result<Option<String>> {
+        let shared = repo.lock_shared("backup (confirming its snapshot)")?;
+        let mut marks = crate::prune::Marks::default();
+        match crate::prune::mark_snapshots(repo, &HashSet::from([*id]), &mut marks, Some(&shared)) {
+            Ok(()) => {}
+            Err(Error::Missing { kind, id }) => return Ok(Some(format!("{kind} {id} it references is missing"))),
+            Err(e) => return Err(e),
+        }
+        for (kind, marked) in [(ObjectKind::Tree, &marks.trees), (ObjectKind::Chunk, &marks.chunks)] {
+            let listed: HashSet<Id> = repo.list_ids(kind)?.into_iter().collect();
+            let gone = marked.iter().filter(|m| !listed.contains(m)).count();
+            if gone > 0 {
+                return Ok(Some(format!("{gone} {}s it references are missing", kind.name())));
+            }
+        }
+        shared.release()?;
+        Ok(None)
+    })();
+    let reason = match missing {
+        Ok(None) => {
+            tracing::warn!("snapshot {id}: everything it references still exists; it stands");
+            return Ok(());
+        }
+        Ok(Some(why)) => why,
+        Err(e) => format!("it could not be checked ({e})"),
+    };
+    if let Err(e) = repo.remove_snapshot(id) {
+        tracing::error!("could not remove snapshot {id}, which may reference deleted data: {e}");
+    } else {
+        repo.forgotten(&[*id]);
+    }
+    Err(Error::CommitLost { snapshot: *id, reason })
 }
 
 #[cfg(test)]

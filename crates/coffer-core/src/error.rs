@@ -59,6 +59,14 @@ pub enum Error {
     #[error("the lock on the repository was lost: {reason}; stopping without writing")]
     LockLost { reason: String },
 
+    /// The lock was lost while the snapshot was being written, and the
+    /// snapshot could not be shown to reference only data that still exists:
+    /// it was removed again.
+    #[error(
+        "the lock on the repository was lost while snapshot {snapshot} was written, and {reason}; the snapshot was removed, run the backup again"
+    )]
+    CommitLost { snapshot: Id, reason: String },
+
     /// A key envelope asks for more than this client is willing to spend.
     #[error("key {name}: {reason}")]
     KeyParameters { name: String, reason: String },

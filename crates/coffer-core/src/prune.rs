@@ -61,9 +61,9 @@ pub struct PruneOutcome {
 
 /// What is reachable from a set of snapshots.
 #[derive(Default)]
-struct Marks {
-    trees: HashSet<Id>,
-    chunks: HashSet<Id>,
+pub(crate) struct Marks {
+    pub(crate) trees: HashSet<Id>,
+    pub(crate) chunks: HashSet<Id>,
 }
 
 /// One listed object that may go.
@@ -149,7 +149,7 @@ fn count(outcome: &mut PruneOutcome, marks: &Marks, candidates: &[Candidate]) {
 
 /// Marks every tree and chunk reachable from `snapshots`, a level of the
 /// trees at a time with many reads in flight.
-fn mark_snapshots(
+pub(crate) fn mark_snapshots(
     repo: &Repository,
     snapshots: &HashSet<Id>,
     marks: &mut Marks,
