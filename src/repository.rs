@@ -138,19 +138,19 @@ fn open_checking_state(global: &GlobalArgs, check_state: bool) -> Result<Reposit
     }
     locks.retry = global.retry_lock.unwrap_or_default();
     repo.set_lock_settings(locks);
+    // The cache first: what the state check finds may drop cached data.
+    if !global.no_cache
+        && let Some(base) = global.cache_dir.clone().or_else(coffer_core::cache::default_base)
+    {
+        repo = repo.with_cache(&base);
+    }
     if let Some(base) = coffer_core::state::default_base() {
         repo = repo.with_state(&base);
         if check_state {
             report_state(&repo.check_state()?);
         }
     }
-    if global.no_cache {
-        return Ok(repo);
-    }
-    match global.cache_dir.clone().or_else(coffer_core::cache::default_base) {
-        Some(base) => Ok(repo.with_cache(&base)),
-        None => Ok(repo),
-    }
+    Ok(repo)
 }
 
 /// Tells the person, on standard error, what changed in the repository since

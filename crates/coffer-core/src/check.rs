@@ -166,6 +166,11 @@ pub fn check(repo: &Repository, read: ReadData) -> Result<CheckReport> {
     for id in chunks.keys().filter(|id| !listed_chunks.contains(id)) {
         bad.insert(*id, ("chunk", "missing".into()));
     }
+    if bad.values().any(|(kind, problem)| *kind == "chunk" && problem == "missing") {
+        // Lost by the store or deleted by hand, not by prune: the cached
+        // chunk set may still name it, and a backup would then reuse it.
+        crate::chunk_set::invalidate(repo, "check found chunks missing");
+    }
 
     // Chunk contents.
     let to_read: Vec<ChunkRef> = select(&chunks, read).into_iter().filter(|c| listed_chunks.contains(&c.0)).collect();

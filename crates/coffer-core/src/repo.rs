@@ -46,6 +46,7 @@ pub struct Repository {
     /// This repository's own cache folder, if caching is on.
     cache_dir: Option<std::path::PathBuf>,
     lock_settings: crate::lock::LockSettings,
+    chunk_set_policy: crate::chunk_set::ChunkSetPolicy,
     /// What this host remembers of the repository, if that is on.
     pub(crate) state: Option<crate::state::State>,
     /// Fingerprints of the config object and of the key names as read when
@@ -164,6 +165,7 @@ impl Repository {
             key_name,
             cache_dir: None,
             lock_settings: Default::default(),
+            chunk_set_policy: Default::default(),
             state: None,
             seen_at_open: None,
         })
@@ -231,6 +233,7 @@ impl Repository {
                             key_name: name.clone(),
                             cache_dir: None,
                             lock_settings: Default::default(),
+                            chunk_set_policy: Default::default(),
                             state: None,
                             seen_at_open: Some(crate::state::Fingerprints::of(
                                 &config_bytes,
@@ -284,6 +287,16 @@ impl Repository {
 
     pub fn set_lock_settings(&mut self, settings: crate::lock::LockSettings) {
         self.lock_settings = settings;
+    }
+
+    /// When backup stops trusting the cached chunk set (see
+    /// [`crate::chunk_set`]).
+    pub fn chunk_set_policy(&self) -> crate::chunk_set::ChunkSetPolicy {
+        self.chunk_set_policy
+    }
+
+    pub fn set_chunk_set_policy(&mut self, policy: crate::chunk_set::ChunkSetPolicy) {
+        self.chunk_set_policy = policy;
     }
 
     pub fn backend(&self) -> &Arc<dyn Backend> {
