@@ -28,6 +28,9 @@ pub mod context {
     pub const SNAPSHOT: &str = "coffer 2026-11-27 snapshot aead key v1";
     pub const CONFIG: &str = "coffer 2026-11-27 config aead key v1";
     pub const LOCK: &str = "coffer 2026-11-27 lock aead key v1";
+    pub const PACK_HEADER: &str = "coffer 2026-12-04 pack header aead key v1";
+    pub const INDEX: &str = "coffer 2026-12-04 index aead key v1";
+    pub const PACK_ID: &str = "coffer 2026-12-04 pack id key v1";
     pub const GEAR: &str = "coffer 2026-11-27 chunker gear table v1";
 }
 
@@ -57,6 +60,8 @@ pub enum ObjectKind {
     Snapshot,
     Config,
     Lock,
+    /// An `index/` object (format v2).
+    Index,
 }
 
 impl ObjectKind {
@@ -68,6 +73,7 @@ impl ObjectKind {
             ObjectKind::Snapshot => b"snapshot",
             ObjectKind::Config => b"config",
             ObjectKind::Lock => b"lock",
+            ObjectKind::Index => b"index",
         }
     }
 
@@ -78,6 +84,7 @@ impl ObjectKind {
             ObjectKind::Snapshot => "snapshot",
             ObjectKind::Config => "config",
             ObjectKind::Lock => "lock",
+            ObjectKind::Index => "index",
         }
     }
 
@@ -91,7 +98,11 @@ impl ObjectKind {
 pub struct Keys {
     master: [u8; MASTER_KEY_LEN],
     id_key: [u8; 32],
-    aead: [[u8; AEAD_KEY_LEN]; 5],
+    pack_id_key: [u8; 32],
+    /// Seals the header at the end of each pack (format v2), which is not
+    /// an object of its own.
+    pack_header_key: [u8; AEAD_KEY_LEN],
+    aead: [[u8; AEAD_KEY_LEN]; 6],
     gear: [u8; 2048],
 }
 
@@ -106,14 +117,24 @@ impl Keys {
     }
 
     pub fn from_master(master: &[u8; MASTER_KEY_LEN]) -> Keys {
-        let mut keys = Keys { master: *master, id_key: [0; 32], aead: [[0; AEAD_KEY_LEN]; 5], gear: [0; 2048] };
+        let mut keys = Keys {
+            master: *master,
+            id_key: [0; 32],
+            pack_id_key: [0; 32],
+            pack_header_key: [0; AEAD_KEY_LEN],
+            aead: [[0; AEAD_KEY_LEN]; 6],
+            gear: [0; 2048],
+        };
         derive(master, context::ID, &mut keys.id_key);
+        derive(master, context::PACK_ID, &mut keys.pack_id_key);
+        derive(master, context::PACK_HEADER, &mut keys.pack_header_key);
         for (kind, ctx) in [
             (ObjectKind::Chunk, context::CHUNK),
             (ObjectKind::Tree, context::TREE),
             (ObjectKind::Snapshot, context::SNAPSHOT),
             (ObjectKind::Config, context::CONFIG),
             (ObjectKind::Lock, context::LOCK),
+            (ObjectKind::Index, context::INDEX),
         ] {
             derive(master, ctx, &mut keys.aead[kind.index()]);
         }
@@ -141,6 +162,30 @@ impl Keys {
     /// The id of a plaintext: keyed BLAKE3 under the id key.
     pub fn id(&self, plaintext: &[u8]) -> Id {
         Id(*blake3::keyed_hash(&self.id_key, plaintext).as_bytes())
+    }
+
+    /// A pack's id: keyed BLAKE3 of its stored bytes under the pack id key,
+    /// so that `check` finds an altered or truncated pack by hashing it,
+    /// without decrypting (and without the key, nobody can name a pack for
+    /// bytes of their own).
+    pub fn pack_id(&self, stored: &[u8]) -> Id {
+        Id(*blake3::keyed_hash(&self.pack_id_key, stored).as_bytes())
+    }
+
+    /// Seals a pack header (see [`crate::pack`]); `tag ‖ ciphertext`.
+    pub fn seal_pack_header(&self, headers: &[&[u8]], plaintext: &[u8]) -> Vec<u8> {
+        seal_with(&self.pack_header_key, headers, plaintext)
+    }
+
+    /// Reverses [`Keys::seal_pack_header`].
+    pub fn open_pack_header(&self, headers: &[&[u8]], sealed: &[u8]) -> Option<Vec<u8>> {
+        open_with(&self.pack_header_key, headers, sealed)
+    }
+
+    /// [`Keys::pack_id`] of bytes fed in pieces (a pack streamed from a
+    /// store, or written blob by blob).
+    pub fn pack_hasher(&self) -> blake3::Hasher {
+        blake3::Hasher::new_keyed(&self.pack_id_key)
     }
 
     fn cipher(&self, kind: ObjectKind) -> PmacSiv {

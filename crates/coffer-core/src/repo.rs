@@ -62,6 +62,7 @@ pub fn object_key(kind: ObjectKind, id: &Id) -> String {
         ObjectKind::Tree => format!("trees/{}/{hex}", &hex[..2]),
         ObjectKind::Snapshot => format!("snapshots/{hex}"),
         ObjectKind::Lock => format!("locks/{hex}"),
+        ObjectKind::Index => format!("index/{hex}"),
         ObjectKind::Config => config::NAME.to_string(),
     }
 }
@@ -75,6 +76,7 @@ pub fn parse_object_key(kind: ObjectKind, key: &str) -> Option<Id> {
         ObjectKind::Tree => ("trees/", true),
         ObjectKind::Snapshot => ("snapshots/", false),
         ObjectKind::Lock => ("locks/", false),
+        ObjectKind::Index => ("index/", false),
         ObjectKind::Config => return None,
     };
     let tail = key.strip_prefix(prefix)?;
@@ -348,6 +350,7 @@ impl Repository {
             ObjectKind::Tree => "trees/",
             ObjectKind::Snapshot => "snapshots/",
             ObjectKind::Lock => "locks/",
+            ObjectKind::Index => "index/",
             ObjectKind::Config => return Ok(Vec::new()),
         };
         let entries = self.runtime.block_on(self.backend.list(prefix))?;
@@ -618,6 +621,7 @@ pub fn max_stored(kind: ObjectKind, max_chunk_len: usize) -> u64 {
         ObjectKind::Tree => blob::max_stored_len(MAX_TREE_LEN),
         ObjectKind::Snapshot => blob::max_stored_random_len(MAX_SNAPSHOT_LEN),
         ObjectKind::Lock => crate::lock::MAX_STORED,
+        ObjectKind::Index => crate::index::MAX_STORED,
         ObjectKind::Config => config::MAX_STORED,
     }
 }
