@@ -25,6 +25,7 @@ mod metadata;
 mod mount;
 mod privacy;
 mod prune;
+mod ranges;
 mod restore_options;
 mod roundtrip;
 mod s3;

@@ -129,6 +129,25 @@ impl LocalBackend {
         }
     }
 
+    /// Counts a finished ranged read and names what went wrong.
+    fn range_done(
+        &self,
+        key: &str,
+        offset: u64,
+        len: u64,
+        res: std::io::Result<Result<Vec<u8>, u64>>,
+    ) -> BackendResult<Vec<u8>> {
+        match res {
+            Ok(Ok(data)) => {
+                self.wire.received(data.len() as u64);
+                Ok(data)
+            }
+            Ok(Err(got)) => Err(super::short_range(key, offset, len, got)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(BackendError::NotFound { key: key.to_string() }),
+            Err(e) => Err(BackendError::Io { key: key.to_string(), error: e }),
+        }
+    }
+
     fn mark_dirty(&self, dir: PathBuf) {
         if let Ok(mut d) = self.durability.lock() {
             d.dirty.insert(dir);
@@ -174,6 +193,28 @@ impl BlockingRead for LocalBackend {
     fn get_blocking(&self, key: &str, max_len: u64) -> BackendResult<Vec<u8>> {
         self.wire.get();
         self.read_done(key, max_len, read_bounded(&self.path(key), max_len))
+    }
+
+    fn get_range_blocking(&self, key: &str, offset: u64, len: u64) -> BackendResult<Vec<u8>> {
+        self.wire.get();
+        self.range_done(key, offset, len, read_range(&self.path(key), offset, len))
+    }
+}
+
+/// Reads `len` bytes at `offset`; `Ok(Err(got))` when the file ends first.
+fn read_range(path: &Path, offset: u64, len: u64) -> std::io::Result<Result<Vec<u8>, u64>> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::open(path)?;
+    let size = file.metadata()?.len();
+    let Some(end) = offset.checked_add(len).filter(|&end| end <= size) else {
+        return Ok(Err(size.saturating_sub(offset)));
+    };
+    let mut data = vec![0u8; (end - offset) as usize];
+    match file.read_exact_at(&mut data, offset) {
+        Ok(()) => Ok(Ok(data)),
+        // Shrunk since its size was read.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(Err(0)),
+        Err(e) => Err(e),
     }
 }
 
@@ -294,6 +335,15 @@ impl Backend for LocalBackend {
             .await
             .map_err(|e| BackendError::Io { key: key.to_string(), error: std::io::Error::other(e) })?;
         self.read_done(key, max_len, res)
+    }
+
+    async fn get_range(&self, key: &str, offset: u64, len: u64) -> BackendResult<Vec<u8>> {
+        let path = self.path(key);
+        self.wire.get();
+        let res = tokio::task::spawn_blocking(move || read_range(&path, offset, len))
+            .await
+            .map_err(|e| BackendError::Io { key: key.to_string(), error: std::io::Error::other(e) })?;
+        self.range_done(key, offset, len, res)
     }
 
     fn blocking_reads(&self) -> Option<&dyn BlockingRead> {

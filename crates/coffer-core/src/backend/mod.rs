@@ -155,6 +155,20 @@ impl WireCounters {
 /// [`Backend::get`] as a blocking call on the calling thread.
 pub trait BlockingRead: Send + Sync {
     fn get_blocking(&self, key: &str, max_len: u64) -> BackendResult<Vec<u8>>;
+
+    /// [`Backend::get_range`] as a blocking call.
+    fn get_range_blocking(&self, key: &str, offset: u64, len: u64) -> BackendResult<Vec<u8>>;
+}
+
+/// The error of a ranged read that ran past the object's end.
+pub fn short_range(key: &str, offset: u64, len: u64, got: u64) -> BackendError {
+    BackendError::Io {
+        key: key.to_string(),
+        error: std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("the object ends before bytes {offset}..{} (got {got} of {len})", offset.saturating_add(len)),
+        ),
+    }
 }
 
 /// An object store.
@@ -187,6 +201,12 @@ pub trait Backend: Send + Sync + 'static {
     /// one is [`BackendError::TooLarge`], refused before its body is read
     /// (the limits of each kind are in `docs/format.md`, section 13).
     async fn get(&self, key: &str, max_len: u64) -> BackendResult<Vec<u8>>;
+
+    /// Reads exactly `len` bytes of the object from `offset` (a blob of a
+    /// pack, a pack's header). An object that ends before the range does is
+    /// an error ([`short_range`]), never a shorter answer. Required of
+    /// every wrapper, so that none forwards ranged reads around its faults.
+    async fn get_range(&self, key: &str, offset: u64, len: u64) -> BackendResult<Vec<u8>>;
 
     /// The store's reads as plain blocking calls, for a store whose reads are
     /// file reads (a local folder); `None` for the others. A worker thread

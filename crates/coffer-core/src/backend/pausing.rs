@@ -235,6 +235,10 @@ impl Backend for PausingBackend {
         self.run(Op::Get, key, self.inner.get(key, max_len)).await
     }
 
+    async fn get_range(&self, key: &str, offset: u64, len: u64) -> BackendResult<Vec<u8>> {
+        self.run(Op::Get, key, self.inner.get_range(key, offset, len)).await
+    }
+
     async fn list(&self, prefix: &str) -> BackendResult<Vec<Entry>> {
         self.run(Op::List, prefix, self.inner.list(prefix)).await
     }

@@ -172,6 +172,62 @@ pub struct S3Backend {
 }
 
 impl S3Backend {
+    /// A GET of the whole object, or of `(offset, len)` of it.
+    async fn get_object(&self, key: &str, range: Option<(u64, u64)>, max_len: u64) -> BackendResult<Vec<u8>> {
+        let client = self.client().await?;
+        let full = self.full_key(key);
+        // The SDK retries the request, but not a connection dropped while the
+        // body streams in: that is retried here.
+        let mut attempt = 1;
+        loop {
+            self.wire.get();
+            let mut request = client.get_object().bucket(&self.config.bucket).key(&full);
+            if let Some((offset, len)) = range {
+                request = request.range(format!("bytes={offset}-{}", offset + len - 1));
+            }
+            let resp = match request.send().await {
+                Ok(resp) => resp,
+                Err(e) if status(&e) == Some(416) && range.is_some() => {
+                    let (offset, len) = range.unwrap_or_default();
+                    return Err(super::short_range(key, offset, len, 0));
+                }
+                Err(e) => {
+                    let not_found = e.as_service_error().is_some_and(|s| s.is_no_such_key())
+                        || (status(&e) == Some(404) && code(&e) != Some("NoSuchBucket"));
+                    if not_found {
+                        return Err(BackendError::NotFound { key: key.to_string() });
+                    }
+                    return Err(self.error("GET", key, e));
+                }
+            };
+            let announced = resp.content_length().and_then(|n| u64::try_from(n).ok());
+            if let Some(size) = announced.filter(|&n| n > max_len) {
+                // Dropping the response closes the connection unread.
+                return Err(BackendError::TooLarge { key: key.to_string(), size, limit: max_len });
+            }
+            let expected = announced.and_then(|n| usize::try_from(n).ok()).unwrap_or(0);
+            match read_body(resp.body, expected, max_len).await {
+                Ok(data) => {
+                    self.wire.received(data.len() as u64);
+                    return Ok(data);
+                }
+                Err(BodyError::TooLarge(size)) => {
+                    return Err(BackendError::TooLarge { key: key.to_string(), size, limit: max_len });
+                }
+                Err(BodyError::Stream(e)) if attempt < self.config.max_attempts => {
+                    tracing::debug!("GET {key}: body interrupted ({e}); retrying");
+                    tokio::time::sleep(self.config.initial_backoff * attempt).await;
+                    attempt += 1;
+                }
+                Err(BodyError::Stream(e)) => {
+                    return Err(self.unavailable(format!(
+                        "GET {key}: the connection broke while reading the object, {attempt} times: {e}"
+                    )));
+                }
+            }
+        }
+    }
+
     /// A backend for the bucket; nothing is contacted until the first request.
     pub fn new(config: S3Config) -> BackendResult<S3Backend> {
         config.validate()?;
@@ -585,50 +641,18 @@ impl Backend for S3Backend {
     }
 
     async fn get(&self, key: &str, max_len: u64) -> BackendResult<Vec<u8>> {
-        let client = self.client().await?;
-        let full = self.full_key(key);
-        // The SDK retries the request, but not a connection dropped while the
-        // body streams in: that is retried here.
-        let mut attempt = 1;
-        loop {
-            self.wire.get();
-            let resp = match client.get_object().bucket(&self.config.bucket).key(&full).send().await {
-                Ok(resp) => resp,
-                Err(e) => {
-                    let not_found = e.as_service_error().is_some_and(|s| s.is_no_such_key())
-                        || (status(&e) == Some(404) && code(&e) != Some("NoSuchBucket"));
-                    if not_found {
-                        return Err(BackendError::NotFound { key: key.to_string() });
-                    }
-                    return Err(self.error("GET", key, e));
-                }
-            };
-            let announced = resp.content_length().and_then(|n| u64::try_from(n).ok());
-            if let Some(size) = announced.filter(|&n| n > max_len) {
-                // Dropping the response closes the connection unread.
-                return Err(BackendError::TooLarge { key: key.to_string(), size, limit: max_len });
-            }
-            let expected = announced.and_then(|n| usize::try_from(n).ok()).unwrap_or(0);
-            match read_body(resp.body, expected, max_len).await {
-                Ok(data) => {
-                    self.wire.received(data.len() as u64);
-                    return Ok(data);
-                }
-                Err(BodyError::TooLarge(size)) => {
-                    return Err(BackendError::TooLarge { key: key.to_string(), size, limit: max_len });
-                }
-                Err(BodyError::Stream(e)) if attempt < self.config.max_attempts => {
-                    tracing::debug!("GET {key}: body interrupted ({e}); retrying");
-                    tokio::time::sleep(self.config.initial_backoff * attempt).await;
-                    attempt += 1;
-                }
-                Err(BodyError::Stream(e)) => {
-                    return Err(self.unavailable(format!(
-                        "GET {key}: the connection broke while reading the object, {attempt} times: {e}"
-                    )));
-                }
-            }
+        self.get_object(key, None, max_len).await
+    }
+
+    async fn get_range(&self, key: &str, offset: u64, len: u64) -> BackendResult<Vec<u8>> {
+        if len == 0 {
+            return Ok(Vec::new());
         }
+        let data = self.get_object(key, Some((offset, len)), len).await?;
+        if data.len() as u64 != len {
+            return Err(super::short_range(key, offset, len, data.len() as u64));
+        }
+        Ok(data)
     }
 
     async fn list(&self, prefix: &str) -> BackendResult<Vec<Entry>> {

@@ -83,6 +83,11 @@ impl Backend for LatencyBackend {
         self.inner.get(key, max_len).await
     }
 
+    async fn get_range(&self, key: &str, offset: u64, len: u64) -> BackendResult<Vec<u8>> {
+        let _g = self.enter().await;
+        self.inner.get_range(key, offset, len).await
+    }
+
     async fn list(&self, prefix: &str) -> BackendResult<Vec<Entry>> {
         let _g = self.enter().await;
         self.inner.list(prefix).await
@@ -226,6 +231,11 @@ impl Backend for FaultBackend {
     async fn get(&self, key: &str, max_len: u64) -> BackendResult<Vec<u8>> {
         self.check(Op::Get, key)?;
         self.inner.get(key, max_len).await
+    }
+
+    async fn get_range(&self, key: &str, offset: u64, len: u64) -> BackendResult<Vec<u8>> {
+        self.check(Op::Get, key)?;
+        self.inner.get_range(key, offset, len).await
     }
 
     async fn list(&self, prefix: &str) -> BackendResult<Vec<Entry>> {
