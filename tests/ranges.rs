@@ -33,11 +33,18 @@ fn ranged_reads_return_exactly_the_range(backend: Backend) {
         let err = store.get_range("chunks/ab/none", 0, 10).await.unwrap_err();
         assert!(err.is_not_found(), "{err}");
     });
+    let mut expected_down = 1 + 300_000 + 100_000 + 1;
+    if backend == Backend::S3 {
+        // The server answers the range 299,999+2 with the one byte there is,
+        // which comes down before the read is refused as short.
+        expected_down += 1;
+    }
     if let Some(blocking) = store.blocking_reads() {
         assert_eq!(blocking.get_range_blocking("chunks/ab/abcd", 7, 70_000).unwrap(), &data[7..70_007]);
         assert!(blocking.get_range_blocking("chunks/ab/abcd", 299_000, 2000).is_err());
         assert!(blocking.get_range_blocking("chunks/ab/none", 0, 1).unwrap_err().is_not_found());
+        expected_down += 70_000;
     }
-    let stats = store.wire_stats();
-    assert!(stats.bytes_down >= 1 + 300_000 + 100_000 + 1, "ranged reads are counted: {stats:?}");
+    // Exactly the bytes of the ranges that were read: nothing more came down.
+    assert_eq!(store.wire_stats().bytes_down, expected_down);
 }
