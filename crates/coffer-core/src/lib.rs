@@ -27,6 +27,7 @@ pub mod key;
 pub mod lock;
 pub mod metadata;
 pub mod pack;
+pub mod packer;
 pub mod policy;
 pub mod progress;
 pub mod prune;
