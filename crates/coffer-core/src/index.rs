@@ -128,6 +128,39 @@ impl Index {
     }
 }
 
+/// Rebuilds the index entries of stored packs from their headers (what a
+/// listing shows that no index object names: the packs of a backup killed
+/// before it indexed them, or every pack for `repair index`). Each pack
+/// costs one or two ranged reads; `width` run at once. A pack whose header
+/// cannot be read is returned with its error, not indexed.
+pub async fn index_packs(
+    backend: &dyn crate::backend::Backend,
+    keys: &Keys,
+    repo_id: &[u8; 32],
+    packs: &[(PackKind, Id, u64)],
+    width: usize,
+) -> (Index, Vec<(PackKind, Id, Error)>) {
+    use futures_util::StreamExt;
+    let results: Vec<_> = futures_util::stream::iter(packs.iter().copied())
+        .map(|(kind, id, length)| async move {
+            let header = crate::pack::fetch_header(backend, keys, repo_id, kind, &id, length).await;
+            (kind, id, length, header)
+        })
+        .buffer_unordered(width.max(1))
+        .collect()
+        .await;
+    let mut index = Index::default();
+    let mut failed = Vec::new();
+    for (kind, id, length, header) in results {
+        match header {
+            Ok(blobs) => index.packs.push(IndexedPack { id, kind, length, blobs }),
+            Err(e) => failed.push((kind, id, e)),
+        }
+    }
+    index.packs.sort_by_key(|p| (p.kind, p.id));
+    (index, failed)
+}
+
 struct Reader<'a> {
     data: &'a [u8],
 }

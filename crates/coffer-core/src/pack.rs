@@ -332,6 +332,37 @@ pub fn parse_plain(plain: &[u8], kind: PackKind, blob_area: u64) -> std::result:
     Ok(entries)
 }
 
+/// Bytes of a pack's end read at first: the header of a pack of up to
+/// some 1,400 blobs and its trailer, in one request.
+pub const TAIL_GUESS: u64 = 64 << 10;
+
+/// Reads and decodes the header of the stored pack `id` of `pack_len`
+/// bytes (its length as listed): one ranged read of its tail, and a second
+/// one when the header is longer than [`TAIL_GUESS`].
+pub async fn fetch_header(
+    backend: &dyn crate::backend::Backend,
+    keys: &Keys,
+    repo_id: &[u8; 32],
+    kind: PackKind,
+    id: &Id,
+    pack_len: u64,
+) -> Result<Vec<PackEntry>> {
+    let key = pack_key(kind, id);
+    if pack_len < TRAILER_LEN as u64 {
+        return Err(Error::corrupt(kind.name(), id.to_hex(), format!("it is only {pack_len} bytes long")));
+    }
+    let first = pack_len.min(TAIL_GUESS);
+    let mut tail = backend.get_range(&key, pack_len - first, first).await?;
+    let trailer_at = tail.len() - TRAILER_LEN;
+    let trailer: [u8; TRAILER_LEN] =
+        tail[trailer_at..].try_into().map_err(|_| Error::corrupt(kind.name(), id.to_hex(), "short trailer"))?;
+    let needed = (header_len(kind, id, pack_len, trailer)? + TRAILER_LEN) as u64;
+    if needed > first {
+        tail = backend.get_range(&key, pack_len - needed, needed).await?;
+    }
+    decode_header(keys, repo_id, kind, id, pack_len, &tail)
+}
+
 /// Checks a whole pack: its bytes hash to its id, and its header decodes.
 pub fn verify(keys: &Keys, repo_id: &[u8; 32], kind: PackKind, id: &Id, bytes: &[u8]) -> Result<Vec<PackEntry>> {
     if keys.pack_id(bytes) != *id {
@@ -423,6 +454,37 @@ mod tests {
         long[n - 4..].copy_from_slice(&(n as u32).to_le_bytes());
         let err = decode_header(&keys, &REPO, PackKind::Data, &pack.id, n as u64, &long).unwrap_err().to_string();
         assert!(err.contains("more than the pack"), "{err}");
+    }
+
+    #[test]
+    fn headers_are_fetched_with_one_or_two_ranged_reads() {
+        use crate::backend::{Backend, Bytes, local::LocalBackend};
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalBackend::new(dir.path());
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let keys = keys();
+        for blobs in [3usize, 2000] {
+            let mut w = PackWriter::new(PackKind::Data);
+            for i in 0..blobs {
+                let (id, stored) = blob(&keys, &(i as u32).to_le_bytes());
+                w.add(id, &stored, 4).unwrap();
+            }
+            let pack = w.finish(&keys, &REPO);
+            let key = pack_key(PackKind::Data, &pack.id);
+            let path = dir.path().join(&key);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            let len = pack.bytes.len() as u64;
+            rt.block_on(store.put(&key, Bytes::from(pack.bytes.clone()))).unwrap();
+            let before = store.wire_stats();
+            let got = rt.block_on(fetch_header(&store, &keys, &REPO, PackKind::Data, &pack.id, len)).unwrap();
+            assert_eq!(got, pack.entries);
+            let reads = store.wire_stats().since(&before).gets;
+            // 2000 entries take 88,000 bytes of header: more than the first guess.
+            assert_eq!(reads, if blobs == 3 { 1 } else { 2 }, "{blobs} blobs");
+            // A pack listed with the wrong length (truncated, or grown).
+            let err = rt.block_on(fetch_header(&store, &keys, &REPO, PackKind::Data, &pack.id, len - 1)).unwrap_err();
+            assert!(err.to_string().contains(&pack.id.to_hex()), "{err}");
+        }
     }
 
     #[test]

@@ -267,18 +267,22 @@ mod tests {
             .collect()
     }
 
+    /// A local store with the v2 folders (which `create` does not make yet).
+    fn v2_store(dir: &std::path::Path) -> Arc<LocalBackend> {
+        for d in ["data", "tree"] {
+            for x in 0..=255u8 {
+                std::fs::create_dir_all(dir.join(format!("repo/{d}/{x:02x}"))).unwrap();
+            }
+        }
+        std::fs::create_dir_all(dir.join("repo/index")).unwrap();
+        Arc::new(LocalBackend::new(dir.join("repo")))
+    }
+
     #[test]
     fn packs_are_cut_at_their_target_indexed_and_read_back() {
         let dir = tempfile::tempdir().unwrap();
         let rt = runtime();
-        let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new(dir.path().join("repo")));
-        rt.block_on(backend.create()).unwrap();
-        // The v2 folders the local backend does not create yet.
-        for d in ["data", "tree", "index"] {
-            for x in 0..=255u8 {
-                std::fs::create_dir_all(dir.path().join(format!("repo/{d}/{x:02x}"))).unwrap();
-            }
-        }
+        let backend: Arc<dyn Backend> = v2_store(dir.path());
         let keys = Arc::new(Keys::from_master(&[1; 64]));
         let options = PackerOptions { data_target: 40_000, tree_target: 10_000, open_packs: 2, index_every: 3 };
         let packer = Packer::new(backend.clone(), keys.clone(), REPO, options);
@@ -346,11 +350,7 @@ mod tests {
     fn blobs_are_spread_over_the_open_packs() {
         let dir = tempfile::tempdir().unwrap();
         let rt = runtime();
-        let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new(dir.path().join("repo")));
-        for x in 0..=255u8 {
-            std::fs::create_dir_all(dir.path().join(format!("repo/data/{x:02x}"))).unwrap();
-        }
-        std::fs::create_dir_all(dir.path().join("repo/index")).unwrap();
+        let backend: Arc<dyn Backend> = v2_store(dir.path());
         let keys = Arc::new(Keys::from_master(&[1; 64]));
         let options = PackerOptions { data_target: usize::MAX, open_packs: 3, ..PackerOptions::default() };
         let packer = Packer::new(backend, keys.clone(), REPO, options);
@@ -369,6 +369,48 @@ mod tests {
         assert_eq!(sizes.len(), 3, "{sizes:?}");
         assert!(sizes.iter().all(|&n| n >= 50), "{sizes:?}");
         assert_eq!(sizes.iter().sum::<usize>(), 300);
+    }
+
+    #[test]
+    fn packs_nobody_indexed_are_indexed_again_from_their_headers() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime();
+        let backend: Arc<dyn Backend> = v2_store(dir.path());
+        let keys = Arc::new(Keys::from_master(&[1; 64]));
+        let options = PackerOptions { data_target: 20_000, tree_target: 5_000, ..PackerOptions::default() };
+        let packer = Packer::new(backend.clone(), keys.clone(), REPO, options);
+        let mut stored = rt.block_on(async {
+            for (kind, n) in [(ObjectKind::Chunk, 40), (ObjectKind::Tree, 12)] {
+                for (id, plain, enc) in blobs(&keys, kind, n, 1500) {
+                    packer.add(kind, id, &enc, plain.len() as u32).await.unwrap();
+                }
+            }
+            packer.flush().await.unwrap()
+        });
+        // As if the backup had been killed before writing its index objects.
+        for id in &stored.indexes {
+            std::fs::remove_file(dir.path().join("repo").join(object_key(ObjectKind::Index, id))).unwrap();
+        }
+        // And one pack damaged: cut short by a byte.
+        let damaged = stored.packs.remove(0);
+        let damaged_path = dir.path().join("repo").join(pack_key(damaged.kind, &damaged.id));
+        let bytes = std::fs::read(&damaged_path).unwrap();
+        std::fs::write(&damaged_path, &bytes[..bytes.len() - 1]).unwrap();
+
+        let mut listed = Vec::new();
+        for kind in [PackKind::Data, PackKind::Tree] {
+            for e in rt.block_on(backend.list(kind.dir())).unwrap() {
+                if let Some(id) = parse_pack_key(kind, &e.key) {
+                    listed.push((kind, id, e.size));
+                }
+            }
+        }
+        let (index, failed) = rt.block_on(crate::index::index_packs(&*backend, &keys, &REPO, &listed, 4));
+        stored.packs.sort_by_key(|p| (p.kind, p.id));
+        assert_eq!(index.packs, stored.packs, "every intact pack indexed as its packer indexed it");
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].1, damaged.id);
+        assert!(failed[0].2.to_string().contains(&damaged.id.to_hex()), "{}", failed[0].2);
     }
 
     fn loc(pack: u8, offset: u32, length: u32) -> BlobLocation {
