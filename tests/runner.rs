@@ -23,6 +23,7 @@ mod locks;
 mod metadata;
 #[cfg(all(feature = "mount", target_os = "linux"))]
 mod mount;
+mod packs;
 mod privacy;
 mod prune;
 mod ranges;

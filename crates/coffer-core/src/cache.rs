@@ -60,7 +60,10 @@ pub fn tag(base: &Path) -> std::io::Result<()> {
 /// repository, never from the cache (see [`retain`]).
 pub fn object_path(dir: &Path, kind: ObjectKind, id: &Id) -> Option<PathBuf> {
     match kind {
-        ObjectKind::Tree | ObjectKind::Snapshot => Some(dir.join(crate::repo::object_key(kind, id))),
+        // Index objects are immutable and named by their content, as trees.
+        ObjectKind::Tree | ObjectKind::Snapshot | ObjectKind::Index => {
+            Some(dir.join(crate::repo::object_key(kind, id)))
+        }
         _ => None,
     }
 }

@@ -161,6 +161,99 @@ pub async fn index_packs(
     (index, failed)
 }
 
+/// What is stored, as the index objects and fresh listings of the packs
+/// say (see [`load`]).
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub blobs: BlobSet,
+    /// Index objects read.
+    pub indexes: Vec<Id>,
+    /// Listed packs that no index object names (a killed backup's): their
+    /// blobs are not in `blobs` until [`index_packs`] reads their headers.
+    pub unindexed: Vec<(PackKind, Id, u64)>,
+    /// Packs whose listed length is not the one their index gives: damaged,
+    /// so their blobs count as absent and are stored again.
+    pub mismatched: Vec<(PackKind, Id)>,
+    /// Index objects that could not be read, with why: their packs count as
+    /// unindexed.
+    pub unreadable: Vec<(Id, Error)>,
+}
+
+/// Reads every index object (from the local cache where it has a copy,
+/// authenticated as if fetched) and lists `data/` and `tree/`: the blobs
+/// that exist are those of listed packs, at the length their index gives.
+pub fn load(repo: &crate::Repository) -> Result<Loaded> {
+    use futures_util::StreamExt;
+    let ids = repo.list_ids(ObjectKind::Index)?;
+    let mut listed: HashMap<Id, (PackKind, u64)> = HashMap::new();
+    for kind in [PackKind::Data, PackKind::Tree] {
+        for e in repo.runtime().block_on(repo.backend().list(kind.dir()))? {
+            if let Some(id) = crate::pack::parse_pack_key(kind, &e.key) {
+                listed.insert(id, (kind, e.size));
+            }
+        }
+    }
+    let (keys, repo_id, cache) = (repo.keys(), repo.repo_id(), repo.cache_dir());
+    let opened: Vec<(Id, Result<Index>)> = repo.runtime().block_on(
+        futures_util::stream::iter(ids.iter().copied())
+            .map(|id| async move {
+                if let Some(dir) = cache
+                    && let Some(bytes) = crate::cache::read(dir, ObjectKind::Index, &id)
+                {
+                    match Index::open(keys, repo_id, &id, &bytes) {
+                        Ok(index) => return (id, Ok(index)),
+                        Err(e) => {
+                            tracing::warn!("ignoring the cached copy of index {id}: {e}");
+                            crate::cache::remove(dir, ObjectKind::Index, &id);
+                        }
+                    }
+                }
+                let fetched = crate::repo::fetch(&**repo.backend(), ObjectKind::Index, &id, MAX_STORED).await;
+                let index = fetched.and_then(|bytes| {
+                    let index = Index::open(keys, repo_id, &id, &bytes)?;
+                    if let Some(dir) = cache {
+                        crate::cache::write(dir, ObjectKind::Index, &id, &bytes);
+                    }
+                    Ok(index)
+                });
+                (id, index)
+            })
+            .buffer_unordered(repo.backend().concurrency().max(1))
+            .collect(),
+    );
+    let mut loaded = Loaded::default();
+    let mut indexes = Vec::new();
+    for (id, index) in opened {
+        match index {
+            Ok(index) => {
+                loaded.indexes.push(id);
+                indexes.push(index);
+            }
+            Err(e) => loaded.unreadable.push((id, e)),
+        }
+    }
+    loaded.indexes.sort();
+    let mut named: std::collections::HashSet<Id> = std::collections::HashSet::new();
+    let mut mismatched = std::collections::BTreeSet::new();
+    for p in indexes.iter().flat_map(|i| &i.packs) {
+        named.insert(p.id);
+        if let Some(&(kind, size)) = listed.get(&p.id)
+            && (kind != p.kind || size != p.length)
+        {
+            mismatched.insert((kind, p.id));
+        }
+    }
+    let refs: Vec<&Index> = indexes.iter().collect();
+    loaded.blobs = BlobSet::build(&refs, |kind, id| {
+        listed.get(id).is_some_and(|&(k, _)| k == kind) && !mismatched.contains(&(kind, *id))
+    });
+    loaded.mismatched = mismatched.into_iter().collect();
+    loaded.unindexed =
+        listed.iter().filter(|(id, _)| !named.contains(*id)).map(|(id, &(kind, size))| (kind, *id, size)).collect();
+    loaded.unindexed.sort();
+    Ok(loaded)
+}
+
 struct Reader<'a> {
     data: &'a [u8],
 }

@@ -267,15 +267,11 @@ mod tests {
             .collect()
     }
 
-    /// A local store with the v2 folders (which `create` does not make yet).
+    /// A new local store, created as `init` creates one.
     fn v2_store(dir: &std::path::Path) -> Arc<LocalBackend> {
-        for d in ["data", "tree"] {
-            for x in 0..=255u8 {
-                std::fs::create_dir_all(dir.join(format!("repo/{d}/{x:02x}"))).unwrap();
-            }
-        }
-        std::fs::create_dir_all(dir.join("repo/index")).unwrap();
-        Arc::new(LocalBackend::new(dir.join("repo")))
+        let store = Arc::new(LocalBackend::new(dir.join("repo")));
+        runtime().block_on(store.create()).unwrap();
+        store
     }
 
     #[test]

@@ -421,10 +421,12 @@ impl Backend for LocalBackend {
         let root = self.root.clone();
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             std::fs::create_dir_all(&root)?;
-            for top in ["keys", "snapshots", "locks", "chunks", "trees"] {
+            // chunks/ and trees/ are format 1's, data/, tree/ and index/
+            // format 2's (docs/format.md section 17).
+            for top in ["keys", "snapshots", "locks", "chunks", "trees", "data", "tree", "index"] {
                 std::fs::create_dir_all(root.join(top))?;
             }
-            for top in ["chunks", "trees"] {
+            for top in ["chunks", "trees", "data", "tree"] {
                 for i in 0..=255u8 {
                     std::fs::create_dir_all(root.join(top).join(format!("{i:02x}")))?;
                 }
