@@ -102,8 +102,7 @@ pub struct KnownChunks {
 /// This host's clock, as Unix seconds, moved by the offset the lock
 /// settings give (tests of a clock that jumps).
 fn now(repo: &Repository) -> i64 {
-    let now = jiff::Timestamp::now();
-    now.checked_add(repo.lock_settings().wall_clock_offset).unwrap_or(now).as_second()
+    crate::lock::wall_clock(repo.lock_settings().wall_clock_offset).as_second()
 }
 
 fn path(repo: &Repository) -> Option<PathBuf> {

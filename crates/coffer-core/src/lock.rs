@@ -96,6 +96,12 @@ impl LockSettings {
         self.stale / 2
     }
 
+    /// The stale time a watcher with these settings applies to a lock whose
+    /// holder recorded `holder_secs`: the larger of the two.
+    fn stale_for(&self, holder_secs: u64) -> Duration {
+        self.stale.max(Duration::from_secs(holder_secs))
+    }
+
     /// How often a waiting process looks at the locks again.
     fn poll_interval(&self) -> Duration {
         (self.stale / 20).clamp(Duration::from_millis(50), Duration::from_secs(5))
@@ -185,7 +191,7 @@ impl LockRecord {
     /// be known (a `/proc` hidden by `hidepid` or `ProtectProc`, a read that
     /// fails, a record without a start time) means alive.
     pub fn holder_is_dead(&self) -> bool {
-        self.holder_is_dead_with(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")))
+        self.holder_is_dead_with(read_proc_stat)
     }
 
     /// [`LockRecord::holder_is_dead`], reading `/proc/<pid>/stat` with
@@ -253,7 +259,7 @@ impl LockRecord {
     /// The stale time others apply to it: the larger of theirs and its
     /// holder's.
     fn stale_after(&self, settings: &LockSettings) -> Duration {
-        settings.stale.max(Duration::from_secs(self.stale_secs))
+        settings.stale_for(self.stale_secs)
     }
 }
 
@@ -298,7 +304,7 @@ impl ForeignLock {
     }
 
     fn stale_after(&self, settings: &LockSettings) -> Duration {
-        settings.stale.max(Duration::from_secs(self.summary.stale_secs))
+        settings.stale_for(self.summary.stale_secs)
     }
 }
 
@@ -347,9 +353,14 @@ pub fn boottime() -> Duration {
     }
 }
 
-fn wall_time(offset: jiff::SignedDuration) -> String {
+/// This host's clock, moved by `offset` (tests of a clock that is off).
+pub(crate) fn wall_clock(offset: jiff::SignedDuration) -> jiff::Timestamp {
     let now = jiff::Timestamp::now();
-    now.checked_add(offset).unwrap_or(now).to_string()
+    now.checked_add(offset).unwrap_or(now)
+}
+
+fn wall_time(offset: jiff::SignedDuration) -> String {
+    wall_clock(offset).to_string()
 }
 
 fn boot_id() -> String {
@@ -394,9 +405,14 @@ fn process_state(pid: u32, read_stat: impl Fn(u32) -> std::io::Result<String>) -
     }
 }
 
-/// This process's start time.
+/// `/proc/<pid>/stat`, as the kernel gives it to this process.
+fn read_proc_stat(pid: u32) -> std::io::Result<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+}
+
+/// A process's start time, when it can be known.
 fn process_start(pid: u32) -> Option<u64> {
-    match process_state(pid, |pid| std::fs::read_to_string(format!("/proc/{pid}/stat"))) {
+    match process_state(pid, read_proc_stat) {
         ProcessState::Running { start } => Some(start),
         _ => None,
     }
@@ -429,11 +445,7 @@ async fn read_locks_async(backend: &dyn Backend, keys: &Keys, repo_id: &[u8; 32]
             Ok(b) => b,
             // Released between the listing and the read.
             Err(e) if e.is_not_found() => continue,
-            Err(e @ crate::backend::BackendError::TooLarge { .. }) => {
-                let size = match &e {
-                    crate::backend::BackendError::TooLarge { size, .. } => *size,
-                    _ => 0,
-                };
+            Err(e @ crate::backend::BackendError::TooLarge { size, .. }) => {
                 tracing::warn!("ignoring {}: {e}", entry.key);
                 listing.fingerprints.insert(entry.key.clone(), fingerprint(&size.to_le_bytes()));
                 listing.damaged.push(DamagedLock { name: entry.key, why: e.to_string() });

@@ -116,36 +116,32 @@ impl LocalBackend {
         move |source| BackendError::Io { key: key.to_string(), error: source }
     }
 
-    /// Counts a finished read and names what went wrong.
-    fn read_done(&self, key: &str, max_len: u64, res: std::io::Result<Bounded>) -> BackendResult<Vec<u8>> {
+    /// Counts a finished read (whole or ranged) and names what went wrong.
+    fn read_done(&self, key: &str, res: std::io::Result<Read>) -> BackendResult<Vec<u8>> {
         match res {
-            Ok(Bounded::Read(data)) => {
+            Ok(Read::Data(data)) => {
                 self.wire.received(data.len() as u64);
                 Ok(data)
             }
-            Ok(Bounded::TooLarge(size)) => Err(BackendError::TooLarge { key: key.to_string(), size, limit: max_len }),
+            Ok(Read::TooLarge { size, limit }) => Err(BackendError::TooLarge { key: key.to_string(), size, limit }),
+            Ok(Read::Short { offset, len, got }) => Err(super::short_range(key, offset, len, got)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(BackendError::NotFound { key: key.to_string() }),
             Err(e) => Err(BackendError::Io { key: key.to_string(), error: e }),
         }
     }
 
-    /// Counts a finished ranged read and names what went wrong.
-    fn range_done(
+    /// Runs a read of `key` on the blocking pool.
+    async fn read_off_thread(
         &self,
         key: &str,
-        offset: u64,
-        len: u64,
-        res: std::io::Result<Result<Vec<u8>, u64>>,
+        read: impl FnOnce(&Path) -> std::io::Result<Read> + Send + 'static,
     ) -> BackendResult<Vec<u8>> {
-        match res {
-            Ok(Ok(data)) => {
-                self.wire.received(data.len() as u64);
-                Ok(data)
-            }
-            Ok(Err(got)) => Err(super::short_range(key, offset, len, got)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(BackendError::NotFound { key: key.to_string() }),
-            Err(e) => Err(BackendError::Io { key: key.to_string(), error: e }),
-        }
+        let path = self.path(key);
+        self.wire.get();
+        let res = tokio::task::spawn_blocking(move || read(&path))
+            .await
+            .map_err(|e| BackendError::Io { key: key.to_string(), error: std::io::Error::other(e) })?;
+        self.read_done(key, res)
     }
 
     fn mark_dirty(&self, dir: PathBuf) {
@@ -192,55 +188,65 @@ impl LocalBackend {
 impl BlockingRead for LocalBackend {
     fn get_blocking(&self, key: &str, max_len: u64) -> BackendResult<Vec<u8>> {
         self.wire.get();
-        self.read_done(key, max_len, read_bounded(&self.path(key), max_len))
+        self.read_done(key, read_bounded(&self.path(key), max_len))
     }
 
     fn get_range_blocking(&self, key: &str, offset: u64, len: u64) -> BackendResult<Vec<u8>> {
         self.wire.get();
-        self.range_done(key, offset, len, read_range(&self.path(key), offset, len))
+        self.read_done(key, read_range(&self.path(key), offset, len))
     }
 }
 
-/// Reads `len` bytes at `offset`; `Ok(Err(got))` when the file ends first.
-fn read_range(path: &Path, offset: u64, len: u64) -> std::io::Result<Result<Vec<u8>, u64>> {
+/// What a read of a file found, short of an I/O error.
+enum Read {
+    Data(Vec<u8>),
+    /// The file holds `size` bytes, more than `limit`; nothing was read.
+    TooLarge {
+        size: u64,
+        limit: u64,
+    },
+    /// The file ends before the range `offset..offset + len` does: `got`
+    /// bytes of it exist.
+    Short {
+        offset: u64,
+        len: u64,
+        got: u64,
+    },
+}
+
+/// Reads exactly `len` bytes at `offset`.
+fn read_range(path: &Path, offset: u64, len: u64) -> std::io::Result<Read> {
     use std::os::unix::fs::FileExt;
     let file = std::fs::File::open(path)?;
     let size = file.metadata()?.len();
     let Some(end) = offset.checked_add(len).filter(|&end| end <= size) else {
-        return Ok(Err(size.saturating_sub(offset)));
+        return Ok(Read::Short { offset, len, got: size.saturating_sub(offset) });
     };
     let mut data = vec![0u8; (end - offset) as usize];
     match file.read_exact_at(&mut data, offset) {
-        Ok(()) => Ok(Ok(data)),
+        Ok(()) => Ok(Read::Data(data)),
         // Shrunk since its size was read.
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(Err(0)),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(Read::Short { offset, len, got: 0 }),
         Err(e) => Err(e),
     }
-}
-
-/// What [`read_bounded`] found.
-enum Bounded {
-    Read(Vec<u8>),
-    /// The file's size, larger than the limit; nothing was read.
-    TooLarge(u64),
 }
 
 /// Reads a whole file of at most `max_len` bytes. The size is checked
 /// before a byte is read, and the read stops after `max_len + 1` bytes in
 /// case the file grows meanwhile.
-fn read_bounded(path: &Path, max_len: u64) -> std::io::Result<Bounded> {
-    use std::io::Read;
+fn read_bounded(path: &Path, max_len: u64) -> std::io::Result<Read> {
+    use std::io::Read as _;
     let file = std::fs::File::open(path)?;
     let size = file.metadata()?.len();
     if size > max_len {
-        return Ok(Bounded::TooLarge(size));
+        return Ok(Read::TooLarge { size, limit: max_len });
     }
     let mut data = Vec::with_capacity(size as usize);
     file.take(max_len.saturating_add(1)).read_to_end(&mut data)?;
     if data.len() as u64 > max_len {
-        return Ok(Bounded::TooLarge(data.len() as u64));
+        return Ok(Read::TooLarge { size: data.len() as u64, limit: max_len });
     }
-    Ok(Bounded::Read(data))
+    Ok(Read::Data(data))
 }
 
 fn fsync_dir(dir: &Path) -> std::io::Result<()> {
@@ -329,21 +335,11 @@ impl Backend for LocalBackend {
     }
 
     async fn get(&self, key: &str, max_len: u64) -> BackendResult<Vec<u8>> {
-        let path = self.path(key);
-        self.wire.get();
-        let res = tokio::task::spawn_blocking(move || read_bounded(&path, max_len))
-            .await
-            .map_err(|e| BackendError::Io { key: key.to_string(), error: std::io::Error::other(e) })?;
-        self.read_done(key, max_len, res)
+        self.read_off_thread(key, move |path| read_bounded(path, max_len)).await
     }
 
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> BackendResult<Vec<u8>> {
-        let path = self.path(key);
-        self.wire.get();
-        let res = tokio::task::spawn_blocking(move || read_range(&path, offset, len))
-            .await
-            .map_err(|e| BackendError::Io { key: key.to_string(), error: std::io::Error::other(e) })?;
-        self.range_done(key, offset, len, res)
+        self.read_off_thread(key, move |path| read_range(path, offset, len)).await
     }
 
     fn blocking_reads(&self) -> Option<&dyn BlockingRead> {

@@ -23,7 +23,6 @@ impl Op {
             "get" => Some(Op::Get),
             "list" => Some(Op::List),
             "delete" => Some(Op::Delete),
-            "fsync" => Some(Op::Fsync),
             _ => None,
         }
     }

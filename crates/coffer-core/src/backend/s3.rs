@@ -187,11 +187,11 @@ impl S3Backend {
             }
             let resp = match request.send().await {
                 Ok(resp) => resp,
-                Err(e) if status(&e) == Some(416) && range.is_some() => {
-                    let (offset, len) = range.unwrap_or_default();
-                    return Err(super::short_range(key, offset, len, 0));
-                }
                 Err(e) => {
+                    // 416: the range starts at or past the object's end.
+                    if let (Some((offset, len)), Some(416)) = (range, status(&e)) {
+                        return Err(super::short_range(key, offset, len, 0));
+                    }
                     let not_found = e.as_service_error().is_some_and(|s| s.is_no_such_key())
                         || (status(&e) == Some(404) && code(&e) != Some("NoSuchBucket"));
                     if not_found {
