@@ -213,6 +213,9 @@ pub(crate) fn link_key(node: &Node) -> Option<(u64, u64)> {
 
 struct Planner<'a> {
     repo: &'a Repository,
+    /// Random once per restore; each file's temporary name adds its index
+    /// (see [`temp_name`]), so naming costs no system call per file.
+    temp_seed: u64,
     selection: Selection,
     overwrite: Overwrite,
     plan: Plan,
@@ -379,7 +382,7 @@ impl Planner<'_> {
         let remaining = AtomicUsize::new(node.content.len());
         self.plan.files.push(FileJob {
             path: path.to_path_buf(),
-            temp: temp_name(path),
+            temp: temp_name(path, self.temp_seed.wrapping_add(index as u64)),
             node,
             remaining,
             handle: Mutex::new(None),
@@ -406,17 +409,16 @@ fn make_dir(path: &Path) -> std::io::Result<()> {
 /// killed leaves them behind, and nothing else uses the prefix.
 pub const TEMP_PREFIX: &str = ".coffer-tmp-";
 
-/// A fresh name next to `path` (`.coffer-tmp-` and 16 random hex digits).
+/// A fresh name next to `path`: `.coffer-tmp-` and `n` in 16 hex digits,
+/// where `n` is the restore's random seed plus the file's index.
 /// A file is written under it and renamed over `path` only when complete,
 /// so a chunk that fails to fetch or decode, a full disk or a crash never
 /// leaves a half-written file under the final name, and whatever was there
 /// before stays as it was. A new inode also means nothing at `path` is ever
 /// written through: not a symlink, not a file with other names (hard links,
 /// maybe outside the target), whose other names keep what they hold.
-fn temp_name(path: &Path) -> PathBuf {
-    let mut random = [0u8; 8];
-    crate::crypto::fill_random(&mut random);
-    path.with_file_name(format!("{TEMP_PREFIX}{}", hex::encode(random)))
+fn temp_name(path: &Path, n: u64) -> PathBuf {
+    path.with_file_name(format!("{TEMP_PREFIX}{n:016x}"))
 }
 
 /// Makes the job's temporary name an empty regular file of `size` bytes
@@ -608,8 +610,11 @@ pub fn restore(
         crate::walk::find(repo, root, path)?;
     }
     std::fs::create_dir_all(&options.target).map_err(|e| Error::io(&options.target, e))?;
+    let mut seed = [0u8; 8];
+    crate::crypto::fill_random(&mut seed);
     let mut planner = Planner {
         repo,
+        temp_seed: u64::from_le_bytes(seed),
         selection: Selection { includes },
         overwrite: options.overwrite,
         plan: Plan { files: Vec::new(), states: Vec::new(), links: Vec::new(), others: Vec::new() },
