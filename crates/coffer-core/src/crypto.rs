@@ -182,12 +182,6 @@ impl Keys {
         open_with(&self.pack_header_key, headers, sealed)
     }
 
-    /// [`Keys::pack_id`] of bytes fed in pieces (a pack streamed from a
-    /// store, or written blob by blob).
-    pub fn pack_hasher(&self) -> blake3::Hasher {
-        blake3::Hasher::new_keyed(&self.pack_id_key)
-    }
-
     fn cipher(&self, kind: ObjectKind) -> PmacSiv {
         PmacSiv::new(&self.aead[kind.index()])
     }

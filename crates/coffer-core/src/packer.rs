@@ -274,6 +274,18 @@ mod tests {
         store
     }
 
+    /// Adds every blob of `sets` to `packer`, in order, and flushes it.
+    fn pack_all(rt: &tokio::runtime::Runtime, packer: &Packer, sets: &[(ObjectKind, &[TestBlob])]) -> Stored {
+        rt.block_on(async {
+            for (kind, list) in sets {
+                for (id, plain, enc) in list.iter() {
+                    packer.add(*kind, *id, enc, plain.len() as u32).await.unwrap();
+                }
+            }
+            packer.flush().await.unwrap()
+        })
+    }
+
     #[test]
     fn packs_are_cut_at_their_target_indexed_and_read_back() {
         let dir = tempfile::tempdir().unwrap();
@@ -284,14 +296,7 @@ mod tests {
         let packer = Packer::new(backend.clone(), keys.clone(), REPO, options);
         let chunks = blobs(&keys, ObjectKind::Chunk, 60, 4000);
         let trees = blobs(&keys, ObjectKind::Tree, 10, 900);
-        let stored = rt.block_on(async {
-            for (kind, list) in [(ObjectKind::Chunk, &chunks), (ObjectKind::Tree, &trees)] {
-                for (id, plain, enc) in list {
-                    packer.add(kind, *id, enc, plain.len() as u32).await.unwrap();
-                }
-            }
-            packer.flush().await.unwrap()
-        });
+        let stored = pack_all(&rt, &packer, &[(ObjectKind::Chunk, &chunks), (ObjectKind::Tree, &trees)]);
 
         // Every pack listed is indexed, none twice, and each but the last of
         // each open slot reached its target.
@@ -353,12 +358,7 @@ mod tests {
         // The backup's upload tasks run on the runtime's threads.
         fn is_send<T: Send>(_: &T) {}
         is_send(&packer.add(ObjectKind::Chunk, Id([0; 32]), b"", 0));
-        let stored = rt.block_on(async {
-            for (id, plain, enc) in blobs(&keys, ObjectKind::Chunk, 300, 100) {
-                packer.add(ObjectKind::Chunk, id, &enc, plain.len() as u32).await.unwrap();
-            }
-            packer.flush().await.unwrap()
-        });
+        let stored = pack_all(&rt, &packer, &[(ObjectKind::Chunk, &blobs(&keys, ObjectKind::Chunk, 300, 100))]);
         let sizes: Vec<usize> = stored.packs.iter().map(|p| p.blobs.len()).collect();
         // Three open packs, 300 blobs at random: each gets a share far from 0
         // (the chance that one gets fewer than 50 is below one in a billion).
@@ -375,14 +375,8 @@ mod tests {
         let keys = Arc::new(Keys::from_master(&[1; 64]));
         let options = PackerOptions { data_target: 20_000, tree_target: 5_000, ..PackerOptions::default() };
         let packer = Packer::new(backend.clone(), keys.clone(), REPO, options);
-        let mut stored = rt.block_on(async {
-            for (kind, n) in [(ObjectKind::Chunk, 40), (ObjectKind::Tree, 12)] {
-                for (id, plain, enc) in blobs(&keys, kind, n, 1500) {
-                    packer.add(kind, id, &enc, plain.len() as u32).await.unwrap();
-                }
-            }
-            packer.flush().await.unwrap()
-        });
+        let (chunks, trees) = (blobs(&keys, ObjectKind::Chunk, 40, 1500), blobs(&keys, ObjectKind::Tree, 12, 1500));
+        let mut stored = pack_all(&rt, &packer, &[(ObjectKind::Chunk, &chunks), (ObjectKind::Tree, &trees)]);
         // As if the backup had been killed before writing its index objects.
         for id in &stored.indexes {
             std::fs::remove_file(dir.path().join("repo").join(object_key(ObjectKind::Index, id))).unwrap();
