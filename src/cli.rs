@@ -180,6 +180,14 @@ pub struct InitArgs {
     /// Average chunk size in bytes (min is half, max 8 times; default 1 MiB)
     #[arg(long, hide = true, value_name = "BYTES")]
     pub chunk_size: Option<u32>,
+    /// Target size of data packs, 4M to 512M (default 32M). Larger packs
+    /// mean fewer objects (cheaper cold storage); smaller ones less to
+    /// download when one file is restored.
+    #[arg(long, value_name = "SIZE")]
+    pub pack_size: Option<String>,
+    /// Target size of tree packs, 4M to 512M (default 4M)
+    #[arg(long, hide = true, value_name = "SIZE")]
+    pub tree_pack_size: Option<String>,
     /// Create the S3 bucket if it does not exist
     #[arg(long)]
     pub create_bucket: bool,

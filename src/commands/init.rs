@@ -44,11 +44,24 @@ pub fn run(g: &GlobalArgs, a: &InitArgs) -> Result<u8> {
         chunker.min_size = avg / 2;
         chunker.max_size = avg.saturating_mul(8);
     }
+    let mut options = InitOptions { kdf, chunker, ..InitOptions::default() };
+    for (arg, field, name) in [
+        (&a.pack_size, &mut options.data_pack_size, "--pack-size"),
+        (&a.tree_pack_size, &mut options.tree_pack_size, "--tree-pack-size"),
+    ] {
+        if let Some(text) = arg {
+            let bytes = coffer_core::exclude::parse_size(text).with_context(|| format!("{name} {text:?}"))?;
+            *field = u32::try_from(bytes)
+                .ok()
+                .filter(|b| coffer_core::config::PACK_SIZE_RANGE.contains(b))
+                .with_context(|| format!("{name} {text:?}: a pack size must lie between 4M and 512M"))?;
+        }
+    }
     let password = crate::password::read(g, true)?;
     if password.is_empty() {
         bail!("an empty password is not allowed");
     }
-    let repo = Repository::init(backend, password.as_bytes(), &InitOptions { kdf, chunker })?;
+    let repo = Repository::init(backend, password.as_bytes(), &options)?;
     let repository_id = hex_id(repo.repo_id());
     if g.json {
         super::print_json(&Created { location, repository_id })?;

@@ -26,16 +26,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
-use crate::backend::Backend;
 use crate::blob::{self, Compression, Plaintext};
 use crate::chunker::{Chunker, StreamChunker, is_zero};
 use crate::crypto::{Keys, ObjectKind};
 use crate::error::{Error, Result};
 use crate::exclude::Excludes;
 use crate::id::Id;
+use crate::index::BlobSet;
 use crate::metadata::{self, OwnerNames};
+use crate::packer::Packer;
 use crate::progress::Progress;
-use crate::repo::{Repository, object_key};
+use crate::repo::Repository;
 use crate::snapshot::{SNAPSHOT_VERSION, Snapshot, Summary};
 use crate::tree::{ChunkRef, Node, NodeKind, Timestamp, Tree};
 
@@ -197,41 +198,40 @@ struct Uploader {
     keys: Arc<Keys>,
     repo_id: [u8; 32],
     compression: Compression,
-    backend: Arc<dyn Backend>,
     handle: tokio::runtime::Handle,
-    connections: Arc<tokio::sync::Semaphore>,
+    /// `None` for a dry run, which stores nothing.
+    packer: Option<Arc<Packer>>,
     budget: Arc<ByteBudget>,
     inflight: Arc<InFlight>,
-    known_chunks: Vec<Id>,
-    known_trees: Vec<Id>,
+    /// The blobs the repository has, from the index loaded under the lock.
+    known: Arc<BlobSet>,
     new_ids: Mutex<HashSet<(bool, Id)>>,
-    bytes_added: Arc<AtomicU64>,
+    /// Plaintext bytes of new blobs (what a dry run reports as added).
+    plain_added: AtomicU64,
     chunks_added: AtomicU64,
     trees_added: AtomicU64,
-    dry_run: bool,
-    /// The repository's cache folder: every tree this backup uploads is
-    /// copied there once the store has it, so the next backup reads its
-    /// parent's trees without a request (see [`crate::cache`]).
+    /// The repository's cache folder: every tree this backup stores is
+    /// copied there, so the next backup reads its parent's trees without a
+    /// request (see [`crate::cache`]).
     cache_dir: Option<Arc<std::path::Path>>,
 }
 
 impl Uploader {
     fn has_chunk(&self, id: &Id) -> bool {
-        self.known_chunks.binary_search(id).is_ok()
+        self.known.contains(ObjectKind::Chunk, id)
             || self.new_ids.lock().map(|s| s.contains(&(false, *id))).unwrap_or(false)
     }
 
     /// Claims an id for upload; false if it is stored or being stored.
     fn claim(&self, kind: ObjectKind, id: &Id) -> bool {
-        let known = if kind == ObjectKind::Tree { &self.known_trees } else { &self.known_chunks };
-        if known.binary_search(id).is_ok() {
+        if self.known.contains(kind, id) {
             return false;
         }
         self.new_ids.lock().map(|mut s| s.insert((kind == ObjectKind::Tree, *id))).unwrap_or(false)
     }
 
-    /// Stores an object unless the repository has it. `plaintext` is encoded
-    /// on the rayon pool and uploaded from the runtime.
+    /// Stores a blob unless the repository has it. `plaintext` is encoded
+    /// on the rayon pool and packed from the runtime.
     fn store(&self, kind: ObjectKind, id: Id, plaintext: Plaintext) {
         if !self.claim(kind, &id) {
             return;
@@ -240,39 +240,28 @@ impl Uploader {
             ObjectKind::Tree => self.trees_added.fetch_add(1, Ordering::Relaxed),
             _ => self.chunks_added.fetch_add(1, Ordering::Relaxed),
         };
-        if self.dry_run {
-            self.bytes_added.fetch_add(plaintext.len() as u64, Ordering::Relaxed);
-            return;
-        }
         let len = plaintext.len();
+        self.plain_added.fetch_add(len as u64, Ordering::Relaxed);
+        let Some(packer) = self.packer.clone() else { return };
         self.budget.acquire(len);
         self.inflight.start();
         let keys = self.keys.clone();
         let repo_id = self.repo_id;
         let compression = self.compression;
-        let backend = self.backend.clone();
         let handle = self.handle.clone();
-        let connections = self.connections.clone();
         let budget = self.budget.clone();
         let inflight = self.inflight.clone();
-        let added = self.bytes_added.clone();
         let cache_dir = self.cache_dir.clone().filter(|_| kind == ObjectKind::Tree);
         rayon::spawn(move || {
             let stored = blob::encode_owned(&keys, &repo_id, kind, &id, plaintext, compression);
-            let n = stored.len() as u64;
-            // A second handle on the same bytes (no copy), for the cache once
-            // the store has the tree.
-            let copy = cache_dir.as_ref().map(|_| stored.clone());
             handle.spawn(async move {
-                let result = match connections.acquire().await {
-                    Ok(_permit) => backend.put(&object_key(kind, &id), stored).await.map_err(Error::from),
-                    Err(_) => Err(Error::InvalidInput("upload queue closed".into())),
-                };
-                if result.is_ok() {
-                    added.fetch_add(n, Ordering::Relaxed);
-                    if let (Some(dir), Some(copy)) = (&cache_dir, copy) {
-                        crate::cache::write(dir, kind, &id, &copy);
-                    }
+                // Chunks are at most 8 MiB and trees at most 256 MiB, so the
+                // length always fits.
+                let result = packer.add(kind, id, &stored, len as u32).await;
+                if result.is_ok()
+                    && let Some(dir) = &cache_dir
+                {
+                    crate::cache::write(dir, kind, &id, &stored);
                 }
                 budget.release(len);
                 inflight.finish(result);
@@ -657,28 +646,44 @@ pub fn backup(repo: &Repository, options: &BackupOptions, progress: &dyn Progres
         None => (None, None),
     };
     let host_previous = snapshots.iter().rev().find(|(_, s)| s.host == host);
-    let mut known = crate::chunk_set::known_chunks(repo)?;
 
-    let mut up = Uploader {
+    // Invariant 5: which blobs exist comes from the index checked against
+    // fresh listings of the packs, loaded under the lock.
+    let loaded = crate::index::load(repo)?;
+    let packer = (!options.dry_run).then(|| {
+        Arc::new(
+            Packer::new(repo.backend().clone(), repo.keys().clone(), *repo.repo_id(), repo.packer_options())
+                .with_cache(repo.cache_dir()),
+        )
+    });
+    if let Some(packer) = &packer
+        && !loaded.recovered.packs.is_empty()
+    {
+        // Packs an interrupted backup uploaded but did not index: their
+        // headers were read, and are now written down as an index object,
+        // so their blobs are reused here and by every later command.
+        tracing::info!("indexing {} packs an earlier backup left unindexed", loaded.recovered.packs.len());
+        repo.runtime().block_on(packer.write_index(loaded.recovered.packs.clone()))?;
+    }
+    let known = repo.set_blob_set(loaded.blobs);
+
+    let up = Uploader {
         keys: repo.keys().clone(),
         repo_id: *repo.repo_id(),
         compression: repo.compression(),
-        backend: repo.backend().clone(),
         handle: repo.runtime().handle().clone(),
-        connections: Arc::new(tokio::sync::Semaphore::new(repo.backend().concurrency().max(1))),
+        packer: packer.clone(),
         budget: Arc::new(ByteBudget {
             used: Mutex::new(0),
             freed: Condvar::new(),
             cap: options.bytes_in_flight.max(1),
         }),
         inflight: Arc::new(InFlight::default()),
-        known_chunks: std::mem::take(&mut known.ids),
-        known_trees: repo.list_ids(ObjectKind::Tree)?,
+        known,
         new_ids: Mutex::new(HashSet::new()),
-        bytes_added: Arc::new(AtomicU64::new(0)),
+        plain_added: AtomicU64::new(0),
         chunks_added: AtomicU64::new(0),
         trees_added: AtomicU64::new(0),
-        dry_run: options.dry_run,
         cache_dir: repo.cache_dir().map(Arc::from),
     };
     let mut walker = Walker {
@@ -714,14 +719,18 @@ pub fn backup(repo: &Repository, options: &BackupOptions, progress: &dyn Progres
     let uploaded = up.inflight.wait();
     let root = walked?;
     uploaded?;
-    if !options.dry_run {
-        // Invariant 1 and 2: everything referenced is durable before the
-        // snapshot is written.
-        repo.runtime().block_on(repo.backend().sync())?;
-    }
+    // Invariants 1 and 2: every pack and index object the snapshot relies
+    // on is durable before it is written (the flush syncs).
+    let stored = match &packer {
+        Some(packer) => Some(repo.runtime().block_on(packer.flush())?),
+        None => None,
+    };
 
     let mut summary = walker.summary;
-    summary.bytes_added = up.bytes_added.load(Ordering::Relaxed);
+    summary.bytes_added = match &stored {
+        Some(stored) => stored.pack_bytes,
+        None => up.plain_added.load(Ordering::Relaxed),
+    };
     summary.chunks_added = up.chunks_added.load(Ordering::Relaxed);
     summary.trees_added = up.trees_added.load(Ordering::Relaxed);
     summary.duration_ms = start.elapsed().as_millis() as u64;
@@ -759,14 +768,9 @@ pub fn backup(repo: &Repository, options: &BackupOptions, progress: &dyn Progres
             Some(id)
         }
     };
-    if snapshot_id.is_some() {
-        // Every chunk uploaded is synced: the cached set may now include them.
-        let added: Vec<Id> = match up.new_ids.lock() {
-            Ok(ids) => ids.iter().filter(|(tree, _)| !tree).map(|(_, id)| *id).collect(),
-            Err(_) => Vec::new(),
-        };
-        known.ids = std::mem::take(&mut up.known_chunks);
-        crate::chunk_set::record(repo, &known, &added);
+    if stored.is_some() {
+        // What this handle reads through must now include the new packs.
+        repo.forget_blob_set();
     }
     if let Some(lock) = lock
         && let Err(e) = lock.release()
@@ -796,9 +800,9 @@ fn confirm_after_lost_lock(repo: &Repository, id: &Id, lost: &Error) -> Result<(
             Err(Error::Missing { kind, id }) => return Ok(Some(format!("{kind} {id} it references is missing"))),
             Err(e) => return Err(e),
         }
+        let stored = crate::index::load(repo)?.blobs;
         for (kind, marked) in [(ObjectKind::Tree, &marks.trees), (ObjectKind::Chunk, &marks.chunks)] {
-            let listed: HashSet<Id> = repo.list_ids(kind)?.into_iter().collect();
-            let gone = marked.iter().filter(|m| !listed.contains(m)).count();
+            let gone = marked.iter().filter(|m| !stored.contains(kind, m)).count();
             if gone > 0 {
                 return Ok(Some(format!("{gone} {}s it references are missing", kind.name())));
             }

@@ -68,18 +68,24 @@ pub fn object_path(dir: &Path, kind: ObjectKind, id: &Id) -> Option<PathBuf> {
     }
 }
 
-/// Drops the cached snapshots that a fresh listing of the repository no
-/// longer has (forgotten, here or by another machine), so the cache does not
-/// keep them forever. `listed` is sorted, as [`crate::Repository::list_ids`]
-/// returns it. A copy written meanwhile by another process for a
-/// snapshot newer than `listed` may go too; that only costs a download.
-pub fn retain_snapshots(dir: &Path, listed: &[Id]) {
-    let Ok(entries) = std::fs::read_dir(dir.join("snapshots")) else { return };
+/// Drops the cached snapshots or index objects that a fresh listing of the
+/// repository no longer has (forgotten or pruned, here or by another
+/// machine), so the cache does not keep them forever. `listed` is sorted,
+/// as [`crate::Repository::list_ids`] returns it. A copy written meanwhile
+/// by another process for an object newer than `listed` may go too; that
+/// only costs a download.
+pub fn retain(dir: &Path, kind: ObjectKind, listed: &[Id]) {
+    let folder = match kind {
+        ObjectKind::Snapshot => "snapshots",
+        ObjectKind::Index => "index",
+        _ => return,
+    };
+    let Ok(entries) = std::fs::read_dir(dir.join(folder)) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(id) = name.to_str().and_then(Id::from_hex) else { continue };
         if listed.binary_search(&id).is_err() {
-            tracing::debug!("dropping the cached copy of snapshot {id}: no longer in the repository");
+            tracing::debug!("dropping the cached copy of {} {id}: no longer in the repository", kind.name());
             let _ = std::fs::remove_file(entry.path());
         }
     }
@@ -144,7 +150,7 @@ mod tests {
         }
         let stray = dir.path().join("snapshots").join("not-an-id");
         std::fs::write(&stray, b"x").unwrap();
-        retain_snapshots(dir.path(), &[Id([0; 32]), kept]);
+        retain(dir.path(), ObjectKind::Snapshot, &[Id([0; 32]), kept]);
         assert_eq!(read(dir.path(), ObjectKind::Snapshot, &kept).as_deref(), Some(&b"sealed"[..]));
         assert_eq!(read(dir.path(), ObjectKind::Snapshot, &gone), None);
         assert!(stray.exists(), "only snapshot names are touched");

@@ -163,15 +163,8 @@ pub fn check(repo: &Repository, read: ReadData) -> Result<CheckReport> {
     }
     report.trees = seen.len() as u64;
     report.chunks = chunks.len() as u64;
-    let mut chunks_missing = false;
     for id in chunks.keys().filter(|id| !listed_chunks.contains(id)) {
         bad.insert(*id, ("chunk", "missing".into()));
-        chunks_missing = true;
-    }
-    if chunks_missing {
-        // Lost by the store or deleted by hand, not by prune: the cached
-        // chunk set may still name it, and a backup would then reuse it.
-        crate::chunk_set::invalidate(repo, "check found chunks missing");
     }
 
     // Chunk contents.

@@ -17,8 +17,15 @@ use crate::crypto::{Keys, ObjectKind};
 use crate::error::{Error, Result};
 
 pub const MAGIC: &[u8; 8] = b"coffer\0\x01";
-/// The format version this library writes and the highest it reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this library writes and the only one it reads.
+/// Format 1 (one object per chunk, coffer 0.1) had no users and is refused
+/// with [`Error::FormatRetired`]; there is no migration.
+pub const FORMAT_VERSION: u32 = 2;
+/// Pack target sizes a config may ask for (docs/format.md §17).
+pub const PACK_SIZE_RANGE: std::ops::RangeInclusive<u32> = (4 << 20)..=(512 << 20);
+/// The design's target sizes: 32 MiB for data packs, 4 MiB for tree packs.
+pub const DEFAULT_DATA_PACK_SIZE: u32 = 32 << 20;
+pub const DEFAULT_TREE_PACK_SIZE: u32 = 4 << 20;
 pub const HEADER_LEN: usize = 48;
 /// The object's key in the repository.
 pub const NAME: &str = "config";
@@ -51,6 +58,9 @@ impl ConfigHeader {
         if version == 0 {
             return Err(Error::corrupt("config", NAME, "format version 0 does not exist"));
         }
+        if version < FORMAT_VERSION {
+            return Err(Error::FormatRetired { found: version });
+        }
         if version > FORMAT_VERSION {
             return Err(Error::UnsupportedVersion { found: version, supported: FORMAT_VERSION });
         }
@@ -68,6 +78,10 @@ pub struct ConfigBody {
     /// zstd level for chunks and trees; 0 stores everything raw.
     pub compression_level: i32,
     pub created: String,
+    /// Blob bytes at which a data pack is sealed.
+    pub data_pack_size: u32,
+    /// The same for tree packs.
+    pub tree_pack_size: u32,
 }
 
 impl ConfigBody {
@@ -77,6 +91,8 @@ impl ConfigBody {
             chunker,
             compression_level: 2,
             created: jiff::Timestamp::now().to_string(),
+            data_pack_size: DEFAULT_DATA_PACK_SIZE,
+            tree_pack_size: DEFAULT_TREE_PACK_SIZE,
         }
     }
 
@@ -88,6 +104,15 @@ impl ConfigBody {
                 NAME,
                 format!("compression level {} out of range", self.compression_level),
             ));
+        }
+        for (what, size) in [("data", self.data_pack_size), ("tree", self.tree_pack_size)] {
+            if !PACK_SIZE_RANGE.contains(&size) {
+                return Err(Error::corrupt(
+                    "config",
+                    NAME,
+                    format!("{what} pack size {size} is outside 4 MiB to 512 MiB"),
+                ));
+            }
         }
         Ok(())
     }
@@ -144,8 +169,17 @@ mod tests {
         assert_eq!((h, b), (header, body));
 
         let mut newer = bytes.clone();
-        newer[8] = 2;
-        assert!(matches!(ConfigBody::decode(&keys, &newer), Err(Error::UnsupportedVersion { found: 2, .. })));
+        newer[8] = 3;
+        assert!(matches!(ConfigBody::decode(&keys, &newer), Err(Error::UnsupportedVersion { found: 3, .. })));
+        let mut retired = bytes.clone();
+        retired[8] = 1;
+        let err = ConfigHeader::parse(&retired).unwrap_err();
+        assert!(matches!(err, Error::FormatRetired { found: 1 }), "{err}");
+        assert!(err.to_string().contains("coffer 0.1"), "{err}");
+
+        let mut odd = ConfigBody::new(ChunkerParams::default());
+        odd.data_pack_size = 1 << 20;
+        assert!(odd.validate().is_err(), "a 1 MiB data pack target is refused");
         let mut other_repo = bytes.clone();
         other_repo[20] ^= 1;
         assert!(matches!(ConfigBody::decode(&keys, &other_repo), Err(Error::Corrupt { .. })));

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use crate::crypto::ObjectKind;
 use crate::error::{Error, Result};
 use crate::id::Id;
-use crate::repo::{Repository, fetch};
+use crate::repo::{Repository, fetch_blob};
 use crate::restorer::{DEFAULT_BYTES_IN_FLIGHT, is_all_zero, link_key};
 use crate::tree::{ChunkRef, Node, NodeKind};
 use crate::walk;
@@ -115,6 +115,7 @@ pub fn write(repo: &Repository, what: &Dumpable, out: &mut dyn Write, options: &
     let (tx, rx) = std::sync::mpsc::sync_channel::<Msg>(concurrency * 4);
     let fetcher = Fetcher {
         repo,
+        blobs: repo.blob_set()?,
         semaphore: Arc::new(tokio::sync::Semaphore::new(budget as usize)),
         budget,
         zero_chunks: Arc::new(Mutex::new(HashSet::new())),
@@ -159,6 +160,7 @@ enum Msg {
 
 struct Fetcher<'a> {
     repo: &'a Repository,
+    blobs: Arc<crate::index::BlobSet>,
     semaphore: Arc<tokio::sync::Semaphore>,
     budget: u32,
     /// Chunks seen to be all zeros: not fetched again.
@@ -177,13 +179,14 @@ impl Fetcher<'_> {
             .block_on(self.semaphore.clone().acquire_many_owned(chunk.1.min(self.budget)))
             .map_err(|e| Error::InvalidInput(format!("dump budget: {e}")))?;
         let backend = self.repo.backend().clone();
+        let blobs = self.blobs.clone();
         let keys = self.repo.keys().clone();
         let repo_id = *self.repo.repo_id();
         let max_len = self.repo.max_chunk_len();
         let limit = self.repo.stored_limit(ObjectKind::Chunk);
         let zero_chunks = self.zero_chunks.clone();
         Ok(Msg::Chunk(self.repo.runtime().spawn(async move {
-            let stored = fetch(&*backend, ObjectKind::Chunk, &chunk.0, limit).await?;
+            let stored = fetch_blob(&*backend, &blobs, ObjectKind::Chunk, &chunk.0, limit).await?;
             tokio::task::spawn_blocking(move || {
                 let data = crate::repo::decode_chunk_ref(&keys, &repo_id, max_len, &chunk, stored)?;
                 if is_all_zero(&data) {

@@ -28,6 +28,13 @@ pub enum Error {
     )]
     UnsupportedVersion { found: u32, supported: u32 },
 
+    /// The repository is format 1 (one object per chunk), which only
+    /// coffer 0.1 wrote; it had no users, so there is no migration.
+    #[error(
+        "this repository uses format version {found}, written by coffer 0.1; this coffer reads format 2 only (packs). Restore it with coffer 0.1, or back up again into a new repository"
+    )]
+    FormatRetired { found: u32 },
+
     /// An object failed authentication or did not parse.
     #[error("{kind} {name} is damaged: {reason}")]
     Corrupt { kind: &'static str, name: String, reason: String },

@@ -168,59 +168,84 @@ pub struct Loaded {
     pub blobs: BlobSet,
     /// Index objects read.
     pub indexes: Vec<Id>,
-    /// Listed packs that no index object names (a killed backup's): their
-    /// blobs are not in `blobs` until [`index_packs`] reads their headers.
+    /// Listed packs that no index object names (a killed backup's). Their
+    /// headers were read and their blobs are in `blobs`; `recovered` holds
+    /// their entries, for a backup to write as an index object.
     pub unindexed: Vec<(PackKind, Id, u64)>,
+    /// The index entries rebuilt from the headers of `unindexed` packs.
+    pub recovered: Index,
+    /// Unindexed packs whose header could not be read: their blobs count
+    /// as absent (and are stored again by the next backup).
+    pub unreadable_packs: Vec<(PackKind, Id, Error)>,
     /// Packs whose listed length is not the one their index gives: damaged,
     /// so their blobs count as absent and are stored again.
     pub mismatched: Vec<(PackKind, Id)>,
     /// Index objects that could not be read, with why: their packs count as
     /// unindexed.
     pub unreadable: Vec<(Id, Error)>,
+    /// Every listed pack and its length.
+    pub listed: HashMap<Id, (PackKind, u64)>,
+}
+
+/// [`load_async`] on the calling thread.
+pub fn load(repo: &crate::Repository) -> Result<Loaded> {
+    repo.runtime().block_on(load_async(repo))
 }
 
 /// Reads every index object (from the local cache where it has a copy,
 /// authenticated as if fetched) and lists `data/` and `tree/`: the blobs
-/// that exist are those of listed packs, at the length their index gives.
-pub fn load(repo: &crate::Repository) -> Result<Loaded> {
+/// that exist are those of listed packs, at the length their index gives,
+/// and those of listed packs no index names, read from their headers.
+pub async fn load_async(repo: &crate::Repository) -> Result<Loaded> {
     use futures_util::StreamExt;
-    let ids = repo.list_ids(ObjectKind::Index)?;
+    let backend = repo.backend();
+    let mut ids: Vec<Id> = backend
+        .list("index/")
+        .await?
+        .iter()
+        .filter_map(|e| crate::repo::parse_object_key(ObjectKind::Index, &e.key))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
     let mut listed: HashMap<Id, (PackKind, u64)> = HashMap::new();
     for kind in [PackKind::Data, PackKind::Tree] {
-        for e in repo.runtime().block_on(repo.backend().list(kind.dir()))? {
+        for e in backend.list(kind.dir()).await? {
             if let Some(id) = crate::pack::parse_pack_key(kind, &e.key) {
                 listed.insert(id, (kind, e.size));
             }
         }
     }
     let (keys, repo_id, cache) = (repo.keys(), repo.repo_id(), repo.cache_dir());
-    let opened: Vec<(Id, Result<Index>)> = repo.runtime().block_on(
-        futures_util::stream::iter(ids.iter().copied())
-            .map(|id| async move {
-                if let Some(dir) = cache
-                    && let Some(bytes) = crate::cache::read(dir, ObjectKind::Index, &id)
-                {
-                    match Index::open(keys, repo_id, &id, &bytes) {
-                        Ok(index) => return (id, Ok(index)),
-                        Err(e) => {
-                            tracing::warn!("ignoring the cached copy of index {id}: {e}");
-                            crate::cache::remove(dir, ObjectKind::Index, &id);
-                        }
+    let width = backend.concurrency().max(1);
+    let opened: Vec<(Id, Result<Index>)> = futures_util::stream::iter(ids.iter().copied())
+        .map(|id| async move {
+            if let Some(dir) = cache
+                && let Some(bytes) = crate::cache::read(dir, ObjectKind::Index, &id)
+            {
+                match Index::open(keys, repo_id, &id, &bytes) {
+                    Ok(index) => return (id, Ok(index)),
+                    Err(e) => {
+                        tracing::warn!("ignoring the cached copy of index {id}: {e}");
+                        crate::cache::remove(dir, ObjectKind::Index, &id);
                     }
                 }
-                let fetched = crate::repo::fetch(&**repo.backend(), ObjectKind::Index, &id, MAX_STORED).await;
-                let index = fetched.and_then(|bytes| {
-                    let index = Index::open(keys, repo_id, &id, &bytes)?;
-                    if let Some(dir) = cache {
-                        crate::cache::write(dir, ObjectKind::Index, &id, &bytes);
-                    }
-                    Ok(index)
-                });
-                (id, index)
-            })
-            .buffer_unordered(repo.backend().concurrency().max(1))
-            .collect(),
-    );
+            }
+            let fetched = crate::repo::fetch(&**backend, ObjectKind::Index, &id, MAX_STORED).await;
+            let index = fetched.and_then(|bytes| {
+                let index = Index::open(keys, repo_id, &id, &bytes)?;
+                if let Some(dir) = cache {
+                    crate::cache::write(dir, ObjectKind::Index, &id, &bytes);
+                }
+                Ok(index)
+            });
+            (id, index)
+        })
+        .buffer_unordered(width)
+        .collect()
+        .await;
+    if let Some(dir) = cache {
+        crate::cache::retain(dir, ObjectKind::Index, &ids);
+    }
     let mut loaded = Loaded::default();
     let mut indexes = Vec::new();
     for (id, index) in opened {
@@ -229,7 +254,10 @@ pub fn load(repo: &crate::Repository) -> Result<Loaded> {
                 loaded.indexes.push(id);
                 indexes.push(index);
             }
-            Err(e) => loaded.unreadable.push((id, e)),
+            Err(e) => {
+                tracing::warn!("index {id} cannot be read, its packs are read from their headers: {e}");
+                loaded.unreadable.push((id, e));
+            }
         }
     }
     loaded.indexes.sort();
@@ -243,14 +271,25 @@ pub fn load(repo: &crate::Repository) -> Result<Loaded> {
             mismatched.insert((kind, p.id));
         }
     }
+    loaded.unindexed =
+        listed.iter().filter(|(id, _)| !named.contains(*id)).map(|(id, &(kind, size))| (kind, *id, size)).collect();
+    loaded.unindexed.sort();
+    if !loaded.unindexed.is_empty() {
+        let (recovered, failed) = index_packs(&**backend, keys, repo_id, &loaded.unindexed, width).await;
+        for (kind, id, e) in &failed {
+            tracing::warn!("{} pack {id} is in no index and its header cannot be read: {e}", kind.name());
+        }
+        loaded.recovered = recovered;
+        loaded.unreadable_packs = failed;
+    }
+    indexes.push(std::mem::take(&mut loaded.recovered));
     let refs: Vec<&Index> = indexes.iter().collect();
     loaded.blobs = BlobSet::build(&refs, |kind, id| {
         listed.get(id).is_some_and(|&(k, _)| k == kind) && !mismatched.contains(&(kind, *id))
     });
+    loaded.recovered = indexes.pop().unwrap_or_default();
     loaded.mismatched = mismatched.into_iter().collect();
-    loaded.unindexed =
-        listed.iter().filter(|(id, _)| !named.contains(*id)).map(|(id, &(kind, size))| (kind, *id, size)).collect();
-    loaded.unindexed.sort();
+    loaded.listed = listed;
     Ok(loaded)
 }
 
@@ -353,6 +392,23 @@ impl BlobSet {
         self.slots[start..].iter().take_while(|s| s.id == *id).find_map(|s| {
             let p = self.packs[s.pack as usize];
             (p.kind == want).then_some(BlobLocation { pack: p.id, kind: p.kind, offset: s.offset, length: s.length })
+        })
+    }
+
+    /// The ids of every blob of a kind, sorted.
+    pub fn ids(&self, kind: ObjectKind) -> Vec<Id> {
+        let Some(want) = PackKind::of_blob(kind) else { return Vec::new() };
+        let mut ids: Vec<Id> =
+            self.slots.iter().filter(|s| self.packs[s.pack as usize].kind == want).map(|s| s.id).collect();
+        ids.dedup();
+        ids
+    }
+
+    /// Every blob with where it is.
+    pub fn iter(&self) -> impl Iterator<Item = (Id, BlobLocation)> + '_ {
+        self.slots.iter().map(|s| {
+            let p = self.packs[s.pack as usize];
+            (s.id, BlobLocation { pack: p.id, kind: p.kind, offset: s.offset, length: s.length })
         })
     }
 

@@ -12,7 +12,6 @@ pub mod backend;
 pub mod blob;
 pub mod cache;
 pub mod check;
-pub mod chunk_set;
 pub mod chunker;
 pub mod config;
 pub mod crypto;

@@ -73,6 +73,8 @@ pub struct Packer {
     repo_id: [u8; 32],
     options: PackerOptions,
     state: Mutex<State>,
+    /// The repository's cache folder: index objects written are kept there.
+    cache_dir: Option<std::path::PathBuf>,
 }
 
 impl Packer {
@@ -83,7 +85,20 @@ impl Packer {
         for kind in [PackKind::Data, PackKind::Tree] {
             open.extend((0..open_packs).map(|_| PackWriter::new(kind)));
         }
-        Packer { backend, keys, repo_id, options, state: Mutex::new(State { open, ..State::default() }) }
+        Packer {
+            backend,
+            keys,
+            repo_id,
+            options,
+            state: Mutex::new(State { open, ..State::default() }),
+            cache_dir: None,
+        }
+    }
+
+    /// Keeps a copy of every index object written in the cache folder.
+    pub fn with_cache(mut self, dir: Option<&std::path::Path>) -> Packer {
+        self.cache_dir = dir.map(std::path::Path::to_path_buf);
+        self
     }
 
     fn state(&self) -> Result<std::sync::MutexGuard<'_, State>> {
@@ -145,11 +160,14 @@ impl Packer {
     }
 
     /// Writes an index object for `packs`, once they are durable.
-    async fn write_index(&self, packs: Vec<IndexedPack>) -> Result<()> {
+    pub async fn write_index(&self, packs: Vec<IndexedPack>) -> Result<()> {
         self.backend.sync().await?;
         let index = Index { packs };
         let (id, stored) = index.seal(&self.keys, &self.repo_id);
-        self.backend.put(&object_key(ObjectKind::Index, &id), Bytes::from(stored)).await?;
+        self.backend.put(&object_key(ObjectKind::Index, &id), Bytes::from(stored.clone())).await?;
+        if let Some(dir) = &self.cache_dir {
+            crate::cache::write(dir, ObjectKind::Index, &id, &stored);
+        }
         let mut state = self.state()?;
         state.stored.indexes.push(id);
         state.stored.packs.extend(index.packs);

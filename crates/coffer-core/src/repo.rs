@@ -14,6 +14,7 @@ use crate::config::{self, ConfigBody, ConfigHeader};
 use crate::crypto::{Keys, ObjectKind};
 use crate::error::{Error, Result};
 use crate::id::Id;
+use crate::index::{BlobLocation, BlobSet};
 use crate::key::{KdfParams, KeyEnvelope};
 use crate::snapshot::{MAX_SNAPSHOT_LEN, Snapshot};
 use crate::tree::{ChunkRef, Tree};
@@ -27,11 +28,20 @@ pub const MAX_TREE_LEN: usize = 256 * 1024 * 1024;
 pub struct InitOptions {
     pub kdf: KdfParams,
     pub chunker: ChunkerParams,
+    /// Target size of data packs (4 MiB to 512 MiB).
+    pub data_pack_size: u32,
+    /// Target size of tree packs.
+    pub tree_pack_size: u32,
 }
 
 impl Default for InitOptions {
     fn default() -> Self {
-        InitOptions { kdf: KdfParams::DEFAULT, chunker: ChunkerParams::default() }
+        InitOptions {
+            kdf: KdfParams::DEFAULT,
+            chunker: ChunkerParams::default(),
+            data_pack_size: config::DEFAULT_DATA_PACK_SIZE,
+            tree_pack_size: config::DEFAULT_TREE_PACK_SIZE,
+        }
     }
 }
 
@@ -46,12 +56,14 @@ pub struct Repository {
     /// This repository's own cache folder, if caching is on.
     cache_dir: Option<std::path::PathBuf>,
     lock_settings: crate::lock::LockSettings,
-    chunk_set_policy: crate::chunk_set::ChunkSetPolicy,
     /// What this host remembers of the repository, if that is on.
     pub(crate) state: Option<crate::state::State>,
     /// Fingerprints of the config object and of the key names as read when
     /// opening, so that the state check need not fetch them again.
     pub(crate) seen_at_open: Option<crate::state::Fingerprints>,
+    /// Where every blob is, loaded from the index on first use (see
+    /// [`Repository::blob_set`]).
+    blobs: tokio::sync::Mutex<Option<Arc<BlobSet>>>,
 }
 
 /// The key of an object in the store: `chunks/ab/ab12…`, `snapshots/ab12…`.
@@ -145,7 +157,15 @@ impl Repository {
         let mut repo_id = [0u8; 32];
         crate::crypto::fill_random(&mut repo_id);
         let header = ConfigHeader { version: config::FORMAT_VERSION, repo_id };
-        let config = ConfigBody::new(options.chunker.clone());
+        let mut config = ConfigBody::new(options.chunker.clone());
+        config.data_pack_size = options.data_pack_size;
+        config.tree_pack_size = options.tree_pack_size;
+        config.validate().map_err(|_| {
+            Error::InvalidInput(format!(
+                "pack sizes must lie between 4 MiB and 512 MiB (asked for {} and {} bytes)",
+                options.data_pack_size, options.tree_pack_size
+            ))
+        })?;
         let host = host_name();
         let envelope = KeyEnvelope::seal(&keys, password, options.kdf, &host, &user_name())?;
         let key_name = KeyEnvelope::new_name();
@@ -167,9 +187,9 @@ impl Repository {
             key_name,
             cache_dir: None,
             lock_settings: Default::default(),
-            chunk_set_policy: Default::default(),
             state: None,
             seen_at_open: None,
+            blobs: Default::default(),
         })
     }
 
@@ -235,12 +255,12 @@ impl Repository {
                             key_name: name.clone(),
                             cache_dir: None,
                             lock_settings: Default::default(),
-                            chunk_set_policy: Default::default(),
-                            state: None,
+                                            state: None,
                             seen_at_open: Some(crate::state::Fingerprints::of(
                                 &config_bytes,
                                 envelopes.iter().map(|(name, _)| name.as_str()),
                             )),
+                            blobs: Default::default(),
                         });
                     }
                     // A key from another repository with the same password:
@@ -291,16 +311,6 @@ impl Repository {
         self.lock_settings = settings;
     }
 
-    /// When backup stops trusting the cached chunk set (see
-    /// [`crate::chunk_set`]).
-    pub fn chunk_set_policy(&self) -> crate::chunk_set::ChunkSetPolicy {
-        self.chunk_set_policy
-    }
-
-    pub fn set_chunk_set_policy(&mut self, policy: crate::chunk_set::ChunkSetPolicy) {
-        self.chunk_set_policy = policy;
-    }
-
     pub fn backend(&self) -> &Arc<dyn Backend> {
         &self.backend
     }
@@ -343,26 +353,24 @@ impl Repository {
         self.config.chunker.max_size as usize
     }
 
-    /// Ids of all stored objects of a kind, sorted, from a listing.
+    /// Ids of all stored objects of a kind, sorted, from a listing. Chunks
+    /// and trees are blobs in packs: theirs come from a fresh load of the
+    /// index against fresh listings of the packs (see [`crate::index::load`]).
     pub fn list_ids(&self, kind: ObjectKind) -> Result<Vec<Id>> {
         let prefix = match kind {
-            ObjectKind::Chunk => "chunks/",
-            ObjectKind::Tree => "trees/",
+            ObjectKind::Chunk | ObjectKind::Tree => {
+                let set = self.reload_blob_set()?;
+                return Ok(set.ids(kind));
+            }
             ObjectKind::Snapshot => "snapshots/",
             ObjectKind::Lock => "locks/",
             ObjectKind::Index => "index/",
             ObjectKind::Config => return Ok(Vec::new()),
         };
         let entries = self.runtime.block_on(self.backend.list(prefix))?;
-        // A zero-length chunk or tree is a truncated write: it counts as
-        // absent, so the next backup stores it again. A zero-length snapshot
-        // stays listed, so that reading it reports the damage.
-        let truncated_is_absent = matches!(kind, ObjectKind::Chunk | ObjectKind::Tree);
-        let mut ids: Vec<Id> = entries
-            .iter()
-            .filter(|e| e.size > 0 || !truncated_is_absent)
-            .filter_map(|e| parse_object_key(kind, &e.key))
-            .collect();
+        // A zero-length snapshot stays listed, so that reading it reports
+        // the damage.
+        let mut ids: Vec<Id> = entries.iter().filter_map(|e| parse_object_key(kind, &e.key)).collect();
         ids.sort_unstable();
         ids.dedup();
         Ok(ids)
@@ -372,10 +380,63 @@ impl Repository {
         self.runtime.block_on(self.get_async(kind, id))
     }
 
-    /// Fetches the stored bytes of an object; a missing object is
-    /// [`Error::Missing`].
+    /// Fetches the stored bytes of an object, or of a blob from its pack; a
+    /// missing object or blob is [`Error::Missing`].
     pub async fn get_async(&self, kind: ObjectKind, id: &Id) -> Result<Vec<u8>> {
-        fetch(&*self.backend, kind, id, self.stored_limit(kind)).await
+        match kind {
+            ObjectKind::Chunk | ObjectKind::Tree => {
+                let set = self.blob_set_async().await?;
+                fetch_blob(&*self.backend, &set, kind, id, self.stored_limit(kind)).await
+            }
+            _ => fetch(&*self.backend, kind, id, self.stored_limit(kind)).await,
+        }
+    }
+
+    /// Where every blob is: the index as loaded on first use in this
+    /// process (or last set with [`Repository::set_blob_set`]). Commands
+    /// that rely on it being fresh (backup, prune, check) load it
+    /// themselves at the right moment.
+    pub fn blob_set(&self) -> Result<Arc<BlobSet>> {
+        self.runtime.block_on(self.blob_set_async())
+    }
+
+    /// [`Repository::blob_set`] for async callers.
+    pub async fn blob_set_async(&self) -> Result<Arc<BlobSet>> {
+        let mut held = self.blobs.lock().await;
+        if let Some(set) = &*held {
+            return Ok(set.clone());
+        }
+        let set = Arc::new(crate::index::load_async(self).await?.blobs);
+        *held = Some(set.clone());
+        Ok(set)
+    }
+
+    /// Loads the index afresh, and keeps it as [`Repository::blob_set`].
+    pub fn reload_blob_set(&self) -> Result<Arc<BlobSet>> {
+        let loaded = crate::index::load(self)?;
+        Ok(self.set_blob_set(loaded.blobs))
+    }
+
+    /// Replaces the blob set this handle reads through.
+    pub fn set_blob_set(&self, set: BlobSet) -> Arc<BlobSet> {
+        let set = Arc::new(set);
+        *self.blobs.blocking_lock() = Some(set.clone());
+        set
+    }
+
+    /// Drops the blob set, so that the next read loads the index again (after
+    /// this process stored or deleted packs).
+    pub fn forget_blob_set(&self) {
+        *self.blobs.blocking_lock() = None;
+    }
+
+    /// The target sizes packs are cut at.
+    pub fn packer_options(&self) -> crate::packer::PackerOptions {
+        crate::packer::PackerOptions {
+            data_target: self.config.data_pack_size as usize,
+            tree_target: self.config.tree_pack_size as usize,
+            ..Default::default()
+        }
     }
 
     /// [`max_stored`] for this repository.
@@ -552,7 +613,7 @@ impl Repository {
     /// not among them are dropped from the cache.
     pub fn load_snapshots(&self, listed: &[Id]) -> Result<Vec<(Id, Snapshot)>> {
         if let Some(dir) = &self.cache_dir {
-            crate::cache::retain_snapshots(dir, listed);
+            crate::cache::retain(dir, ObjectKind::Snapshot, listed);
         }
         let mut out = Vec::new();
         for id in listed {
@@ -630,6 +691,56 @@ pub fn max_stored(kind: ObjectKind, max_chunk_len: usize) -> u64 {
 /// `limit` bytes (see [`max_stored`]).
 pub async fn fetch(backend: &dyn Backend, kind: ObjectKind, id: &Id, limit: u64) -> Result<Vec<u8>> {
     fetched(kind, id, backend.get(&object_key(kind, id), limit).await)
+}
+
+/// Fetches a blob's stored bytes from its pack with one ranged read; a blob
+/// the set does not have, or whose pack is gone, is [`Error::Missing`].
+pub async fn fetch_blob(backend: &dyn Backend, set: &BlobSet, kind: ObjectKind, id: &Id, limit: u64) -> Result<Vec<u8>> {
+    let loc = set.get(kind, id).ok_or(Error::Missing { kind: kind.name(), id: *id })?;
+    check_blob_length(kind, id, &loc, limit)?;
+    let key = crate::pack::pack_key(loc.kind, &loc.pack);
+    blob_read(kind, id, &loc, backend.get_range(&key, u64::from(loc.offset), u64::from(loc.length)).await)
+}
+
+/// [`fetch_blob`] on the calling thread, from a store whose reads block.
+pub fn fetch_blob_blocking(
+    reads: &dyn BlockingRead,
+    set: &BlobSet,
+    kind: ObjectKind,
+    id: &Id,
+    limit: u64,
+) -> Result<Vec<u8>> {
+    let loc = set.get(kind, id).ok_or(Error::Missing { kind: kind.name(), id: *id })?;
+    check_blob_length(kind, id, &loc, limit)?;
+    let key = crate::pack::pack_key(loc.kind, &loc.pack);
+    blob_read(kind, id, &loc, reads.get_range_blocking(&key, u64::from(loc.offset), u64::from(loc.length)))
+}
+
+/// An index entry longer than any blob of its kind is refused before
+/// reading: the index is authenticated, but a reader's memory should not
+/// depend on it.
+fn check_blob_length(kind: ObjectKind, id: &Id, loc: &BlobLocation, limit: u64) -> Result<()> {
+    if u64::from(loc.length) > limit {
+        return Err(Error::corrupt(
+            kind.name(),
+            id.to_hex(),
+            format!("the index gives it {} bytes in pack {}, more than the {limit} a {} may take", loc.length, loc.pack, kind.name()),
+        ));
+    }
+    Ok(())
+}
+
+fn blob_read(kind: ObjectKind, id: &Id, loc: &BlobLocation, got: BackendResult<Vec<u8>>) -> Result<Vec<u8>> {
+    match got {
+        Ok(b) => Ok(b),
+        Err(BackendError::NotFound { .. }) => Err(Error::Missing { kind: kind.name(), id: *id }),
+        Err(BackendError::Io { error, .. }) if error.kind() == std::io::ErrorKind::UnexpectedEof => Err(Error::corrupt(
+            kind.name(),
+            id.to_hex(),
+            format!("{} pack {} is shorter than its index says ({error})", loc.kind.name(), loc.pack),
+        )),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// [`fetch`] on the calling thread, from a store whose reads block.

@@ -32,7 +32,7 @@ use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::metadata;
 use crate::progress::Progress;
-use crate::repo::{Repository, fetch};
+use crate::repo::{Repository, fetch_blob};
 use crate::tree::{ChunkRef, Node, NodeKind, valid_name};
 use crate::walk::snapshot_components;
 
@@ -696,13 +696,14 @@ pub fn restore(
     // Chunks known to be all zeros: nothing to fetch or write for them.
     let zero_chunks: Mutex<HashSet<Id>> = Mutex::new(HashSet::new());
     let backend = repo.backend().clone();
+    let blobs = repo.blob_set()?;
     let repo_id = *repo.repo_id();
     let max_len = repo.max_chunk_len();
     let limit = repo.stored_limit(ObjectKind::Chunk);
     repo.runtime().block_on(async {
         futures_util::stream::iter(chunk_jobs)
             .map(|(fi, offset, chunk)| {
-                let (backend, keys, files) = (backend.clone(), keys.clone(), files.clone());
+                let (backend, blobs, keys, files) = (backend.clone(), blobs.clone(), keys.clone(), files.clone());
                 let (semaphore, in_flight, peak, zero_chunks, failed) =
                     (semaphore.clone(), &in_flight, &peak, &zero_chunks, &failed);
                 async move {
@@ -718,7 +719,7 @@ pub fn restore(
                         let now = in_flight.fetch_add(len, Ordering::AcqRel) + len;
                         peak.fetch_max(now, Ordering::AcqRel);
                         let _guard = InFlight { counter: in_flight, len, _permit: permit };
-                        let stored = fetch(&*backend, ObjectKind::Chunk, &chunk.0, limit).await?;
+                        let stored = fetch_blob(&*backend, &blobs, ObjectKind::Chunk, &chunk.0, limit).await?;
                         let (keys, files) = (keys.clone(), files.clone());
                         // Decoding is CPU work: it runs on rayon's pool, one thread
                         // per core, rather than on tokio's blocking pool, whose

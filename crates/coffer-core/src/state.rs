@@ -206,11 +206,6 @@ impl Repository {
             data.config = Some(config);
             data.keys = Some(keys);
         });
-        if !report.vanished.is_empty() {
-            // A rollback or a loss may have taken chunks with the snapshots,
-            // which the cached chunk set would still call stored.
-            crate::chunk_set::invalidate(self, "snapshots this host saw have vanished");
-        }
         for id in &report.vanished {
             tracing::info!(
                 "snapshot {id}, which this host saw, has vanished from the repository without a forget from here: \

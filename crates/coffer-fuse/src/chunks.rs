@@ -12,7 +12,8 @@ use std::sync::{Arc, Condvar, Mutex, mpsc};
 use coffer_core::backend::Backend;
 use coffer_core::blob::max_stored_len;
 use coffer_core::crypto::{Keys, ObjectKind};
-use coffer_core::repo::{Repository, decode_chunk_ref, fetch, fetch_blocking};
+use coffer_core::index::BlobSet;
+use coffer_core::repo::{Repository, decode_chunk_ref, fetch_blob, fetch_blob_blocking};
 use coffer_core::tree::ChunkRef;
 use coffer_core::{Error, Id};
 
@@ -46,9 +47,15 @@ struct Loader {
     /// The store, for the workers' own reads where its reads block (a local
     /// folder); S3 reads go through the repository's runtime instead.
     backend: Arc<dyn Backend>,
+    /// Where each chunk is; replaced when the mount sees new snapshots.
+    blobs: Arc<std::sync::RwLock<Arc<BlobSet>>>,
 }
 
 impl Loader {
+    fn blobs(&self) -> Arc<BlobSet> {
+        self.blobs.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     fn decode(&self, chunk: &ChunkRef, stored: Vec<u8>) -> Fetched {
         decode_chunk_ref(&self.keys, &self.repo_id, self.max_len, chunk, stored).map(Arc::new).map_err(Arc::new)
     }
@@ -57,7 +64,8 @@ impl Loader {
     /// block; `None` for the other stores.
     fn read_and_decode(&self, chunk: &ChunkRef) -> Option<Fetched> {
         let reads = self.backend.blocking_reads()?;
-        Some(match fetch_blocking(reads, ObjectKind::Chunk, &chunk.0, max_stored_len(self.max_len)) {
+        let blobs = self.blobs();
+        Some(match fetch_blob_blocking(reads, &blobs, ObjectKind::Chunk, &chunk.0, max_stored_len(self.max_len)) {
             Ok(stored) => self.decode(chunk, stored),
             Err(e) => Err(Arc::new(e)),
         })
@@ -193,7 +201,13 @@ impl ChunkStore {
     /// (`cp`, which also writes every byte it reads) is not crowded off the
     /// cores by a dozen decoding threads; the workers also run at a lower
     /// priority ([`WORKER_NICE`]).
-    pub fn new(repo: Arc<Repository>, cache_bytes: u64, max_in_flight: usize, workers: usize) -> ChunkStore {
+    pub fn new(
+        repo: Arc<Repository>,
+        blobs: Arc<BlobSet>,
+        cache_bytes: u64,
+        max_in_flight: usize,
+        workers: usize,
+    ) -> ChunkStore {
         let shared =
             Arc::new(Shared { cache: Mutex::new(Lru::new(cache_bytes)), in_flight: Mutex::new(HashMap::new()) });
         let loader = Loader {
@@ -201,6 +215,7 @@ impl ChunkStore {
             repo_id: *repo.repo_id(),
             max_len: repo.max_chunk_len(),
             backend: repo.backend().clone(),
+            blobs: Arc::new(std::sync::RwLock::new(blobs)),
         };
         let (jobs, queue) = mpsc::channel::<Job>();
         let queue = Arc::new(Mutex::new(queue));
@@ -249,7 +264,9 @@ impl ChunkStore {
                 let result = self.loader.read_and_decode(chunk).unwrap_or_else(|| {
                     let repo = &self.repo;
                     let limit = repo.stored_limit(ObjectKind::Chunk);
-                    match repo.runtime().block_on(fetch(&**repo.backend(), ObjectKind::Chunk, &chunk.0, limit)) {
+                    let blobs = self.loader.blobs();
+                    let read = fetch_blob(&**repo.backend(), &blobs, ObjectKind::Chunk, &chunk.0, limit);
+                    match repo.runtime().block_on(read) {
                         Ok(stored) => self.loader.decode(chunk, stored),
                         Err(e) => Err(Arc::new(e)),
                     }
@@ -258,6 +275,12 @@ impl ChunkStore {
                 result
             }
         }
+    }
+
+    /// Reads chunks through `blobs` from now on (the mount loaded the index
+    /// again after seeing new snapshots).
+    pub fn set_blobs(&self, blobs: Arc<BlobSet>) {
+        *self.loader.blobs.write().unwrap_or_else(|e| e.into_inner()) = blobs;
     }
 
     /// Starts fetching `chunk` in the background if it is neither cached
@@ -274,10 +297,11 @@ impl ChunkStore {
         }
         let shared = self.shared.clone();
         let backend = self.repo.backend().clone();
+        let blobs = self.loader.blobs();
         let jobs = self.jobs.clone();
         let limit = self.repo.stored_limit(ObjectKind::Chunk);
         self.repo.runtime().spawn(async move {
-            match fetch(&*backend, ObjectKind::Chunk, &chunk.0, limit).await {
+            match fetch_blob(&*backend, &blobs, ObjectKind::Chunk, &chunk.0, limit).await {
                 Ok(stored) => {
                     pending.set_work(Work::Fetched(stored));
                     send(&jobs, &shared, chunk, pending);

@@ -211,8 +211,14 @@ impl Found {
 
 impl CofferFs {
     pub fn new(repo: Arc<Repository>, settings: &Settings) -> Result<CofferFs, Error> {
-        let chunks =
-            Arc::new(ChunkStore::new(repo.clone(), settings.cache_bytes, settings.max_in_flight, settings.workers));
+        let blobs = repo.blob_set()?;
+        let chunks = Arc::new(ChunkStore::new(
+            repo.clone(),
+            blobs,
+            settings.cache_bytes,
+            settings.max_in_flight,
+            settings.workers,
+        ));
         let fs = CofferFs {
             repo,
             inodes: RwLock::new(Inodes::new()),
@@ -256,6 +262,13 @@ impl CofferFs {
             }
         }
         let mut snapshots = self.snapshots.lock().unwrap_or_else(|e| e.into_inner());
+        if !loaded.is_empty() && refreshed.is_some() {
+            // New snapshots bring new packs: read the index again.
+            match self.repo.reload_blob_set() {
+                Ok(blobs) => self.chunks.set_blobs(blobs),
+                Err(e) => tracing::warn!("cannot read the index again, new snapshots may not read: {e}"),
+            }
+        }
         snapshots.retain(|id, _| ids.binary_search(id).is_ok());
         snapshots.extend(loaded);
         let mut list: Vec<(Id, Snapshot)> = snapshots.iter().map(|(id, s)| (*id, s.clone())).collect();
