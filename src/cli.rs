@@ -106,9 +106,45 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct PruneArgs {
-    /// Only say how many objects and bytes would be deleted
+    /// Only say which packs would be deleted and repacked, and what that would download and upload
     #[arg(short = 'n', long)]
     pub dry_run: bool,
+    #[command(flatten)]
+    pub repack: RepackArgs,
+}
+
+/// How prune treats packs that are partly unused.
+#[derive(Args, Debug)]
+pub struct RepackArgs {
+    /// Repack packs whose unused share exceeds PERCENT (default 10; 100 never repacks)
+    #[arg(long, value_name = "PERCENT", default_value = "10", value_parser = percent)]
+    pub max_unused: f64,
+    /// Repack at most SIZE of packs in this run (e.g. 2G); the rest waits for the next prune
+    #[arg(long, value_name = "SIZE", value_parser = size)]
+    pub max_repack: Option<u64>,
+}
+
+impl RepackArgs {
+    pub fn options(&self, dry_run: bool) -> coffer_core::prune::PruneOptions {
+        coffer_core::prune::PruneOptions {
+            dry_run,
+            max_unused_percent: self.max_unused,
+            max_repack_bytes: self.max_repack,
+            ..Default::default()
+        }
+    }
+}
+
+fn percent(text: &str) -> Result<f64, String> {
+    let t = text.trim().trim_end_matches('%');
+    match t.parse::<f64>() {
+        Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
+        _ => Err(format!("{text:?} is not a percentage from 0 to 100")),
+    }
+}
+
+fn size(text: &str) -> Result<u64, String> {
+    coffer_core::exclude::parse_size(text).map_err(|e| e.to_string())
 }
 
 #[derive(Args, Debug)]
@@ -382,6 +418,8 @@ pub struct ForgetArgs {
     /// Then delete the data no remaining snapshot references (as `coffer prune`)
     #[arg(long)]
     pub prune: bool,
+    #[command(flatten)]
+    pub repack: RepackArgs,
 }
 
 #[derive(Subcommand, Debug)]

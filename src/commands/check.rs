@@ -28,11 +28,17 @@ pub fn run(g: &GlobalArgs, a: &CheckArgs) -> Result<u8> {
     } else {
         if !g.quiet {
             println!(
-                "checked {} snapshots, {} trees, {} chunks{}",
+                "checked {} snapshots, {} trees, {} chunks in {} packs of {} index objects{}",
                 report.snapshots,
                 report.trees,
                 report.chunks,
-                if read == ReadData::None { String::new() } else { format!(" ({} chunks read)", report.chunks_read) }
+                report.packs,
+                report.indexes,
+                if read == ReadData::None {
+                    String::new()
+                } else {
+                    format!(" ({} packs and {} chunks read)", report.packs_read, report.chunks_read)
+                }
             );
         }
         for d in &report.damage {
@@ -47,6 +53,12 @@ pub fn run(g: &GlobalArgs, a: &CheckArgs) -> Result<u8> {
         let (t, c) = (report.unreferenced_trees.len(), report.unreferenced_chunks.len());
         if !g.quiet && t + c > 0 {
             println!("info: {t} trees and {c} chunks are not referenced by any snapshot (a prune removes them)");
+        }
+        if !g.quiet && !report.unindexed_packs.is_empty() {
+            println!(
+                "info: {} packs are in no index (an interrupted backup's); the next backup indexes them",
+                report.unindexed_packs.len()
+            );
         }
         if report.is_clean() {
             if !g.quiet {

@@ -171,8 +171,8 @@ pub fn run(g: &GlobalArgs, a: &ForgetArgs) -> Result<u8> {
             println!();
         }
         let options = coffer_core::prune::PruneOptions {
-            dry_run: a.dry_run,
             assume_forgotten: if a.dry_run { removed.clone() } else { Vec::new() },
+            ..a.repack.options(a.dry_run)
         };
         let outcome = coffer_core::prune::prune(&repo, &options)?;
         super::prune::report(g, &outcome, a.dry_run)?;

@@ -1,5 +1,5 @@
 use anyhow::Result;
-use coffer_core::prune::{self, PruneOptions};
+use coffer_core::prune;
 
 use crate::cli::{GlobalArgs, PruneArgs};
 use crate::exit;
@@ -7,7 +7,7 @@ use crate::output::bytes;
 
 pub fn run(g: &GlobalArgs, a: &PruneArgs) -> Result<u8> {
     let repo = crate::repository::open(g)?;
-    let outcome = prune::prune(&repo, &PruneOptions { dry_run: a.dry_run, ..PruneOptions::default() })?;
+    let outcome = prune::prune(&repo, &a.repack.options(a.dry_run))?;
     report(g, &outcome, a.dry_run)?;
     Ok(exit::OK)
 }
@@ -31,6 +31,16 @@ pub fn report(g: &GlobalArgs, outcome: &prune::PruneOutcome, dry_run: bool) -> R
             outcome.trees_deleted,
             outcome.chunks_deleted,
             bytes(outcome.bytes_deleted)
+        );
+        let (delete, repack) = if dry_run { ("would delete", "would repack") } else { ("deleted", "repacked") };
+        println!(
+            "packs: {delete} {}, {repack} {} (downloading {}, uploading {}), kept {} with {} unused",
+            outcome.packs_deleted,
+            outcome.packs_repacked,
+            bytes(outcome.bytes_to_download),
+            bytes(outcome.bytes_to_upload),
+            outcome.packs_kept,
+            bytes(outcome.unused_bytes_kept)
         );
     }
     if outcome.missing > 0 {

@@ -1,12 +1,15 @@
-//! Verifying a repository: every snapshot decrypts, every tree reachable
-//! from them decrypts and parses under its id, every chunk they reference is
-//! listed by the store, and, when asked, every such chunk (or a subset) is
-//! downloaded and authenticated. Damage is reported with the snapshots and
-//! paths that depend on the damaged object; objects no snapshot references
-//! are reported for information only (an interrupted backup or a `forget`
+//! Verifying a repository: every snapshot decrypts; every index object
+//! decrypts and its packs are stored at the length it gives; every pack's
+//! header agrees with the index; every tree reachable from the snapshots
+//! decrypts and parses under its id; every chunk they reference is in an
+//! indexed pack; and, when asked, every pack (or a subset) is downloaded,
+//! hashed against its id, and every blob in it authenticated. Damage is
+//! reported with the snapshots and paths that depend on the damaged object
+//! (for a pack, on any blob in it); objects no snapshot references are
+//! reported for information only (an interrupted backup or a `forget`
 //! leaves them, and a prune removes them).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -15,22 +18,24 @@ use futures_util::StreamExt;
 use crate::crypto::ObjectKind;
 use crate::error::{Error, Result};
 use crate::id::Id;
-use crate::repo::{Repository, fetch};
+use crate::index::{BlobLocation, BlobSet, PackInfo};
+use crate::pack::{PackKind, pack_key};
+use crate::repo::{Repository, fetch_blob};
 use crate::snapshot::Snapshot;
-use crate::tree::{ChunkRef, NodeKind, Tree};
+use crate::tree::{NodeKind, Tree};
 
-/// Which chunks `--read-data` downloads.
+/// Which packs `--read-data` downloads.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum ReadData {
     None,
     All,
-    /// restic's `N/M`: chunks whose id's first byte modulo M is N - 1, so
+    /// restic's `N/M`: packs whose id's first byte modulo M is N - 1, so
     /// that running 1/M … M/M in turn reads everything once.
     Bucket {
         n: u32,
         m: u32,
     },
-    /// A random share of the referenced chunks (at least one).
+    /// A random share of the packs (at least one).
     Percent(f64),
 }
 
@@ -65,12 +70,12 @@ pub struct Usage {
 /// A damaged or missing object.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Damage {
-    /// `snapshot`, `tree` or `chunk`.
+    /// `snapshot`, `index`, `data pack`, `tree pack`, `tree` or `chunk`.
     pub kind: &'static str,
     pub id: Id,
     /// `missing`, or what is wrong with it.
     pub problem: String,
-    /// What depends on it (empty for a snapshot).
+    /// What depends on it (empty for a snapshot or an index object).
     pub used_by: Vec<Usage>,
 }
 
@@ -81,7 +86,16 @@ pub struct CheckReport {
     pub chunks: u64,
     /// Chunks downloaded and authenticated (`--read-data`).
     pub chunks_read: u64,
+    /// Packs the index names and the store lists.
+    pub packs: u64,
+    /// Packs downloaded and hashed (`--read-data`).
+    pub packs_read: u64,
+    /// Index objects read.
+    pub indexes: u64,
     pub damage: Vec<Damage>,
+    /// Packs no index object names (an interrupted backup's; the next
+    /// backup indexes them): information, not damage.
+    pub unindexed_packs: Vec<Id>,
     pub unreferenced_trees: Vec<Id>,
     pub unreferenced_chunks: Vec<Id>,
 }
@@ -102,20 +116,35 @@ fn problem(e: &Error) -> String {
     }
 }
 
-/// Chunks selected for reading.
-fn select(chunks: &HashMap<Id, u32>, read: ReadData) -> Vec<ChunkRef> {
-    let mut all: Vec<ChunkRef> = chunks.iter().map(|(id, len)| ChunkRef(*id, *len)).collect();
-    all.sort_by_key(|c| c.0);
+/// Packs selected for reading.
+fn select(packs: &[PackInfo], read: ReadData) -> Vec<PackInfo> {
+    let mut all: Vec<PackInfo> = packs.to_vec();
+    all.sort_by_key(|p| p.id);
     match read {
         ReadData::None => Vec::new(),
         ReadData::All => all,
-        ReadData::Bucket { n, m } => all.into_iter().filter(|c| u32::from(c.0.0[0]) % m == n - 1).collect(),
+        ReadData::Bucket { n, m } => all.into_iter().filter(|p| u32::from(p.id.0[0]) % m == n - 1).collect(),
         ReadData::Percent(p) => {
             let want = ((all.len() as f64 * p / 100.0) as usize).max(1).min(all.len());
-            let mut keyed: Vec<(Id, ChunkRef)> = all.into_iter().map(|c| (Id::random(), c)).collect();
+            let mut keyed: Vec<(Id, PackInfo)> = all.into_iter().map(|p| (Id::random(), p)).collect();
             keyed.sort_by_key(|k| k.0);
-            keyed.into_iter().take(want).map(|(_, c)| c).collect()
+            keyed.into_iter().take(want).map(|(_, p)| p).collect()
         }
+    }
+}
+
+/// Damage found, keyed by what is damaged.
+#[derive(Default)]
+struct Found {
+    /// Blobs: (kind, id) → problem.
+    blobs: HashMap<Id, (&'static str, String)>,
+    /// Packs: id → (kind, problem).
+    packs: BTreeMap<Id, (PackKind, String)>,
+}
+
+impl Found {
+    fn pack(&mut self, kind: PackKind, id: Id, problem: String) {
+        self.packs.entry(id).or_insert((kind, problem));
     }
 }
 
@@ -135,16 +164,32 @@ pub fn check(repo: &Repository, read: ReadData) -> Result<CheckReport> {
     }
     report.snapshots = snapshots.len() as u64;
 
+    // The index, against fresh listings of the packs. Cached index objects
+    // authenticate as fetched ones do, so the cache may serve them.
+    let loaded = crate::index::load(repo)?;
+    let mut found = Found::default();
+    report.indexes = loaded.indexes.len() as u64;
+    for (id, e) in &loaded.unreadable {
+        report.damage.push(Damage { kind: "index", id: *id, problem: problem(e), used_by: Vec::new() });
+    }
+    for (kind, id) in &loaded.mismatched {
+        let size = loaded.listed.get(id).map_or(0, |l| l.1);
+        found.pack(*kind, *id, format!("damaged: it is stored with {size} bytes, not the length its index gives"));
+    }
+    for (kind, id, e) in &loaded.unreadable_packs {
+        found.pack(*kind, *id, format!("in no index, and its header cannot be read: {}", problem(e)));
+    }
+    report.unindexed_packs = loaded.recovered.packs.iter().map(|p| p.id).collect();
+    let set = repo.set_blob_set(loaded.blobs);
+    report.packs = set.packs().len() as u64;
+
     // Trees, level by level from the roots, each distinct tree once, with
     // many fetches in flight.
-    let listed_chunks: HashSet<Id> = repo.list_ids(ObjectKind::Chunk)?.into_iter().collect();
-    let listed_trees = repo.list_ids(ObjectKind::Tree)?;
     let mut seen: HashSet<Id> = HashSet::new();
-    let mut bad: HashMap<Id, (&'static str, String)> = HashMap::new();
     let mut chunks: HashMap<Id, u32> = HashMap::new();
     let mut level: Vec<Id> = snapshots.iter().map(|(_, s)| s.tree).filter(|t| seen.insert(*t)).collect();
     while !level.is_empty() {
-        let fetched = fetch_all(repo, ObjectKind::Tree, std::mem::take(&mut level));
+        let fetched = fetch_all(repo, &set, ObjectKind::Tree, std::mem::take(&mut level));
         for (id, stored) in fetched {
             match stored.and_then(|b| repo.decode_tree(&id, &b)) {
                 Ok(tree) => {
@@ -156,50 +201,79 @@ pub fn check(repo: &Repository, read: ReadData) -> Result<CheckReport> {
                     }
                 }
                 Err(e) => {
-                    bad.insert(id, ("tree", problem(&e)));
+                    found.blobs.insert(id, ("tree", problem(&e)));
                 }
             }
         }
     }
     report.trees = seen.len() as u64;
     report.chunks = chunks.len() as u64;
-    for id in chunks.keys().filter(|id| !listed_chunks.contains(id)) {
-        bad.insert(*id, ("chunk", "missing".into()));
+    for id in chunks.keys().filter(|id| !set.contains(ObjectKind::Chunk, id)) {
+        found.blobs.insert(*id, ("chunk", "missing".into()));
     }
 
-    // Chunk contents.
-    let to_read: Vec<ChunkRef> = select(&chunks, read).into_iter().filter(|c| listed_chunks.contains(&c.0)).collect();
-    report.chunks_read = to_read.len() as u64;
-    for (id, e) in read_chunks(repo, to_read) {
-        bad.insert(id, ("chunk", problem(&e)));
+    // Packs: downloaded whole and hashed when asked, else their headers
+    // compared with the index.
+    let to_read = select(set.packs(), read);
+    let read_ids: HashSet<Id> = to_read.iter().map(|p| p.id).collect();
+    let headers_only: Vec<PackInfo> = set.packs().iter().filter(|p| !read_ids.contains(&p.id)).copied().collect();
+    let mut by_pack: HashMap<Id, Vec<(Id, BlobLocation)>> = HashMap::new();
+    for (id, loc) in set.iter() {
+        by_pack.entry(loc.pack).or_default().push((id, loc));
+    }
+    for (pack, problem) in compare_headers(repo, &headers_only, &by_pack) {
+        found.pack(pack.kind, pack.id, problem);
+    }
+    report.packs_read = to_read.len() as u64;
+    let outcome = read_packs(repo, &to_read, &by_pack, &chunks);
+    report.chunks_read = outcome.chunks_read;
+    for (pack, problem) in outcome.packs {
+        found.pack(pack.kind, pack.id, problem);
+    }
+    for (id, kind, e) in outcome.blobs {
+        found.blobs.entry(id).or_insert((kind, problem(&e)));
     }
 
-    let mut unreferenced_trees: Vec<Id> = listed_trees.into_iter().filter(|t| !seen.contains(t)).collect();
-    unreferenced_trees.sort();
-    let mut unreferenced_chunks: Vec<Id> = listed_chunks.into_iter().filter(|c| !chunks.contains_key(c)).collect();
-    unreferenced_chunks.sort();
-    report.unreferenced_trees = unreferenced_trees;
-    report.unreferenced_chunks = unreferenced_chunks;
+    let referenced = |kind: ObjectKind, id: &Id| match kind {
+        ObjectKind::Tree => seen.contains(id),
+        _ => chunks.contains_key(id),
+    };
+    report.unreferenced_trees = set.ids(ObjectKind::Tree).into_iter().filter(|t| !referenced(ObjectKind::Tree, t)).collect();
+    report.unreferenced_chunks =
+        set.ids(ObjectKind::Chunk).into_iter().filter(|c| !referenced(ObjectKind::Chunk, c)).collect();
 
-    if !bad.is_empty() {
-        let usage = attribute(repo, &snapshots, &bad)?;
-        let mut damage: Vec<Damage> = bad
+    if !found.blobs.is_empty() || !found.packs.is_empty() {
+        // A damaged pack affects whatever uses a blob in it.
+        let mut wanted: HashMap<Id, (&'static str, String)> = found.blobs.clone();
+        for pack in found.packs.keys() {
+            for (id, loc) in by_pack.get(pack).into_iter().flatten() {
+                wanted.entry(*id).or_insert((if loc.kind == PackKind::Tree { "tree" } else { "chunk" }, String::new()));
+            }
+        }
+        let usage = attribute(repo, &snapshots, &wanted)?;
+        let used = |ids: &mut dyn Iterator<Item = Id>| {
+            let mut v: Vec<Usage> = ids.flat_map(|id| usage.get(&id).cloned().unwrap_or_default()).collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        let mut damage: Vec<Damage> = found
+            .blobs
             .into_iter()
-            .map(|(id, (kind, problem))| {
-                let mut used_by = usage.get(&id).cloned().unwrap_or_default();
-                used_by.sort();
-                used_by.dedup();
-                Damage { kind, id, problem, used_by }
-            })
+            .map(|(id, (kind, problem))| Damage { kind, id, problem, used_by: used(&mut std::iter::once(id)) })
             .collect();
+        for (id, (kind, problem)) in found.packs {
+            let blobs = by_pack.get(&id).map(|b| b.iter().map(|(id, _)| *id).collect::<Vec<_>>()).unwrap_or_default();
+            damage.push(Damage { kind: kind.name(), id, problem, used_by: used(&mut blobs.into_iter()) });
+        }
         damage.sort_by(|a, b| (a.kind, a.id).cmp(&(b.kind, b.id)));
         report.damage.extend(damage);
     }
     Ok(report)
 }
 
-/// Fetches objects with the backend's concurrency.
-fn fetch_all(repo: &Repository, kind: ObjectKind, ids: Vec<Id>) -> Vec<(Id, Result<Vec<u8>>)> {
+/// Fetches blobs with the backend's concurrency.
+fn fetch_all(repo: &Repository, set: &BlobSet, kind: ObjectKind, ids: Vec<Id>) -> Vec<(Id, Result<Vec<u8>>)> {
     let backend = repo.backend().clone();
     let concurrency = backend.concurrency().max(1);
     let limit = repo.stored_limit(kind);
@@ -207,61 +281,179 @@ fn fetch_all(repo: &Repository, kind: ObjectKind, ids: Vec<Id>) -> Vec<(Id, Resu
         futures_util::stream::iter(ids)
             .map(|id| {
                 let backend = backend.clone();
-                async move { (id, fetch(&*backend, kind, &id, limit).await) }
+                async move { (id, fetch_blob(&*backend, set, kind, &id, limit).await) }
             })
             .buffer_unordered(concurrency)
             .collect(),
     )
 }
 
-/// Plaintext bytes of chunks being downloaded or decoded at once: enough to
-/// keep many requests in flight at the average chunk size, while a run of
-/// maximum-size chunks cannot take more memory than this.
-const READ_BUDGET: u32 = 64 * 1024 * 1024;
+/// Whether a pack's header lists every blob the index puts in it, at the
+/// same place.
+fn header_problem(header: &[crate::pack::PackEntry], expected: &[(Id, BlobLocation)]) -> Option<String> {
+    let entries: HashMap<Id, (u32, u32)> = header.iter().map(|e| (e.id, (e.offset, e.length))).collect();
+    let wrong = expected.iter().filter(|(id, loc)| entries.get(id) != Some(&(loc.offset, loc.length))).count();
+    (wrong > 0).then(|| format!("damaged: its header disagrees with the index on {wrong} blobs"))
+}
 
-/// Downloads and authenticates chunks (decryption with the id bound, the id
-/// recomputed from the plaintext, the length the trees recorded); returns
-/// the failures. Decoding runs on rayon's pool; the backend's concurrency
-/// bounds the requests in flight and [`READ_BUDGET`] the bytes.
-fn read_chunks(repo: &Repository, chunks: Vec<ChunkRef>) -> Vec<(Id, Error)> {
+/// Reads the header of each pack (one or two ranged reads) and compares it
+/// with the index.
+fn compare_headers(
+    repo: &Repository,
+    packs: &[PackInfo],
+    by_pack: &HashMap<Id, Vec<(Id, BlobLocation)>>,
+) -> Vec<(PackInfo, String)> {
     let backend = repo.backend().clone();
-    let keys = repo.keys().clone();
-    let repo_id = *repo.repo_id();
-    let max_len = repo.max_chunk_len();
-    let limit = repo.stored_limit(ObjectKind::Chunk);
+    let (keys, repo_id) = (repo.keys().clone(), *repo.repo_id());
     let concurrency = backend.concurrency().max(1);
-    let budget = Arc::new(tokio::sync::Semaphore::new(READ_BUDGET as usize));
-    let failures: Vec<Option<(Id, Error)>> = repo.runtime().block_on(
-        futures_util::stream::iter(chunks)
-            .map(|chunk| {
-                let (backend, keys, budget) = (backend.clone(), Arc::clone(&keys), Arc::clone(&budget));
+    let results: Vec<Option<(PackInfo, String)>> = repo.runtime().block_on(
+        futures_util::stream::iter(packs.iter().copied())
+            .map(|pack| {
+                let (backend, keys) = (backend.clone(), keys.clone());
                 async move {
-                    // Held until decoded. A chunk larger than the whole budget
-                    // waits for everything else to finish.
-                    let _permit = match budget.acquire_many_owned(chunk.1.clamp(1, READ_BUDGET)).await {
-                        Ok(p) => p,
-                        Err(e) => return Some((chunk.0, Error::InvalidInput(format!("read budget: {e}")))),
-                    };
-                    let stored = match fetch(&*backend, ObjectKind::Chunk, &chunk.0, limit).await {
-                        Ok(b) => b,
-                        Err(e) => return Some((chunk.0, e)),
-                    };
-                    let (done, decoded) = tokio::sync::oneshot::channel();
-                    rayon::spawn(move || {
-                        let r = crate::repo::decode_chunk_ref(&keys, &repo_id, max_len, &chunk, stored).map(drop);
-                        let _ = done.send(r);
-                    });
-                    match decoded.await {
-                        Ok(Ok(())) => None,
-                        Ok(Err(e)) => Some((chunk.0, e)),
-                        Err(e) => Some((chunk.0, Error::InvalidInput(format!("decoding task failed: {e}")))),
+                    let header =
+                        crate::pack::fetch_header(&*backend, &keys, &repo_id, pack.kind, &pack.id, pack.length).await;
+                    let expected = by_pack.get(&pack.id).map(Vec::as_slice).unwrap_or_default();
+                    match header {
+                        Ok(entries) => header_problem(&entries, expected).map(|p| (pack, p)),
+                        Err(e) => Some((pack, problem(&e))),
                     }
                 }
             })
             .buffer_unordered(concurrency)
             .collect(),
     );
-    failures.into_iter().flatten().collect()
+    results.into_iter().flatten().collect()
+}
+
+/// Bytes of packs being downloaded or checked at once, unless a single pack
+/// is larger: enough to keep a few requests in flight.
+const READ_BUDGET: u64 = 128 * 1024 * 1024;
+
+#[derive(Default)]
+struct ReadOutcome {
+    chunks_read: u64,
+    packs: Vec<(PackInfo, String)>,
+    blobs: Vec<(Id, &'static str, Error)>,
+}
+
+/// Downloads packs whole: each must hash to its id and its header agree
+/// with the index, and every blob the index puts in it must authenticate
+/// (decryption with the id bound, the id recomputed from the plaintext, a
+/// chunk's length as the trees recorded it). Checking runs on rayon's pool;
+/// the backend's concurrency bounds the requests in flight and
+/// [`READ_BUDGET`] the bytes.
+fn read_packs(
+    repo: &Repository,
+    packs: &[PackInfo],
+    by_pack: &HashMap<Id, Vec<(Id, BlobLocation)>>,
+    chunk_lens: &HashMap<Id, u32>,
+) -> ReadOutcome {
+    let backend = repo.backend().clone();
+    let keys = repo.keys().clone();
+    let repo_id = *repo.repo_id();
+    let max_chunk = repo.max_chunk_len();
+    let concurrency = backend.concurrency().clamp(1, 8);
+    let budget_cap = packs.iter().map(|p| p.length).max().unwrap_or(0).max(READ_BUDGET);
+    let budget = Arc::new(tokio::sync::Semaphore::new(budget_cap.min(u32::MAX as u64) as usize));
+    let results: Vec<ReadOutcome> = repo.runtime().block_on(
+        futures_util::stream::iter(packs.iter().copied())
+            .map(|pack| {
+                let (backend, keys, budget) = (backend.clone(), Arc::clone(&keys), Arc::clone(&budget));
+                let expected: Vec<(Id, BlobLocation)> = by_pack.get(&pack.id).cloned().unwrap_or_default();
+                let lens: Vec<Option<u32>> = expected.iter().map(|(id, _)| chunk_lens.get(id).copied()).collect();
+                async move {
+                    let mut out = ReadOutcome::default();
+                    let want = pack.length.clamp(1, budget_cap).min(u32::MAX as u64) as u32;
+                    let _permit = match budget.acquire_many_owned(want).await {
+                        Ok(p) => p,
+                        Err(e) => {
+                            out.packs.push((pack, format!("unreadable: read budget: {e}")));
+                            return out;
+                        }
+                    };
+                    let bytes = match backend.get(&pack_key(pack.kind, &pack.id), pack.length).await {
+                        Ok(b) => b,
+                        Err(e) if e.is_not_found() => {
+                            out.packs.push((pack, "missing".into()));
+                            return out;
+                        }
+                        Err(e) => {
+                            out.packs.push((pack, problem(&Error::from(e))));
+                            return out;
+                        }
+                    };
+                    let (done, checked) = tokio::sync::oneshot::channel();
+                    rayon::spawn(move || {
+                        let _ = done.send(check_pack(&keys, &repo_id, max_chunk, pack, &bytes, &expected, &lens));
+                    });
+                    checked.await.unwrap_or_else(|e| ReadOutcome {
+                        packs: vec![(pack, format!("unreadable: checking task failed: {e}"))],
+                        ..ReadOutcome::default()
+                    })
+                }
+            })
+            .buffer_unordered(concurrency)
+            .collect(),
+    );
+    let mut all = ReadOutcome::default();
+    for r in results {
+        all.chunks_read += r.chunks_read;
+        all.packs.extend(r.packs);
+        all.blobs.extend(r.blobs);
+    }
+    all
+}
+
+/// Checks one downloaded pack (see [`read_packs`]).
+fn check_pack(
+    keys: &crate::crypto::Keys,
+    repo_id: &[u8; 32],
+    max_chunk: usize,
+    pack: PackInfo,
+    bytes: &[u8],
+    expected: &[(Id, BlobLocation)],
+    lens: &[Option<u32>],
+) -> ReadOutcome {
+    let mut out = ReadOutcome::default();
+    match crate::pack::verify(keys, repo_id, pack.kind, &pack.id, bytes) {
+        Ok(header) => {
+            if let Some(p) = header_problem(&header, expected) {
+                out.packs.push((pack, p));
+            }
+        }
+        Err(e) => out.packs.push((pack, problem(&e))),
+    }
+    // Every blob, even when the pack as a whole failed: that names the
+    // blobs that are lost and spares those that are not.
+    for ((id, loc), len) in expected.iter().zip(lens) {
+        let kind = pack.kind.blob_kind();
+        let stored = usize::try_from(loc.offset)
+            .ok()
+            .and_then(|start| bytes.get(start..start.checked_add(loc.length as usize)?));
+        let Some(stored) = stored else {
+            out.blobs.push((*id, kind.name(), Error::corrupt(kind.name(), id.to_hex(), "it lies past the pack's end")));
+            continue;
+        };
+        let result = match (kind, len) {
+            (ObjectKind::Chunk, Some(len)) => {
+                out.chunks_read += 1;
+                crate::repo::decode_chunk_ref(keys, repo_id, max_chunk, &crate::tree::ChunkRef(*id, *len), stored.to_vec())
+                    .map(drop)
+            }
+            (ObjectKind::Chunk, None) => {
+                out.chunks_read += 1;
+                crate::blob::decode(keys, repo_id, kind, id, stored, max_chunk).map(drop)
+            }
+            _ => crate::blob::decode(keys, repo_id, kind, id, stored, crate::repo::MAX_TREE_LEN)
+                .and_then(|plain| Tree::from_bytes(&id.to_hex(), &plain))
+                .map(drop),
+        };
+        if let Err(e) = result {
+            out.blobs.push((*id, kind.name(), e));
+        }
+    }
+    out
 }
 
 /// For each damaged object, the snapshots and paths that depend on it.
@@ -335,20 +527,21 @@ mod tests {
     }
 
     #[test]
-    fn buckets_partition_the_chunks() {
-        let chunks: HashMap<Id, u32> = (0..=255u8).map(|b| (Id([b; 32]), 1)).collect();
+    fn buckets_partition_the_packs() {
+        let packs: Vec<PackInfo> =
+            (0..=255u8).map(|b| PackInfo { id: Id([b; 32]), kind: PackKind::Data, length: 1 }).collect();
         let mut all = Vec::new();
         for n in 1..=3 {
-            let part = select(&chunks, ReadData::Bucket { n, m: 3 });
-            assert!(part.iter().all(|c| u32::from(c.0.0[0]) % 3 == n - 1));
-            all.extend(part.into_iter().map(|c| c.0));
+            let part = select(&packs, ReadData::Bucket { n, m: 3 });
+            assert!(part.iter().all(|p| u32::from(p.id.0[0]) % 3 == n - 1));
+            all.extend(part.into_iter().map(|p| p.id));
         }
         all.sort();
-        assert_eq!(all.len(), 256, "every chunk in exactly one bucket");
+        assert_eq!(all.len(), 256, "every pack in exactly one bucket");
         all.dedup();
         assert_eq!(all.len(), 256);
-        assert_eq!(select(&chunks, ReadData::Percent(10.0)).len(), 25);
-        assert_eq!(select(&chunks, ReadData::Percent(0.01)).len(), 1, "at least one");
-        assert_eq!(select(&chunks, ReadData::None).len(), 0);
+        assert_eq!(select(&packs, ReadData::Percent(10.0)).len(), 25);
+        assert_eq!(select(&packs, ReadData::Percent(0.01)).len(), 1, "at least one");
+        assert_eq!(select(&packs, ReadData::None).len(), 0);
     }
 }

@@ -185,6 +185,8 @@ pub struct Loaded {
     pub unreadable: Vec<(Id, Error)>,
     /// Every listed pack and its length.
     pub listed: HashMap<Id, (PackKind, u64)>,
+    /// The index objects themselves, when asked for (prune rewrites them).
+    pub objects: Vec<(Id, Index)>,
 }
 
 /// [`load_async`] on the calling thread.
@@ -197,6 +199,12 @@ pub fn load(repo: &crate::Repository) -> Result<Loaded> {
 /// that exist are those of listed packs, at the length their index gives,
 /// and those of listed packs no index names, read from their headers.
 pub async fn load_async(repo: &crate::Repository) -> Result<Loaded> {
+    load_with(repo, false).await
+}
+
+/// [`load_async`], keeping the index objects read in [`Loaded::objects`]
+/// when `keep_objects` is set.
+pub async fn load_with(repo: &crate::Repository, keep_objects: bool) -> Result<Loaded> {
     use futures_util::StreamExt;
     let backend = repo.backend();
     let mut ids: Vec<Id> = backend
@@ -248,10 +256,12 @@ pub async fn load_async(repo: &crate::Repository) -> Result<Loaded> {
     }
     let mut loaded = Loaded::default();
     let mut indexes = Vec::new();
+    let mut names = Vec::new();
     for (id, index) in opened {
         match index {
             Ok(index) => {
                 loaded.indexes.push(id);
+                names.push(id);
                 indexes.push(index);
             }
             Err(e) => {
@@ -290,6 +300,9 @@ pub async fn load_async(repo: &crate::Repository) -> Result<Loaded> {
     loaded.recovered = indexes.pop().unwrap_or_default();
     loaded.mismatched = mismatched.into_iter().collect();
     loaded.listed = listed;
+    if keep_objects {
+        loaded.objects = names.into_iter().zip(indexes).collect();
+    }
     Ok(loaded)
 }
 

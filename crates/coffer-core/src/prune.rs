@@ -1,20 +1,28 @@
-//! Prune: delete every tree and chunk that no snapshot references.
+//! Prune: delete the packs that hold nothing a snapshot references, and
+//! repack those that hold mostly garbage.
 //!
 //! The protocol (invariant 6), so that a backup running at the same time is
-//! never blocked for long and never loses a chunk it decided to reuse:
+//! never blocked for long and never loses a blob it decided to reuse:
 //!
 //! 1. Under a **shared** lock: list the snapshots (set S1), mark every tree
-//!    and chunk they reach, then list `trees/` and `chunks/`. The candidates
-//!    are what is listed and not marked. Backups run alongside; anything
-//!    they upload after the listing is not a candidate.
-//! 2. Release the shared lock and take the **exclusive** one. It cannot be
+//!    and chunk they reach, and load the index against fresh listings of
+//!    the packs. Each pack is then kept, deleted (no marked blob in it), or
+//!    repacked (its unused share is above `--max-unused`, within
+//!    `--max-repack` bytes). Backups run alongside; what they upload after
+//!    the index was loaded is not considered.
+//! 2. Still under the shared lock, repack: the marked blobs of the packs to
+//!    repack are read with ranged reads and written, as they are (never
+//!    decrypted), into new packs, which the packer indexes as they complete.
+//! 3. Release the shared lock and take the **exclusive** one. It cannot be
 //!    had while any backup holds its shared lock, so every backup that could
-//!    have reused a candidate has finished (or given up) by now.
-//! 3. List the snapshots again (S2). A snapshot in S2 but not in S1 was
-//!    written by a backup that ran between the listings and may reuse
-//!    candidates: mark what it reaches and take that out of the candidates.
-//! 4. Bump the generation (so that copies of the chunk set taken before are
-//!    distrusted), delete the candidates, release.
+//!    have reused a blob of a doomed pack has finished (or given up).
+//! 4. List the snapshots again (S2). A snapshot in S2 but not in S1 was
+//!    written by a backup that ran meanwhile: mark what it reaches, and keep
+//!    every doomed pack holding one of those blobs that no new pack has.
+//! 5. Write the index of every kept pack as new index objects, then delete
+//!    the index objects read in step 1, then the doomed packs. A crash
+//!    anywhere leaves each blob of every snapshot in an indexed, or at worst
+//!    listed and unindexed, pack (which the next load reads from its header).
 //!
 //! Marking stops at the first snapshot or tree that cannot be read: deleting
 //! on a partial view would lose data. Trees come through
@@ -28,16 +36,30 @@ use futures_util::StreamExt;
 use crate::crypto::ObjectKind;
 use crate::error::{Error, Result};
 use crate::id::Id;
+use crate::index::{BlobLocation, Index, IndexedPack, Loaded};
 use crate::lock::{LockGuard, PRUNE};
-use crate::repo::{Repository, parse_object_key};
+use crate::pack::{PackKind, pack_key};
+use crate::packer::{Packer, plan_reads};
+use crate::repo::{Repository, object_key};
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct PruneOptions {
-    /// Mark and count, delete nothing (and take no exclusive lock).
+    /// Plan and count, change nothing (and take no exclusive lock).
     pub dry_run: bool,
     /// Snapshots to leave out of the marking as if they were gone: what
     /// `forget --prune --dry-run` would free, with nothing removed.
     pub assume_forgotten: Vec<Id>,
+    /// A pack whose unused bytes exceed this share (in percent) of its
+    /// length is repacked; 100 never repacks.
+    pub max_unused_percent: f64,
+    /// At most this many bytes of packs are repacked in one run.
+    pub max_repack_bytes: Option<u64>,
+}
+
+impl Default for PruneOptions {
+    fn default() -> Self {
+        PruneOptions { dry_run: false, assume_forgotten: Vec::new(), max_unused_percent: 10.0, max_repack_bytes: None }
+    }
 }
 
 /// What prune found and did.
@@ -49,12 +71,28 @@ pub struct PruneOutcome {
     pub snapshots_added_meanwhile: usize,
     pub trees_kept: usize,
     pub chunks_kept: usize,
-    /// Deleted, or with `dry_run` would be.
+    /// Unreferenced blobs removed from the repository (or, with `dry_run`,
+    /// that would be), by deleting or repacking their packs.
     pub trees_deleted: usize,
     pub chunks_deleted: usize,
-    /// Stored bytes of the deleted objects.
+    /// Stored bytes of the packs deleted, repacked ones included.
     pub bytes_deleted: u64,
-    /// Objects the snapshots reference that the listing did not show: damage
+    /// Packs deleted because nothing in them is used.
+    pub packs_deleted: usize,
+    /// Packs whose used blobs were copied into new packs, then deleted.
+    pub packs_repacked: usize,
+    /// Packs left as they are.
+    pub packs_kept: usize,
+    /// Bytes of blobs read to repack.
+    pub bytes_to_download: u64,
+    /// Bytes of new packs written (an estimate when `dry_run`).
+    pub bytes_to_upload: u64,
+    /// Unused bytes left in kept packs (below `--max-unused`, or beyond
+    /// `--max-repack`).
+    pub unused_bytes_kept: u64,
+    /// Index objects replaced by new ones.
+    pub index_objects_replaced: usize,
+    /// Objects the snapshots reference that are in no stored pack: damage
     /// that prune leaves as it is (`coffer check` reports where).
     pub missing: usize,
 }
@@ -66,12 +104,31 @@ pub(crate) struct Marks {
     pub(crate) chunks: HashSet<Id>,
 }
 
-/// One listed object that may go.
-struct Candidate {
-    key: String,
-    id: Id,
-    size: u64,
-    tree: bool,
+impl Marks {
+    fn has(&self, kind: PackKind, id: &Id) -> bool {
+        match kind {
+            PackKind::Data => self.chunks.contains(id),
+            PackKind::Tree => self.trees.contains(id),
+        }
+    }
+}
+
+/// What becomes of one pack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fate {
+    Keep,
+    Delete,
+    Repack,
+}
+
+/// A stored pack as the index and the marks see it.
+struct PackUse {
+    pack: IndexedPack,
+    /// Stored bytes of its blobs that are used, counting only the copy the
+    /// blob set chose (a blob stored twice is used in one pack).
+    used_bytes: u64,
+    used_blobs: usize,
+    fate: Fate,
 }
 
 pub fn prune(repo: &Repository, options: &PruneOptions) -> Result<PruneOutcome> {
@@ -81,70 +138,242 @@ pub fn prune(repo: &Repository, options: &PruneOptions) -> Result<PruneOutcome> 
     for id in &options.assume_forgotten {
         s1.remove(id);
     }
+    let loaded = repo.runtime().block_on(crate::index::load_with(repo, true))?;
+    let Loaded { blobs, objects, recovered, indexes, .. } = loaded;
+    let set = repo.set_blob_set(blobs);
     let mut marks = Marks::default();
     mark_snapshots(repo, &s1, &mut marks, Some(&shared))?;
-    let mut candidates = Vec::new();
-    let mut listed = HashSet::new();
-    for (prefix, tree) in [("trees/", true), ("chunks/", false)] {
-        let kind = if tree { ObjectKind::Tree } else { ObjectKind::Chunk };
-        for entry in repo.runtime().block_on(repo.backend().list(prefix))? {
-            let Some(id) = parse_object_key(kind, &entry.key) else { continue };
-            // A zero-length object is a truncated write: absent for backups,
-            // garbage for prune, unless something references it.
-            if entry.size > 0 {
-                listed.insert((tree, id));
-            }
-            let marked = if tree { marks.trees.contains(&id) } else { marks.chunks.contains(&id) };
-            if !marked {
-                candidates.push(Candidate { key: entry.key, id, size: entry.size, tree });
-            }
-        }
-    }
-    outcome.missing = marks.trees.iter().filter(|id| !listed.contains(&(true, **id))).count()
-        + marks.chunks.iter().filter(|id| !listed.contains(&(false, **id))).count();
+    outcome.missing = marks.trees.iter().filter(|id| !set.contains(ObjectKind::Tree, id)).count()
+        + marks.chunks.iter().filter(|id| !set.contains(ObjectKind::Chunk, id)).count();
     if outcome.missing > 0 {
         tracing::warn!(
             "{} objects referenced by snapshots are missing from the repository; run `coffer check`",
             outcome.missing
         );
     }
-    shared.check()?;
-    shared.release()?;
+
+    let mut packs = plan(&set, objects.iter().map(|(_, i)| i).chain(std::iter::once(&recovered)), &marks, options);
+    count(&mut outcome, &marks, &packs);
     if options.dry_run {
         outcome.snapshots = s1.len();
-        count(&mut outcome, &marks, &candidates);
+        shared.release()?;
         return Ok(outcome);
     }
+    let nothing_to_do = packs.iter().all(|p| p.fate == Fate::Keep);
+    if nothing_to_do {
+        shared.release()?;
+        outcome.snapshots = s1.len();
+        return Ok(outcome);
+    }
+
+    // Repack under the shared lock, as a backup stores: new packs first.
+    let packer = Packer::new(repo.backend().clone(), repo.keys().clone(), *repo.repo_id(), repo.packer_options())
+        .with_cache(repo.cache_dir());
+    let mut copied: HashSet<(PackKind, Id)> = HashSet::new();
+    let repack: Vec<&PackUse> = packs.iter().filter(|p| p.fate == Fate::Repack).collect();
+    let (downloaded, uploaded) = repack_packs(repo, &packer, &repack, &set, &marks, &shared, &mut copied)?;
+    outcome.bytes_to_download = downloaded;
+    outcome.bytes_to_upload = uploaded;
+    shared.check()?;
+    shared.release()?;
 
     let exclusive = repo.lock_exclusive(PRUNE)?;
     let s2: HashSet<Id> = repo.list_ids(ObjectKind::Snapshot)?.into_iter().collect();
     let added: HashSet<Id> = s2.difference(&s1).copied().collect();
     if !added.is_empty() {
         tracing::info!("{} snapshots were written while prune was marking; marking them too", added.len());
-        mark_snapshots(repo, &added, &mut marks, Some(&exclusive))?;
-        candidates.retain(|c| if c.tree { !marks.trees.contains(&c.id) } else { !marks.chunks.contains(&c.id) });
+        let mut late = Marks::default();
+        mark_snapshots(repo, &added, &mut late, Some(&exclusive))?;
+        // A doomed pack holding a blob a new snapshot uses, which no new
+        // pack has, is kept.
+        for p in packs.iter_mut().filter(|p| p.fate != Fate::Keep) {
+            let needed = p.pack.blobs.iter().any(|b| late.has(p.pack.kind, &b.id) && !copied.contains(&(p.pack.kind, b.id)));
+            if needed {
+                p.fate = Fate::Keep;
+            }
+        }
+        marks.trees.extend(late.trees);
+        marks.chunks.extend(late.chunks);
+        count(&mut outcome, &marks, &packs);
     }
+    outcome.bytes_to_download = downloaded;
+    outcome.bytes_to_upload = uploaded;
     outcome.snapshots = s2.len();
     outcome.snapshots_added_meanwhile = added.len();
-    count(&mut outcome, &marks, &candidates);
-    if candidates.is_empty() {
-        exclusive.release()?;
-        return Ok(outcome);
-    }
 
     exclusive.check()?;
+    // The index of every kept pack, in new objects, before the old ones go.
+    let kept: Vec<IndexedPack> = packs.iter().filter(|p| p.fate == Fate::Keep).map(|p| p.pack.clone()).collect();
+    repo.runtime().block_on(async {
+        for part in split_index(kept) {
+            packer.write_index(part).await?;
+        }
+        repo.backend().sync().await.map_err(Error::from)
+    })?;
     repo.runtime().block_on(repo.bump_generation())?;
-    delete(repo, &candidates, &exclusive)?;
+    let old_indexes: Vec<String> = indexes.iter().map(|id| object_key(ObjectKind::Index, id)).collect();
+    delete(repo, &old_indexes, &exclusive)?;
+    outcome.index_objects_replaced = old_indexes.len();
+    for id in &indexes {
+        repo.forget_cached(ObjectKind::Index, id);
+    }
+    let doomed: Vec<String> =
+        packs.iter().filter(|p| p.fate != Fate::Keep).map(|p| pack_key(p.pack.kind, &p.pack.id)).collect();
+    delete(repo, &doomed, &exclusive)?;
+    for p in packs.iter().filter(|p| p.fate != Fate::Keep && p.pack.kind == PackKind::Tree) {
+        for b in p.pack.blobs.iter().filter(|b| !marks.trees.contains(&b.id)) {
+            repo.forget_cached(ObjectKind::Tree, &b.id);
+        }
+    }
+    repo.forget_blob_set();
     exclusive.release()?;
     Ok(outcome)
 }
 
-fn count(outcome: &mut PruneOutcome, marks: &Marks, candidates: &[Candidate]) {
+/// Decides each pack's fate. Packs that several index objects list count
+/// once; a pack whose blobs were all chosen from other copies is unused.
+fn plan<'a>(
+    set: &crate::index::BlobSet,
+    indexes: impl Iterator<Item = &'a Index>,
+    marks: &Marks,
+    options: &PruneOptions,
+) -> Vec<PackUse> {
+    let stored: HashSet<Id> = set.packs().iter().map(|p| p.id).collect();
+    let mut seen = HashSet::new();
+    let mut packs = Vec::new();
+    for p in indexes.flat_map(|i| &i.packs) {
+        // Packs the set left out (not listed, or listed at another length)
+        // are damage for `check` and `repair`, not prune's to delete.
+        if !stored.contains(&p.id) || !seen.insert(p.id) {
+            continue;
+        }
+        let mut used_bytes = 0;
+        let mut used_blobs = 0;
+        for b in &p.blobs {
+            let chosen = set.get(p.kind.blob_kind(), &b.id).is_some_and(|l| l.pack == p.id && l.offset == b.offset);
+            if chosen && marks.has(p.kind, &b.id) {
+                used_bytes += u64::from(b.length);
+                used_blobs += 1;
+            }
+        }
+        let fate = if used_blobs == 0 { Fate::Delete } else { Fate::Keep };
+        packs.push(PackUse { pack: p.clone(), used_bytes, used_blobs, fate });
+    }
+    // Repack the packs with the largest unused share first, within the
+    // byte budget.
+    // Of its blobs' bytes: a pack's header and padding are no garbage, and
+    // counting them would repack small packs over and over.
+    let unused_share = |p: &PackUse| 1.0 - p.used_bytes as f64 / blob_bytes(&p.pack).max(1) as f64;
+    let mut order: Vec<usize> = (0..packs.len())
+        .filter(|&i| packs[i].fate == Fate::Keep && unused_share(&packs[i]) * 100.0 > options.max_unused_percent)
+        .collect();
+    order.sort_by(|&a, &b| unused_share(&packs[b]).total_cmp(&unused_share(&packs[a])));
+    let mut budget = options.max_repack_bytes.unwrap_or(u64::MAX);
+    for i in order {
+        if packs[i].pack.length > budget {
+            continue;
+        }
+        budget -= packs[i].pack.length;
+        packs[i].fate = Fate::Repack;
+    }
+    packs
+}
+
+fn count(outcome: &mut PruneOutcome, marks: &Marks, packs: &[PackUse]) {
     outcome.trees_kept = marks.trees.len();
     outcome.chunks_kept = marks.chunks.len();
-    outcome.trees_deleted = candidates.iter().filter(|c| c.tree).count();
-    outcome.chunks_deleted = candidates.iter().filter(|c| !c.tree).count();
-    outcome.bytes_deleted = candidates.iter().map(|c| c.size).sum();
+    let gone = |p: &&PackUse| p.fate != Fate::Keep;
+    outcome.packs_deleted = packs.iter().filter(|p| p.fate == Fate::Delete).count();
+    outcome.packs_repacked = packs.iter().filter(|p| p.fate == Fate::Repack).count();
+    outcome.packs_kept = packs.iter().filter(|p| p.fate == Fate::Keep).count();
+    outcome.bytes_deleted = packs.iter().filter(gone).map(|p| p.pack.length).sum();
+    let unused = |p: &PackUse| p.pack.blobs.len() - p.used_blobs;
+    outcome.trees_deleted = packs.iter().filter(gone).filter(|p| p.pack.kind == PackKind::Tree).map(unused).sum();
+    outcome.chunks_deleted = packs.iter().filter(gone).filter(|p| p.pack.kind == PackKind::Data).map(unused).sum();
+    let repacked = packs.iter().filter(|p| p.fate == Fate::Repack);
+    outcome.bytes_to_download = repacked.clone().map(|p| p.used_bytes).sum();
+    // Blob bytes plus a header entry each; Padmé adds at most 12 %.
+    outcome.bytes_to_upload = repacked.map(|p| p.used_bytes + 44 * p.used_blobs as u64).sum();
+    outcome.unused_bytes_kept =
+        packs.iter().filter(|p| p.fate == Fate::Keep).map(|p| blob_bytes(&p.pack).saturating_sub(p.used_bytes)).sum();
+}
+
+/// The bytes of a pack's blobs.
+fn blob_bytes(pack: &IndexedPack) -> u64 {
+    pack.blobs.iter().map(|b| u64::from(b.length)).sum()
+}
+
+/// Copies the used blobs of `packs` into new packs, as they are stored
+/// (they stay encrypted: a blob's encoding does not depend on its pack).
+/// Returns the bytes read and the bytes of new packs written.
+fn repack_packs(
+    repo: &Repository,
+    packer: &Packer,
+    packs: &[&PackUse],
+    set: &crate::index::BlobSet,
+    marks: &Marks,
+    lock: &LockGuard,
+    copied: &mut HashSet<(PackKind, Id)>,
+) -> Result<(u64, u64)> {
+    if packs.is_empty() {
+        return Ok((0, 0));
+    }
+    let mut wanted: Vec<BlobLocation> = Vec::new();
+    let mut blobs: Vec<(ObjectKind, Id, u32)> = Vec::new();
+    for p in packs {
+        for b in &p.pack.blobs {
+            let kind = p.pack.kind.blob_kind();
+            let chosen = set.get(kind, &b.id).is_some_and(|l| l.pack == p.pack.id && l.offset == b.offset);
+            if chosen && marks.has(p.pack.kind, &b.id) && copied.insert((p.pack.kind, b.id)) {
+                wanted.push(BlobLocation { pack: p.pack.id, kind: p.pack.kind, offset: b.offset, length: b.length });
+                blobs.push((kind, b.id, b.raw_length));
+            }
+        }
+    }
+    let reads = plan_reads(&wanted, 0, 8 << 20);
+    let downloaded: u64 = reads.iter().map(|r| r.length).sum();
+    let backend = repo.backend();
+    let width = backend.concurrency().clamp(1, 8);
+    let stored = repo.runtime().block_on(async {
+        let mut fetches = futures_util::stream::iter(reads)
+            .map(|r| async move {
+                let bytes = backend.get_range(&pack_key(r.kind, &r.pack), r.offset, r.length).await;
+                (r, bytes)
+            })
+            .buffer_unordered(width);
+        while let Some((r, bytes)) = fetches.next().await {
+            lock.alive()?;
+            let bytes = bytes?;
+            for (i, range) in &r.parts {
+                let (kind, id, raw) = blobs[*i];
+                let blob = bytes.get(range.clone()).ok_or_else(|| {
+                    Error::corrupt(r.kind.name(), r.pack.to_hex(), "a ranged read came back short")
+                })?;
+                packer.add(kind, id, blob, raw).await?;
+            }
+        }
+        packer.flush().await
+    })?;
+    Ok((downloaded, stored.pack_bytes))
+}
+
+/// Splits the kept packs into index objects of at most some 100,000 blobs
+/// (4.4 MB of plaintext), well under what a reader accepts.
+fn split_index(packs: Vec<IndexedPack>) -> Vec<Vec<IndexedPack>> {
+    const BLOBS_PER_OBJECT: usize = 100_000;
+    let mut parts: Vec<Vec<IndexedPack>> = Vec::new();
+    let mut blobs = 0;
+    for p in packs {
+        if parts.is_empty() || blobs + p.blobs.len() > BLOBS_PER_OBJECT {
+            parts.push(Vec::new());
+            blobs = 0;
+        }
+        blobs += p.blobs.len();
+        if let Some(last) = parts.last_mut() {
+            last.push(p);
+        }
+    }
+    parts
 }
 
 /// Marks every tree and chunk reachable from `snapshots`, a level of the
@@ -199,25 +428,89 @@ pub(crate) fn mark_snapshots(
     })
 }
 
-/// Deletes the candidates, checking before each that the exclusive lock is
-/// still ours.
-fn delete(repo: &Repository, candidates: &[Candidate], lock: &LockGuard) -> Result<()> {
+/// Deletes objects, checking before each that the exclusive lock is still
+/// ours; durable when this returns.
+fn delete(repo: &Repository, keys: &[String], lock: &LockGuard) -> Result<()> {
     let backend = repo.backend();
     let width = backend.concurrency().max(1);
     repo.runtime().block_on(async {
-        let mut deletes = futures_util::stream::iter(candidates)
-            .map(|c| async move {
+        let mut deletes = futures_util::stream::iter(keys)
+            .map(|key| async move {
                 lock.alive()?;
-                backend.delete(&c.key).await.map_err(Error::from)
+                backend.delete(key).await.map_err(Error::from)
             })
             .buffer_unordered(width);
         while let Some(r) = deletes.next().await {
             r?;
         }
         backend.sync().await.map_err(Error::from)
-    })?;
-    for c in candidates.iter().filter(|c| c.tree) {
-        repo.forget_cached(ObjectKind::Tree, &c.id);
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::BlobSet;
+    use crate::pack::PackEntry;
+
+    fn id(n: u8) -> Id {
+        Id([n; 32])
     }
-    Ok(())
+
+    /// A data pack of four 1000-byte blobs numbered from `first`.
+    fn pack(n: u8, first: u8) -> IndexedPack {
+        let blobs = (0..4u8)
+            .map(|i| PackEntry { id: id(first + i), offset: u32::from(i) * 1000, length: 1000, raw_length: 900 })
+            .collect();
+        IndexedPack { id: id(200 + n), kind: PackKind::Data, length: 4100, blobs }
+    }
+
+    #[test]
+    fn packs_are_kept_deleted_or_repacked_by_their_unused_share() {
+        let index = Index { packs: vec![pack(0, 0), pack(1, 10), pack(2, 20), pack(3, 30)] };
+        let set = BlobSet::build(&[&index], |_, _| true);
+        let mut marks = Marks::default();
+        // Pack 0 fully used, pack 1 one blob used, pack 2 nothing, pack 3
+        // three of four.
+        marks.chunks.extend([0, 1, 2, 3, 10, 30, 31, 32].map(id));
+        let fates = |options: &PruneOptions| -> Vec<Fate> {
+            let packs = plan(&set, std::iter::once(&index), &marks, options);
+            packs.iter().map(|p| p.fate).collect()
+        };
+        let default = PruneOptions::default();
+        assert_eq!(fates(&default), [Fate::Keep, Fate::Repack, Fate::Delete, Fate::Repack]);
+        let lax = PruneOptions { max_unused_percent: 30.0, ..PruneOptions::default() };
+        assert_eq!(fates(&lax), [Fate::Keep, Fate::Repack, Fate::Delete, Fate::Keep]);
+        // The budget goes to the emptiest pack first.
+        let tight = PruneOptions { max_repack_bytes: Some(5000), ..PruneOptions::default() };
+        assert_eq!(fates(&tight), [Fate::Keep, Fate::Repack, Fate::Delete, Fate::Keep]);
+        let never = PruneOptions { max_unused_percent: 100.0, ..PruneOptions::default() };
+        assert_eq!(fates(&never), [Fate::Keep, Fate::Keep, Fate::Delete, Fate::Keep]);
+    }
+
+    #[test]
+    fn a_blob_stored_twice_is_used_in_one_pack_only() {
+        // Pack 1 repeats pack 0's blobs (a backup that uploaded them again).
+        let index = Index { packs: vec![pack(0, 0), pack(1, 0)] };
+        let set = BlobSet::build(&[&index], |_, _| true);
+        let mut marks = Marks::default();
+        marks.chunks.extend([0, 1, 2, 3].map(id));
+        let packs = plan(&set, std::iter::once(&index), &marks, &PruneOptions::default());
+        let fates: Vec<Fate> = packs.iter().map(|p| p.fate).collect();
+        assert_eq!(fates.iter().filter(|f| **f == Fate::Delete).count(), 1, "{fates:?}");
+        assert_eq!(fates.iter().filter(|f| **f == Fate::Keep).count(), 1, "{fates:?}");
+    }
+
+    #[test]
+    fn kept_packs_are_indexed_in_bounded_objects() {
+        let many: Vec<IndexedPack> = (0..60).map(|n| {
+            let mut p = pack(n, 0);
+            p.blobs = (0..4000).map(|i| PackEntry { id: Id::random(), offset: i * 10, length: 10, raw_length: 5 }).collect();
+            p
+        }).collect();
+        let parts = split_index(many);
+        assert_eq!(parts.len(), 3);
+        assert!(parts.iter().all(|p| p.iter().map(|p| p.blobs.len()).sum::<usize>() <= 100_000));
+        assert_eq!(parts.iter().map(Vec::len).sum::<usize>(), 60);
+    }
 }

@@ -1,12 +1,12 @@
 //! Repository statistics: how much the snapshots hold when restored, how
 //! much distinct data that is, and what it takes in the store.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use crate::crypto::ObjectKind;
 use crate::error::Result;
 use crate::id::Id;
-use crate::repo::{Repository, parse_object_key};
+use crate::repo::Repository;
 use crate::snapshot::Snapshot;
 use crate::tree::NodeKind;
 
@@ -22,11 +22,16 @@ pub struct Stats {
     pub unique_bytes: u64,
     /// Distinct trees referenced.
     pub trees: u64,
-    /// Stored size of the referenced chunk and tree objects (after
-    /// compression, padding and encryption), from a listing of the store.
+    /// Stored size of the referenced chunk and tree blobs (after
+    /// compression, padding and encryption), from the index.
     pub stored_bytes: u64,
-    /// Referenced chunks or trees that the store does not list.
+    /// Referenced chunks or trees in no stored pack.
     pub missing_objects: u64,
+    /// The whole repository as stored: packs and their bytes (all of them,
+    /// used or not, with their headers and padding), and index objects.
+    pub packs: u64,
+    pub pack_bytes: u64,
+    pub index_objects: u64,
 }
 
 impl Stats {
@@ -86,21 +91,16 @@ pub fn stats(repo: &Repository, snapshots: &[(Id, Snapshot)]) -> Result<Stats> {
     s.unique_bytes = w.chunks.values().map(|&n| u64::from(n)).sum();
     s.trees = w.totals.len() as u64;
 
-    let mut sizes: HashMap<(bool, Id), u64> = HashMap::new();
-    for (kind, prefix) in [(ObjectKind::Chunk, "chunks/"), (ObjectKind::Tree, "trees/")] {
-        for e in repo.runtime().block_on(repo.backend().list(prefix))? {
-            if let Some(id) = parse_object_key(kind, &e.key) {
-                sizes.insert((kind == ObjectKind::Chunk, id), e.size);
-            }
-        }
-    }
-    let referenced: HashSet<(bool, Id)> =
-        w.chunks.keys().map(|id| (true, *id)).chain(w.totals.keys().map(|id| (false, *id))).collect();
-    for key in referenced {
-        match sizes.get(&key) {
-            Some(size) => s.stored_bytes += size,
+    let loaded = crate::index::load(repo)?;
+    let referenced = w.chunks.keys().map(|id| (ObjectKind::Chunk, id)).chain(w.totals.keys().map(|id| (ObjectKind::Tree, id)));
+    for (kind, id) in referenced {
+        match loaded.blobs.get(kind, id) {
+            Some(loc) => s.stored_bytes += u64::from(loc.length),
             None => s.missing_objects += 1,
         }
     }
+    s.packs = loaded.listed.len() as u64;
+    s.pack_bytes = loaded.listed.values().map(|(_, size)| size).sum();
+    s.index_objects = (loaded.indexes.len() + loaded.unreadable.len()) as u64;
     Ok(s)
 }
