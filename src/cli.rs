@@ -93,12 +93,12 @@ pub enum Command {
     Stats(StatsArgs),
     /// Show what changed between two snapshots
     Diff(DiffArgs),
-    /// Verify the repository: snapshots, trees, chunks; with --read-data, the data itself
+    /// Verify the repository: snapshots, index, pack headers, trees, chunks; with --read-data, every pack's bytes
     Check(CheckArgs),
     /// Browse the snapshots as a read-only folder (FUSE), until unmounted or interrupted
     #[cfg(all(feature = "mount", target_os = "linux"))]
     Mount(MountArgs),
-    /// Delete the trees and chunks that no snapshot references
+    /// Delete the packs that hold nothing a snapshot references, and repack mostly-unused ones
     Prune(PruneArgs),
     /// Remove stale locks (left by processes that are gone)
     Unlock(UnlockArgs),
@@ -217,8 +217,8 @@ pub struct InitArgs {
     #[arg(long, hide = true, value_name = "BYTES")]
     pub chunk_size: Option<u32>,
     /// Target size of data packs, 4M to 512M (default 32M). Larger packs
-    /// mean fewer objects (cheaper cold storage); smaller ones less to
-    /// download when one file is restored.
+    /// mean fewer objects (cheaper cold storage, fewer requests); a pack is
+    /// the unit that prune repacks and check downloads.
     #[arg(long, value_name = "SIZE")]
     pub pack_size: Option<String>,
     /// Target size of tree packs, 4M to 512M (default 4M)
@@ -471,10 +471,10 @@ pub struct DiffArgs {
 
 #[derive(Args, Debug)]
 pub struct CheckArgs {
-    /// Also download and authenticate every chunk the snapshots reference
+    /// Also download every pack, check that it hashes to its name, and authenticate every blob in it
     #[arg(long, conflicts_with = "read_data_subset")]
     pub read_data: bool,
-    /// Download only a subset: N/M (chunks whose id's first byte modulo M is N-1) or P% (a random share)
+    /// Download only a subset of packs: N/M (packs whose id's first byte modulo M is N-1) or P% (a random share)
     #[arg(long, value_name = "N/M|P%", value_parser = read_subset)]
     pub read_data_subset: Option<coffer_core::check::ReadData>,
 }

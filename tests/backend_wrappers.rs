@@ -23,9 +23,11 @@ pub fn cheap_init() -> InitOptions {
 
 both_backends!(keeps_requests_in_flight);
 
-/// With 20 ms added to every request, backup and restore of 40 one-chunk
-/// files must keep many requests in flight: one at a time would make the
-/// latency, not the link, the limit.
+/// With 20 ms added to every request, neither backup nor restore of 40
+/// one-chunk files may pay it once per chunk: backup stores them in a
+/// handful of packs, and restore keeps many ranged reads in flight. One
+/// request per chunk at a time would make the latency, not the link, the
+/// limit.
 fn keeps_requests_in_flight(backend: Backend) {
     let env = &Env::new_on(backend);
     let inner = env.library_backend();
@@ -36,12 +38,15 @@ fn keeps_requests_in_flight(backend: Backend) {
     let slow = Arc::new(LatencyBackend::new(inner, Duration::from_millis(20)));
     let repo = Repository::init(slow.clone(), b"pw", &cheap_init()).expect("init");
     slow.reset_max_in_flight();
+    let puts = slow.wire_stats().puts;
     let outcome =
         archiver::backup(&repo, &BackupOptions { paths: vec![env.src.clone()], ..Default::default() }, &NoProgress)
             .expect("backup");
     assert!(outcome.snapshot.summary.chunks_added >= 32, "{:?}", outcome.snapshot.summary);
-    let backup_max = slow.max_in_flight();
-    assert!(backup_max >= 8, "backup kept only {backup_max} requests in flight");
+    // 24 MB in 32 MiB packs: at most the two open data packs and a tree
+    // pack, an index object, the snapshot and the lock's writes.
+    let backup_puts = slow.wire_stats().puts - puts;
+    assert!(backup_puts <= 8, "backup made {backup_puts} uploads for 40 chunks");
 
     slow.reset_max_in_flight();
     let target = env.path("restored");
@@ -92,62 +97,75 @@ fn parent_trees_are_fetched_in_parallel(backend: Backend) {
     let gets = slow.wire_stats().gets;
     archiver::backup(&repo, &options, &NoProgress).expect("re-backup");
     let third = slow.wire_stats().gets - gets;
-    // The same requests but every tree and the first snapshot: the second
-    // re-backup fetched both into the cache, and wrote its own snapshot there.
-    assert_eq!(second, third + 1 + trees, "second re-backup {second} GETs, third {third}, {trees} trees");
+    // The same requests but every tree, the first snapshot and the first
+    // backup's index object: the second re-backup fetched them into the
+    // cache, and wrote its own snapshot and index object there.
+    assert_eq!(second, third + 1 + 1 + trees, "second re-backup {second} GETs, third {third}, {trees} trees");
 }
 
-/// Ten files of one chunk each (300 kB, below the minimum chunk size).
-fn ten_files(env: &Env) {
-    for i in 0..10u64 {
-        env.write(&format!("f{i}"), &random_bytes(300_000, 200 + i));
+/// Forty files of one chunk each (300 kB, below the minimum chunk size):
+/// 12 MB, several 4 MiB packs.
+fn forty_files(env: &Env) {
+    for i in 0..40u64 {
+        env.write(&format!("f{i:02}"), &random_bytes(300_000, 200 + i));
     }
+}
+
+fn small_packs() -> InitOptions {
+    InitOptions { data_pack_size: 4 << 20, ..cheap_init() }
 }
 
 both_backends!(failed_uploads_leave_no_snapshot);
 
-/// Chunk uploads fail after the third: the backup fails naming the object,
-/// writes no snapshot, and the next backup reuses the three chunks stored.
+/// Pack uploads fail after the first: the backup fails naming the object and
+/// writes no snapshot; the pack that was stored is in no index, and the next
+/// backup reads its header and reuses its chunks.
 fn failed_uploads_leave_no_snapshot(backend: Backend) {
     let env = &Env::new_on(backend);
     let inner = env.library_backend();
-    ten_files(env);
+    forty_files(env);
     let faulty = Arc::new(FaultBackend::new(inner));
-    let repo = Repository::init(faulty.clone(), b"pw", &cheap_init()).expect("init");
-    faulty.add(Fault::after(Op::Put, "chunks/", 3, FaultKind::Permanent));
+    let repo = Repository::init(faulty.clone(), b"pw", &small_packs()).expect("init");
+    faulty.add(Fault::after(Op::Put, "data/", 1, FaultKind::Permanent));
     let options = BackupOptions { paths: vec![env.src.clone()], ..Default::default() };
     let err = archiver::backup(&repo, &options, &NoProgress).expect_err("the backup must fail").to_string();
-    assert!(err.contains("chunks/") && err.contains("injected failure"), "{err}");
+    assert!(err.contains("data/") && err.contains("injected failure"), "{err}");
     assert!(faulty.injected() >= 1);
     assert!(repo.list_ids(ObjectKind::Snapshot).unwrap().is_empty(), "a snapshot was written");
-    assert_eq!(repo.list_ids(ObjectKind::Chunk).unwrap().len(), 3);
+    assert!(repo.list_ids(ObjectKind::Index).unwrap().is_empty(), "no pack was indexed");
+    let kept = repo.list_ids(ObjectKind::Chunk).unwrap().len();
+    assert!((10..40).contains(&kept), "the stored pack's chunks count, from its header: {kept}");
 
     faulty.clear();
     let outcome = archiver::backup(&repo, &options, &NoProgress).expect("backup");
-    assert_eq!(outcome.snapshot.summary.chunks_added, 7, "{:?}", outcome.snapshot.summary);
+    assert_eq!(outcome.snapshot.summary.chunks_added as usize, 40 - kept, "{:?}", outcome.snapshot.summary);
     assert_eq!(repo.list_ids(ObjectKind::Snapshot).unwrap().len(), 1);
+    assert_eq!(repo.list_ids(ObjectKind::Chunk).unwrap().len(), 40);
 }
 
-both_backends!(cached_chunk_set_spares_the_chunk_listing);
+both_backends!(cached_index_objects_are_not_downloaded_again);
 
-/// With the chunk-set cache, a backup under an unchanged prune generation
-/// does not LIST `chunks/` at all: a listing that would fail does not matter.
-/// Once the generation changes it must list, and the failure shows.
-fn cached_chunk_set_spares_the_chunk_listing(backend: Backend) {
+/// Index objects are cached: a backup with the cache does not download
+/// them, so a read of `index/` that would fail does not happen. Without the
+/// cache the read fails, and the backup still knows every stored chunk, from
+/// the packs' headers.
+fn cached_index_objects_are_not_downloaded_again(backend: Backend) {
     let env = &Env::new_on(backend);
     let inner = env.library_backend();
-    ten_files(env);
+    forty_files(env);
     let faulty = Arc::new(FaultBackend::new(inner));
     let repo = Repository::init(faulty.clone(), b"pw", &cheap_init()).expect("init").with_cache(&env.path("cache"));
     let options = BackupOptions { paths: vec![env.src.clone()], ..Default::default() };
     archiver::backup(&repo, &options, &NoProgress).expect("first backup");
-    faulty.add(Fault::always(Op::List, "chunks/", FaultKind::Permanent));
+    faulty.add(Fault::always(Op::Get, "index/", FaultKind::Permanent));
     env.write("f-new", &random_bytes(300_000, 999));
-    let second = archiver::backup(&repo, &options, &NoProgress).expect("a backup trusting the cache");
+    let second = archiver::backup(&repo, &options, &NoProgress).expect("a backup reading the cached index");
     assert_eq!(second.snapshot.summary.chunks_added, 1);
-    assert_eq!(faulty.injected(), 0, "chunks/ was listed");
+    assert_eq!(faulty.injected(), 0, "an index object was downloaded");
 
-    repo.runtime().block_on(repo.bump_generation()).unwrap();
-    let err = archiver::backup(&repo, &options, &NoProgress).expect_err("a stale cache must not be trusted");
-    assert!(err.to_string().contains("LIST chunks/"), "{err}");
+    let uncached = Repository::open(faulty.clone(), b"pw").expect("open");
+    env.write("f-newer", &random_bytes(300_000, 1000));
+    let third = archiver::backup(&uncached, &options, &NoProgress).expect("a backup reading pack headers");
+    assert!(faulty.injected() >= 1, "the index objects were not read");
+    assert_eq!(third.snapshot.summary.chunks_added, 1, "{:?}", third.snapshot.summary);
 }

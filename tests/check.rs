@@ -1,13 +1,13 @@
 //! `coffer check`: a clean repository passes, and each kind of damage is
 //! found and named with the object and the snapshots and paths it affects.
 
-use std::path::PathBuf;
-
 use coffer_core::Id;
 use coffer_core::crypto::ObjectKind;
 use serde_json::Value;
 
-use crate::common::{Backend, Env, both_backends, object_file, open_repo, random_bytes, snapshot_node};
+use crate::common::{
+    Backend, Env, StoredBlob, both_backends, open_repo, pack_mates, random_bytes, snapshot_node, stored_blob,
+};
 
 /// Runs `check --json` with extra arguments; returns the exit code and report.
 fn check(env: &Env, args: &[&str]) -> (i32, Value) {
@@ -40,8 +40,29 @@ fn subtree_of(env: &Env, rel: &str) -> Id {
     snapshot_node(&open_repo(env), "latest", &env.src.join(rel)).subtree.expect("a folder")
 }
 
-fn chunk_file(env: &Env, id: &Id) -> PathBuf {
-    object_file(&env.repo, ObjectKind::Chunk, id)
+fn chunk_blob(env: &Env, id: &Id) -> StoredBlob {
+    stored_blob(&open_repo(env), ObjectKind::Chunk, id)
+}
+
+/// The damage entry of `kind` `id` in a report.
+fn damage_of<'a>(report: &'a Value, kind: &str, id: &Id) -> &'a Value {
+    let damage = report["damage"].as_array().expect("damage list");
+    damage
+        .iter()
+        .find(|d| d["kind"] == kind && d["id"] == id.to_hex().as_str())
+        .unwrap_or_else(|| panic!("no damage for {kind} {id}: {report:#}"))
+}
+
+/// The kinds and ids of every damage entry, sorted.
+fn damaged(report: &Value) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = report["damage"]
+        .as_array()
+        .expect("damage list")
+        .iter()
+        .map(|d| (d["kind"].as_str().unwrap().to_string(), d["id"].as_str().unwrap().to_string()))
+        .collect();
+    v.sort();
+    v
 }
 
 /// The single damaged object of a report, checked to be `kind` `id`.
@@ -93,19 +114,27 @@ both_backends!(flipped_byte_in_a_chunk_is_found_by_read_data);
 fn flipped_byte_in_a_chunk_is_found_by_read_data(backend: Backend) {
     let (env, snaps) = setup(backend);
     let id = chunk_of(&env, "dir_a/f1.bin");
-    let file = chunk_file(&env, &id);
-    let mut bytes = std::fs::read(&file).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0x01;
-    std::fs::write(&file, bytes).unwrap();
+    let blob = chunk_blob(&env, &id);
+    blob.flip(&env.repo, blob.length / 2);
 
-    // Without reading data, the chunk is listed and looks fine.
+    // Without reading data, the pack is listed at its length, its header
+    // agrees with the index, and it looks fine.
     assert_eq!(check(&env, &[]).0, 0);
     let (code, report) = check(&env, &["--read-data"]);
     assert_eq!(code, 1);
-    let d = only_damage(&report, "chunk", &id);
+    // The chunk that fails to decrypt, and its pack, which no longer hashes
+    // to its name; nothing else.
+    assert_eq!(
+        damaged(&report),
+        vec![("chunk".to_string(), id.to_hex()), ("data pack".to_string(), blob.pack.to_hex())],
+        "{report:#}"
+    );
+    let d = damage_of(&report, "chunk", &id);
     assert!(d["problem"].as_str().unwrap().starts_with("damaged"), "{d}");
     assert_eq!(used_by(d), in_both(&env, &snaps, "dir_a/f1.bin"));
+    let pack = damage_of(&report, "data pack", &blob.pack);
+    assert!(used_by(pack).iter().all(|u| snaps.contains(&u.0)), "{pack}");
+    assert!(used_by(pack).contains(&in_both(&env, &snaps, "dir_a/f1.bin")[0]), "{pack}");
     // The text report names the chunk and the file, on standard error.
     let out = env.coffer().args(["check", "--read-data"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -119,12 +148,21 @@ both_backends!(truncated_chunk_is_found_by_read_data);
 fn truncated_chunk_is_found_by_read_data(backend: Backend) {
     let (env, snaps) = setup(backend);
     let id = chunk_of(&env, "dir_b/f2.bin");
-    let file = chunk_file(&env, &id);
-    let bytes = std::fs::read(&file).unwrap();
-    std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
-    let (code, report) = check(&env, &["--read-data"]);
-    assert_eq!(code, 1);
-    assert_eq!(used_by(only_damage(&report, "chunk", &id)), in_both(&env, &snaps, "dir_b/f2.bin"));
+    let blob = chunk_blob(&env, &id);
+    let mates = pack_mates(&open_repo(&env), ObjectKind::Chunk, &id);
+    blob.truncate_pack(&env.repo);
+    // A pack shorter than its index says is found without reading data, and
+    // so with it; its chunks count as missing.
+    for args in [&[][..], &["--read-data"][..]] {
+        let (code, report) = check(&env, args);
+        assert_eq!(code, 1);
+        let pack = damage_of(&report, "data pack", &blob.pack);
+        assert!(pack["problem"].as_str().unwrap().starts_with("damaged"), "{pack}");
+        let d = damage_of(&report, "chunk", &id);
+        assert_eq!(d["problem"], "missing");
+        assert_eq!(used_by(d), in_both(&env, &snaps, "dir_b/f2.bin"));
+        assert_eq!(damaged(&report).len(), 1 + mates.len(), "the pack and each chunk in it: {report:#}");
+    }
 }
 
 both_backends!(deleted_chunk_is_found_without_reading_data);
@@ -132,16 +170,19 @@ both_backends!(deleted_chunk_is_found_without_reading_data);
 fn deleted_chunk_is_found_without_reading_data(backend: Backend) {
     let (env, snaps) = setup(backend);
     let id = chunk_of(&env, "dir_a/f1.bin");
-    std::fs::remove_file(chunk_file(&env, &id)).unwrap();
+    let mates = pack_mates(&open_repo(&env), ObjectKind::Chunk, &id);
+    std::fs::remove_file(chunk_blob(&env, &id).pack_file(&env.repo)).unwrap();
     let (code, report) = check(&env, &[]);
     assert_eq!(code, 1);
-    let d = only_damage(&report, "chunk", &id);
+    let d = damage_of(&report, "chunk", &id);
     assert_eq!(d["problem"], "missing");
     assert_eq!(used_by(d), in_both(&env, &snaps, "dir_a/f1.bin"));
-    // With --read-data it is reported once, not also as unreadable.
-    let (code, report) = check(&env, &["--read-data"]);
+    let expected: Vec<(String, String)> = mates.iter().map(|m| ("chunk".to_string(), m.to_hex())).collect();
+    assert_eq!(damaged(&report), expected, "every chunk of the deleted pack, and nothing else");
+    // With --read-data each is reported once, not also as unreadable.
+    let (code, again) = check(&env, &["--read-data"]);
     assert_eq!(code, 1);
-    only_damage(&report, "chunk", &id);
+    assert_eq!(damaged(&again), expected);
 }
 
 both_backends!(tree_swapped_with_another_tree_is_found);
@@ -150,8 +191,11 @@ fn tree_swapped_with_another_tree_is_found(backend: Backend) {
     let (env, snaps) = setup(backend);
     let a = subtree_of(&env, "dir_a");
     let b = subtree_of(&env, "dir_b");
-    // dir_b's tree object, renamed onto dir_a's key: a valid object, at the wrong name.
-    std::fs::copy(object_file(&env.repo, ObjectKind::Tree, &b), object_file(&env.repo, ObjectKind::Tree, &a)).unwrap();
+    // dir_b's tree blob, written over dir_a's in its pack: a valid blob, in
+    // the wrong place (the two listings have the same length).
+    let repo = open_repo(&env);
+    let (blob_a, blob_b) = (stored_blob(&repo, ObjectKind::Tree, &a), stored_blob(&repo, ObjectKind::Tree, &b));
+    blob_a.overwrite(&env.repo, &blob_b.read(&env.repo));
     let (code, report) = check(&env, &[]);
     assert_eq!(code, 1);
     let d = only_damage(&report, "tree", &a);
@@ -180,24 +224,26 @@ both_backends!(read_data_subsets);
 fn read_data_subsets(backend: Backend) {
     let (env, _) = setup(backend);
     let id = chunk_of(&env, "dir_a/f1.bin");
-    let file = chunk_file(&env, &id);
-    let mut bytes = std::fs::read(&file).unwrap();
-    bytes[10] ^= 0xff;
-    std::fs::write(&file, bytes).unwrap();
-    // Buckets 1/4 … 4/4 read every chunk exactly once, and only the bucket
-    // of the damaged chunk (first byte modulo 4, plus one) reports it.
-    let mut read = 0;
+    let blob = chunk_blob(&env, &id);
+    blob.flip(&env.repo, 10);
+    // Buckets 1/4 … 4/4 read every pack, so every chunk, exactly once, and
+    // only the bucket of the damaged chunk's pack (first byte of its id
+    // modulo 4, plus one) reports it.
+    let (mut read, mut packs_read) = (0, 0);
     for n in 1..=4u32 {
         let (code, report) = check(&env, &["--read-data-subset", &format!("{n}/4")]);
         read += report["chunks_read"].as_u64().unwrap();
-        let expected_here = u32::from(id.0[0]) % 4 == n - 1;
+        packs_read += report["packs_read"].as_u64().unwrap();
+        let expected_here = u32::from(blob.pack.0[0]) % 4 == n - 1;
         assert_eq!(code, if expected_here { 1 } else { 0 }, "bucket {n}/4: {report:#}");
     }
     assert_eq!(read, 2);
     let (code, report) = check(&env, &["--read-data-subset", "100%"]);
     assert_eq!((code, report["chunks_read"].as_u64()), (1, Some(2)));
+    let packs = report["packs"].as_u64().unwrap();
+    assert_eq!(packs_read, packs, "the buckets cover every pack");
     let (_, report) = check(&env, &["--read-data-subset", "50%"]);
-    assert_eq!(report["chunks_read"], 1);
+    assert_eq!(report["packs_read"].as_u64(), Some((packs / 2).max(1)), "{report:#}");
     let out = env.coffer().args(["check", "--read-data-subset", "0/4"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
@@ -233,8 +279,8 @@ fn check_over_s3() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["chunks_read"], 1);
-    // Remove the chunk from the bucket: found as missing.
-    let chunk = server.keys("bucket").into_iter().find(|k| k.starts_with("repo/chunks/")).expect("a chunk object");
+    // Remove the chunk's pack from the bucket: found as missing.
+    let chunk = server.keys("bucket").into_iter().find(|k| k.starts_with("repo/data/")).expect("a data pack");
     std::fs::remove_file(server.bucket_dir("bucket").join(&chunk)).unwrap();
     let out = s3::coffer(&env, &url).args(["check", "--json"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));

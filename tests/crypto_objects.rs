@@ -14,7 +14,8 @@ use coffer_core::Id;
 use coffer_core::crypto::ObjectKind;
 
 use crate::common::{
-    Env, dir_state, files_below, object_file, open_repo, random_bytes, snapshot_node, snapshots_json, stderr_of,
+    Env, dir_state, files_below, open_repo, random_bytes, snapshot_node, snapshots_json, stderr_of, stored_blob,
+    swap_blob,
 };
 
 fn chunk_ids(repo: &coffer_core::Repository, path: &Path) -> Vec<Id> {
@@ -35,8 +36,8 @@ fn chunk_stored_under_another_id_is_rejected() {
     let (a, b) = (chunk_ids(&repo, &env.src.join("a.bin")), chunk_ids(&repo, &env.src.join("b.bin")));
     assert_eq!((a.len(), b.len()), (1, 1));
     // b's chunk object now holds a's (valid) chunk.
-    std::fs::copy(object_file(&env.repo, ObjectKind::Chunk, &a[0]), object_file(&env.repo, ObjectKind::Chunk, &b[0]))
-        .unwrap();
+    let a_bytes = stored_blob(&repo, ObjectKind::Chunk, &a[0]).read(&env.repo);
+    swap_blob(&repo, ObjectKind::Chunk, &b[0], &a_bytes);
     assert!(repo.load_chunk(&b[0]).is_err(), "the library decoded a chunk stored under another id");
 
     let target = env.path("out");
@@ -60,8 +61,8 @@ fn tree_stored_under_another_id_is_rejected() {
     env.backup_json(&[]);
     let repo = open_repo(&env);
     let (one, two) = (subtree_id(&repo, &env.src.join("one")), subtree_id(&repo, &env.src.join("two")));
-    std::fs::copy(object_file(&env.repo, ObjectKind::Tree, &one), object_file(&env.repo, ObjectKind::Tree, &two))
-        .unwrap();
+    let one_bytes = stored_blob(&repo, ObjectKind::Tree, &one).read(&env.repo);
+    swap_blob(&repo, ObjectKind::Tree, &two, &one_bytes);
     assert!(repo.load_tree(&two).is_err(), "the library decoded a tree stored under another id");
     store_damage_is_found_by_check_not_hidden_by_cache(&env, &two, "two/only-in-two.txt", |l| {
         l.ends_with("two/only-in-one.txt")
@@ -99,8 +100,8 @@ fn root_tree_stored_under_another_id_is_rejected() {
     let repo = open_repo(&env);
     let (_, snap) = repo.find_snapshot("latest").unwrap();
     let x = subtree_id(&repo, &env.src.join("x"));
-    std::fs::copy(object_file(&env.repo, ObjectKind::Tree, &x), object_file(&env.repo, ObjectKind::Tree, &snap.tree))
-        .unwrap();
+    let x_bytes = stored_blob(&repo, ObjectKind::Tree, &x).read(&env.repo);
+    swap_blob(&repo, ObjectKind::Tree, &snap.tree, &x_bytes);
     store_damage_is_found_by_check_not_hidden_by_cache(&env, &snap.tree, "x/file.txt", |l| l == "/file.txt");
     for args in [vec!["--no-cache", "ls", "latest"], vec!["--no-cache", "restore", "latest", "--target", "out"]] {
         let out = env.coffer().current_dir(env.dir.path()).args(&args).output().unwrap();
@@ -151,8 +152,8 @@ fn chunk_copied_from_another_repository_is_rejected() {
     let cb = chunk_ids(&rb, &b.src.join("same.jpg"));
     assert_eq!((ca.len(), cb.len()), (1, 1));
     assert_ne!(ca, cb, "chunk ids are keyed per repository");
-    std::fs::copy(object_file(&a.repo, ObjectKind::Chunk, &ca[0]), object_file(&b.repo, ObjectKind::Chunk, &cb[0]))
-        .unwrap();
+    let a_bytes = stored_blob(&ra, ObjectKind::Chunk, &ca[0]).read(&a.repo);
+    swap_blob(&rb, ObjectKind::Chunk, &cb[0], &a_bytes);
     assert!(rb.load_chunk(&cb[0]).is_err());
 
     let target = b.path("out");
@@ -169,7 +170,8 @@ fn tree_copied_from_another_repository_is_rejected() {
     let (ra, rb) = (open_repo(&a), open_repo(&b));
     let ta = ra.find_snapshot("latest").unwrap().1.tree;
     let tb = rb.find_snapshot("latest").unwrap().1.tree;
-    std::fs::copy(object_file(&a.repo, ObjectKind::Tree, &ta), object_file(&b.repo, ObjectKind::Tree, &tb)).unwrap();
+    let a_bytes = stored_blob(&ra, ObjectKind::Tree, &ta).read(&a.repo);
+    swap_blob(&rb, ObjectKind::Tree, &tb, &a_bytes);
     store_damage_is_found_by_check_not_hidden_by_cache(&b, &tb, "other.txt", |l| l.contains(&*a.src.to_string_lossy()));
     let out = b.coffer().args(["--no-cache", "ls", "latest"]).output().unwrap();
     assert!(!out.status.success());

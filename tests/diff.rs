@@ -120,8 +120,8 @@ fn rewrite(
         node.subtree = Some(rewrite(repo, &node.subtree.unwrap(), &path[1..], change));
     }
     let (id, stored) = repo.encode_tree(&t);
-    let key = coffer_core::repo::object_key(coffer_core::crypto::ObjectKind::Tree, &id);
-    repo.runtime().block_on(repo.backend().put(&key, stored.into())).unwrap();
+    let raw = t.to_bytes().len() as u32;
+    crate::common::store_blobs(repo, coffer_core::crypto::ObjectKind::Tree, &[(id, stored, raw)]);
     id
 }
 

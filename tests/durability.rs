@@ -17,11 +17,11 @@ use coffer_core::{Error, Repository};
 
 use crate::common::{PASSWORD, random_bytes};
 
-/// The backup's pipeline is held at its first tree upload, after chunks
-/// were renamed into their folders, until the lock's refresh thread has
-/// synced (and so taken) those folders and the fsync of one of them failed.
-/// The backup's own final sync must then fail too: the chunk folder's
-/// rename may not be durable, so no snapshot may reference it.
+/// The backup's pipeline is held at its first tree pack upload, after its
+/// data pack was renamed into its folder, until the lock's refresh thread
+/// has synced (and so taken) that folder and its fsync failed. The backup's
+/// own sync must then fail too: the data pack's rename may not be durable,
+/// so no snapshot may reference it.
 #[test]
 fn a_folder_fsync_that_fails_in_a_lock_refresh_fails_the_backup() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -34,10 +34,10 @@ fn a_folder_fsync_that_fails_in_a_lock_refresh_fails_the_backup() {
     std::fs::create_dir_all(src.join("album")).expect("source");
     std::fs::write(src.join("album/photo.jpg"), random_bytes(3_000_000, 7)).expect("photo");
 
-    // One fsync of a chunk folder fails, as a failing disk's would.
-    local.fail_dir_fsyncs("/chunks/", 0, Some(1));
+    // One fsync of a data pack folder fails, as a failing disk's would.
+    local.fail_dir_fsyncs("/data/", 0, Some(1));
     let paused = PausingBackend::new(local.clone());
-    let first_tree = paused.pause_before(Op::Put, "trees/");
+    let first_tree = paused.pause_before(Op::Put, "tree/");
     let backend: Arc<dyn Backend> = paused.clone();
     let mut repo = Repository::open(backend, PASSWORD.as_bytes()).expect("open");
     // Refreshes every second, giving up after three.
@@ -51,14 +51,14 @@ fn a_folder_fsync_that_fails_in_a_lock_refresh_fails_the_backup() {
     first_tree.wait_reached();
     let deadline = Instant::now() + Duration::from_secs(60);
     while local.dir_fsync_faults_applied() == 0 {
-        assert!(Instant::now() < deadline, "no lock refresh synced a chunk folder within a minute");
+        assert!(Instant::now() < deadline, "no lock refresh synced a data pack folder within a minute");
         std::thread::sleep(Duration::from_millis(20));
     }
     first_tree.release();
 
     let (result, repo) = backup.join().expect("backup thread");
     let err = match result {
-        Ok(id) => panic!("the backup succeeded ({id:?}) although a chunk folder's fsync failed"),
+        Ok(id) => panic!("the backup succeeded ({id:?}) although a data pack folder's fsync failed"),
         Err(e) => e,
     };
     assert!(matches!(err, Error::Backend(_)), "the failed fsync is the error: {err}");

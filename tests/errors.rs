@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use coffer_core::crypto::ObjectKind;
 
 use crate::common::{
-    Backend, Env, PASSWORD, both_backends, dir_state, object_file, open_repo, random_bytes, snapshot_node,
-    snapshots_json, stderr_of,
+    Backend, Env, PASSWORD, both_backends, dir_state, open_repo, random_bytes, snapshot_node, snapshots_json,
+    stderr_of, stored_blob,
 };
 
 both_backends!(
@@ -300,9 +300,12 @@ fn unreadable_file_gives_a_partial_snapshot_and_exit_3(backend: Backend) {
 }
 
 /// Backs up two files and returns the environment and the chunk ids of each.
+/// The second file is added by a second backup, so that its chunks are in
+/// packs of their own and damage to those packs touches it alone.
 fn two_files_and_their_chunks(backend: Backend) -> (Env, Vec<coffer_core::Id>, Vec<coffer_core::Id>) {
     let env = Env::init_on(backend);
     env.write("photos/good.jpg", &random_bytes(200_000, 11));
+    env.backup_json(&[]);
     env.write("photos/bad.jpg", &random_bytes(150_000, 12));
     env.backup_json(&[]);
     let repo = open_repo(&env);
@@ -337,27 +340,27 @@ fn restore_with_bad_chunk(env: &Env, bad_chunk: &coffer_core::Id) {
 
 fn damaged_chunk_fails_only_its_file(backend: Backend) {
     let (env, _, bad) = two_files_and_their_chunks(backend);
-    let path = object_file(&env.repo, ObjectKind::Chunk, &bad[0]);
-    let mut stored = std::fs::read(&path).unwrap();
+    let blob = stored_blob(&open_repo(&env), ObjectKind::Chunk, &bad[0]);
+    let mut stored = blob.read(&env.repo);
     let mid = stored.len() / 2;
     for b in &mut stored[mid..mid + 16] {
         *b ^= 0x5a;
     }
-    std::fs::write(&path, &stored).unwrap();
+    blob.overwrite(&env.repo, &stored);
     restore_with_bad_chunk(&env, &bad[0]);
 }
 
 fn missing_chunk_fails_only_its_file(backend: Backend) {
     let (env, _, bad) = two_files_and_their_chunks(backend);
-    std::fs::remove_file(object_file(&env.repo, ObjectKind::Chunk, &bad[0])).unwrap();
+    let blob = stored_blob(&open_repo(&env), ObjectKind::Chunk, &bad[0]);
+    std::fs::remove_file(blob.pack_file(&env.repo)).unwrap();
     restore_with_bad_chunk(&env, &bad[0]);
 }
 
 fn truncated_chunk_fails_only_its_file(backend: Backend) {
     let (env, _, bad) = two_files_and_their_chunks(backend);
-    let path = object_file(&env.repo, ObjectKind::Chunk, &bad[0]);
-    let stored = std::fs::read(&path).unwrap();
-    std::fs::write(&path, &stored[..stored.len() - 100]).unwrap();
+    let blob = stored_blob(&open_repo(&env), ObjectKind::Chunk, &bad[0]);
+    blob.truncate_pack(&env.repo);
     restore_with_bad_chunk(&env, &bad[0]);
 }
 

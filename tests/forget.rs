@@ -111,16 +111,18 @@ fn policy_removes_snapshot_objects_only(backend: Backend) {
     let env = Env::init_on(backend);
     let s = five_snapshots(&env);
     let repo_files = |dir: &str| crate::common::files_below(&env.repo.join(dir));
-    let chunks = repo_files("chunks");
-    let trees = repo_files("trees");
+    let chunks = repo_files("data");
+    let trees = repo_files("tree");
+    let index = repo_files("index");
     // keep-within 1m of 10 June 12:00 reaches back to 10 May 12:00: only
     // 10 June itself. keep-last 2 adds 3 May.
     let report = forget_json(&env, &["--keep-within", "1m", "--keep-last", "2"]);
     assert_eq!(report["removed"].as_array().unwrap().len(), 3);
     assert_eq!(ids(&env), [s[3].clone(), s[4].clone()].into_iter().collect());
     assert_eq!(repo_files("snapshots").len(), 2);
-    assert_eq!(repo_files("chunks"), chunks, "forget leaves data for prune");
-    assert_eq!(repo_files("trees"), trees);
+    assert_eq!(repo_files("data"), chunks, "forget leaves data for prune");
+    assert_eq!(repo_files("tree"), trees);
+    assert_eq!(repo_files("index"), index);
     // Both kept ones still restore.
     let target = env.path("r");
     env.coffer().args(["restore", &s[3], "--target"]).arg(&target).assert().success();

@@ -103,12 +103,16 @@ impl Fixture {
 }
 
 /// Runs prune on its own handle in a thread.
+/// Any unused blob makes its pack repacked, so that what is left is
+/// exactly what the snapshots reference.
 fn spawn_prune(repo: Repository) -> std::thread::JoinHandle<coffer_core::Result<prune::PruneOutcome>> {
-    std::thread::spawn(move || prune::prune(&repo, &PruneOptions::default()))
+    std::thread::spawn(move || {
+        prune::prune(&repo, &PruneOptions { max_unused_percent: 0.0, ..PruneOptions::default() })
+    })
 }
 
-/// A backup of `a` is held right after its chunk listing (it will reuse the
-/// chunks of `a` it saw there) while snapshot `a` is deleted and prune marks.
+/// A backup of `a` is held right after its listing of the packs (it will
+/// reuse the chunks of `a` it saw in the index) while snapshot `a` is deleted and prune marks.
 /// Prune's exclusive phase must wait for the backup, and then find its new
 /// snapshot and keep what it reuses.
 fn paused_backup_survives_prune(fx: &Fixture, prune_clock_offset: jiff::SignedDuration) {
@@ -117,7 +121,7 @@ fn paused_backup_survives_prune(fx: &Fixture, prune_clock_offset: jiff::SignedDu
     // garbage, while the photo's chunks are reused from a.
     std::fs::write(fx.src_a.join("new.txt"), b"written after snapshot a").unwrap();
     let backup_backend = PausingBackend::new(fx.store.backend());
-    let listed = backup_backend.pause_after(Op::List, "chunks/");
+    let listed = backup_backend.pause_after(Op::List, "tree/");
     let backup_repo = open(backup_backend.clone(), slow);
     let src = fx.src_a.clone();
     let parent = fx.snap_a;
@@ -143,6 +147,10 @@ fn paused_backup_survives_prune(fx: &Fixture, prune_clock_offset: jiff::SignedDu
     assert_eq!(outcome.snapshots_added_meanwhile, 1, "{outcome:?}");
     assert!(outcome.trees_deleted > 0, "snapshot a's own trees go: {outcome:?}");
     assert_eq!(outcome.chunks_deleted, 0, "the photo's chunks are reused by the new snapshot: {outcome:?}");
+    // A pack holding both garbage of `a` and a blob the new snapshot reuses
+    // is kept whole by this prune; the next one repacks it.
+    fx.check(false);
+    spawn_prune(open(fx.store.backend(), LockSettings::default())).join().unwrap().expect("second prune");
     let snaps = fx.check(true);
     assert_eq!(snaps.len(), 2);
     assert!(snaps.contains(&new_snapshot) && snaps.contains(&fx.snap_b));
@@ -155,7 +163,7 @@ fn paused_backup_survives_prune(fx: &Fixture, prune_clock_offset: jiff::SignedDu
 fn backup_with_failing_refreshes_aborts(fx: &Fixture) {
     let quick = settings(Duration::from_secs(2), Duration::from_secs(120));
     let backup_backend = PausingBackend::new(fx.store.backend());
-    let listed = backup_backend.pause_after(Op::List, "chunks/");
+    let listed = backup_backend.pause_after(Op::List, "tree/");
     backup_backend.fail_after(Op::Put, "locks/", 1);
     let backup_repo = open(backup_backend.clone(), quick);
     let src = fx.src_a.clone();
@@ -178,7 +186,7 @@ fn backup_with_failing_refreshes_aborts(fx: &Fixture) {
 /// before the snapshot notices first.
 fn backup_whose_lock_is_removed_aborts(fx: &Fixture) {
     let backup_backend = PausingBackend::new(fx.store.backend());
-    let listed = backup_backend.pause_after(Op::List, "chunks/");
+    let listed = backup_backend.pause_after(Op::List, "tree/");
     let backup_repo = open(backup_backend.clone(), settings(Duration::from_secs(3), Duration::ZERO));
     let src = fx.src_a.clone();
     let backup_thread = std::thread::spawn(move || backup(&backup_repo, &src, ParentChoice::Auto));
@@ -198,13 +206,13 @@ fn backup_whose_lock_is_removed_aborts(fx: &Fixture) {
     assert_eq!(snaps, expected);
 }
 
-/// Two prunes at once: one is held after marking (holding its shared lock)
+/// Two prunes at once: one is held after its listing (holding its shared lock)
 /// while the other marks and waits for its exclusive phase; both finish.
 fn two_prunes_both_finish(fx: &Fixture) {
     fx.forget_a();
     let slow = settings(Duration::from_secs(20), Duration::ZERO);
     let first_backend = PausingBackend::new(fx.store.backend());
-    let marked = first_backend.pause_after(Op::List, "chunks/");
+    let marked = first_backend.pause_after(Op::List, "tree/");
     let first = spawn_prune(open(first_backend.clone(), slow));
     marked.wait_reached();
 
@@ -245,7 +253,7 @@ fn lock_lost_as_the_snapshot_lands(fx: &Fixture, pruned: bool) {
     let photo = crate::common::snapshot_node(&watcher, &fx.snap_a.to_string(), &fx.src_a.join("photo.jpg"));
     fx.forget_a();
     if pruned {
-        fx.store.remove(&object_key(ObjectKind::Chunk, &photo.content[0].0));
+        fx.store.remove(&crate::common::stored_blob(&watcher, ObjectKind::Chunk, &photo.content[0].0).pack_key);
     }
     written.release();
     let result = backup_thread.join().unwrap();
@@ -254,7 +262,7 @@ fn lock_lost_as_the_snapshot_lands(fx: &Fixture, pruned: bool) {
         match result {
             Err(Error::CommitLost { snapshot, reason }) => {
                 assert!(!snaps.contains(&snapshot), "the snapshot referencing a deleted chunk was removed");
-                assert!(reason.contains("1 chunks it references are missing"), "{reason}");
+                assert!(reason.contains("chunks it references are missing"), "{reason}");
             }
             other => panic!("the backup must fail and remove its snapshot: {other:?}"),
         }

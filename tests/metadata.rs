@@ -39,7 +39,8 @@ fn trees_are_cached_and_checked_on_every_read(backend: Backend) {
     let cached_snap = cache.join(object_key(ObjectKind::Snapshot, &id));
     let stored_snap = std::fs::read(env.repo.join(object_key(ObjectKind::Snapshot, &id))).unwrap();
     assert_eq!(std::fs::read(&cached_snap).unwrap(), stored_snap, "the snapshot, cached when the backup wrote it");
-    let stored_tree = std::fs::read(env.repo.join(object_key(ObjectKind::Tree, &snap.tree))).unwrap();
+    let root_blob = crate::common::stored_blob(&repo, ObjectKind::Tree, &snap.tree);
+    let stored_tree = root_blob.read(&env.repo);
     assert_eq!(std::fs::read(&cached_tree).unwrap(), stored_tree, "the stored bytes, as fetched");
 
     // A damaged copy is noticed, dropped and fetched again.
@@ -53,15 +54,15 @@ fn trees_are_cached_and_checked_on_every_read(backend: Backend) {
     assert_eq!(std::fs::read(&cached_tree).unwrap(), stored_tree);
 
     // Reads do come from the cache: with the repository's copy of the root
-    // tree gone, the cached one still serves; --no-cache reads the
-    // repository and reports the loss.
+    // tree gone (its pack), the cached one still serves; --no-cache reads
+    // the repository and reports the loss.
     let moved = env.path("moved-tree");
-    std::fs::rename(env.repo.join(object_key(ObjectKind::Tree, &snap.tree)), &moved).unwrap();
+    std::fs::rename(root_blob.pack_file(&env.repo), &moved).unwrap();
     env.coffer().args(["ls", "latest"]).assert().success();
     let out = env.coffer().args(["--no-cache", "ls", "latest"]).output().unwrap();
     assert!(!out.status.success());
     assert!(stderr_of(&out).contains("missing"), "{}", stderr_of(&out));
-    std::fs::rename(&moved, env.repo.join(object_key(ObjectKind::Tree, &snap.tree))).unwrap();
+    std::fs::rename(&moved, root_blob.pack_file(&env.repo)).unwrap();
 
     // A snapshot removed by another machine is gone at once.
     std::fs::remove_file(env.repo.join(object_key(ObjectKind::Snapshot, &id))).unwrap();

@@ -22,7 +22,7 @@ use coffer_core::{Id, Repository};
 use coffer_fuse::{Mount, MountOptions};
 
 use crate::common::s3::{self, S3Server};
-use crate::common::{Env, object_file, open_repo, random_bytes, snapshot_node, xorshift};
+use crate::common::{Env, open_repo, random_bytes, snapshot_node, stored_blob, xorshift};
 
 fn fuse_available() -> bool {
     if Path::new("/dev/fuse").exists() {
@@ -51,13 +51,10 @@ fn mount_point(env: &Env, name: &str) -> PathBuf {
     std::fs::canonicalize(env.dir.path()).unwrap().join(name)
 }
 
-/// Damages a chunk: flips a byte in the middle of its stored object.
+/// Damages a chunk: flips a byte in the middle of its stored blob.
 fn damage_chunk(env: &Env, chunk: &Id) {
-    let stored = object_file(&env.repo, ObjectKind::Chunk, chunk);
-    let mut bytes = std::fs::read(&stored).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0x55;
-    std::fs::write(&stored, &bytes).unwrap();
+    let blob = stored_blob(&open_repo(env), ObjectKind::Chunk, chunk);
+    blob.flip(&env.repo, blob.length / 2);
 }
 
 /// Waits until the mount's chunk cache holds an amount for which `enough`
@@ -857,7 +854,7 @@ fn a_damaged_chunk_met_by_prefetch_still_fails_its_read_with_eio() {
     let mut want = 0;
     for name in ["a.bin", "b.bin", "c.bin"] {
         for chunk in snapshot_node(&repo, "latest", &env.src.join(name)).content.iter().filter(|c| c.0 != bad) {
-            want += std::fs::metadata(object_file(&env.repo, ObjectKind::Chunk, &chunk.0)).unwrap().len();
+            want += stored_blob(&repo, ObjectKind::Chunk, &chunk.0).length;
         }
     }
     wait_for_cache(&m, |held| held >= want, "the files after a.bin were not fetched ahead");

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::common::{Backend, Env, both_backends, files_below, open_repo, random_bytes, snapshot_node};
 
@@ -63,7 +63,11 @@ fn names_and_contents_never_appear_in_the_repository(backend: Backend) {
     assert!(secrets.len() > 10, "{secrets:?}");
 
     let files = files_below(&env.repo);
-    assert!(files.iter().any(|f| f.starts_with("chunks")) && files.iter().any(|f| f.starts_with("trees")));
+    assert!(
+        files.iter().any(|f| f.starts_with("data"))
+            && files.iter().any(|f| f.starts_with("tree"))
+            && files.iter().any(|f| f.starts_with("index"))
+    );
     let mut scanned = 0;
     for rel in &files {
         let data = std::fs::read(env.repo.join(rel)).unwrap();
@@ -82,8 +86,9 @@ fn recorded_lengths(repo: &coffer_core::Repository, path: &Path) -> Vec<u32> {
     snapshot_node(repo, "latest", path).content.iter().map(|c| c.1).collect()
 }
 
-fn chunk_names(repo: &Path) -> BTreeSet<PathBuf> {
-    files_below(&repo.join("chunks")).into_iter().map(|p| PathBuf::from(p.file_name().unwrap())).collect()
+/// The chunk ids the repository stores (in its packs, as its index says).
+fn chunk_names(env: &Env) -> BTreeSet<coffer_core::Id> {
+    open_repo(env).list_ids(coffer_core::crypto::ObjectKind::Chunk).unwrap().into_iter().collect()
 }
 
 fn separate_repositories_cut_the_same_file_differently(backend: Backend) {
@@ -121,14 +126,14 @@ fn separate_repositories_cut_the_same_file_differently(backend: Backend) {
     assert_eq!(recorded_lengths(&ra, &a.src.join("known-file.raw")), split_a);
     assert_eq!(recorded_lengths(&rb, &b.src.join("known-file.raw")), split_b);
 
-    // And the object names have nothing in common.
-    let (na, nb) = (chunk_names(&a.repo), chunk_names(&b.repo));
+    // And the chunk ids, and the pack names, have nothing in common.
+    let (na, nb) = (chunk_names(&a), chunk_names(&b));
     assert_eq!(na.len(), split_a.len());
     assert_eq!(nb.len(), split_b.len());
     assert!(na.is_disjoint(&nb), "chunk names in common: {:?}", na.intersection(&nb).collect::<Vec<_>>());
     let (ta, tb) = (
-        files_below(&a.repo.join("trees")).into_iter().collect::<BTreeSet<_>>(),
-        files_below(&b.repo.join("trees")).into_iter().collect::<BTreeSet<_>>(),
+        files_below(&a.repo.join("tree")).into_iter().chain(files_below(&a.repo.join("data"))).collect::<BTreeSet<_>>(),
+        files_below(&b.repo.join("tree")).into_iter().chain(files_below(&b.repo.join("data"))).collect::<BTreeSet<_>>(),
     );
-    assert!(ta.is_disjoint(&tb), "tree names in common");
+    assert!(ta.is_disjoint(&tb), "pack names in common");
 }

@@ -59,18 +59,23 @@ fn prune_reclaims_exactly_the_unreferenced_objects(backend: Backend) {
     for id in &ids[..2] {
         std::fs::remove_file(env.repo.join(object_key(ObjectKind::Snapshot, id))).unwrap();
     }
+    // Packs holding any unused blob are repacked, so that exactly the
+    // referenced blobs are left (by default a pack is repacked only when
+    // more than 10 % of it is unused).
     let before = crate::common::files_below(&env.repo);
-    let dry = prune_json(&env, &["--dry-run"]);
+    let dry = prune_json(&env, &["--dry-run", "--max-unused", "0"]);
     assert_eq!(crate::common::files_below(&env.repo), before, "a dry run deletes nothing");
     assert!(dry["chunks_deleted"].as_u64().unwrap() >= 1, "photo0's chunk goes: {dry}");
     assert!(dry["bytes_deleted"].as_u64().unwrap() > 1_000_000, "{dry}");
-    let text = env.coffer().args(["prune", "--dry-run"]).output().unwrap();
+    let text = env.coffer().args(["prune", "--dry-run", "--max-unused", "0"]).output().unwrap();
     let text = String::from_utf8_lossy(&text.stdout).into_owned();
     let total = dry["trees_deleted"].as_u64().unwrap() + dry["chunks_deleted"].as_u64().unwrap();
     assert!(text.contains(&format!("would delete {total} objects")), "{text}");
 
-    let done = prune_json(&env, &[]);
+    let done = prune_json(&env, &["--max-unused", "0"]);
     assert_eq!(done["chunks_deleted"], dry["chunks_deleted"], "{done}");
+    assert_eq!(done["packs_deleted"], dry["packs_deleted"], "{done}");
+    assert_eq!(done["packs_repacked"], dry["packs_repacked"], "{done}");
     assert_eq!(done["trees_deleted"], dry["trees_deleted"], "{done}");
     assert_eq!(done["bytes_deleted"], dry["bytes_deleted"], "{done}");
     assert_exactly_reachable(&env);
@@ -187,15 +192,14 @@ fn a_backup_stopped_past_the_stale_time_aborts_when_resumed(backend: Backend) {
     env.write("photo.jpg", &random_bytes(1_500_000, 7));
     let first = backup_id(&env, &[]);
     std::fs::write(env.src.join("new.txt"), b"after the first snapshot").unwrap();
-    // Frozen right after listing the chunks it will reuse from `first`.
+    // Frozen right after listing the packs, its view of the stored chunks
+    // (it will reuse those of `first`) taken.
     let backup = env
         .coffer_process()
-        // Without the chunk-set cache, so that the backup does LIST chunks/
-        // and stops right after it, its view of the stored chunks taken.
         .args(["--no-cache", "backup", "--parent", &first.to_hex()])
         .arg(&env.src)
         .env("COFFER_LOCK_STALE_SECS", "2")
-        .env("COFFER_TEST_STOP_AFTER", "list:chunks/")
+        .env("COFFER_TEST_STOP_AFTER", "list:tree/")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -362,7 +366,7 @@ fn two_machines_running_forget_prune_at_once_both_finish(backend: Backend) {
         cmd
     };
 
-    let first = forget_prune("first").env("COFFER_TEST_STOP_AFTER", "list:chunks/").spawn().unwrap();
+    let first = forget_prune("first").env("COFFER_TEST_STOP_AFTER", "list:tree/").spawn().unwrap();
     wait_stopped(first.id());
     assert_eq!(repo.list_ids(ObjectKind::Snapshot).unwrap().len(), 1, "the first forgot before it was frozen");
     let (locks, _) = repo.locks().unwrap();

@@ -390,11 +390,8 @@ fn a_chunk_that_fails_to_decode_leaves_the_previous_copy_intact() {
     let node =
         crate::common::snapshot_node(&repo, "latest", &std::fs::canonicalize(env.src.join("photo.jpg")).unwrap());
     for coffer_core::tree::ChunkRef(id, _) in &node.content {
-        let path = crate::common::object_file(&env.repo, coffer_core::crypto::ObjectKind::Chunk, id);
-        let mut stored = std::fs::read(&path).unwrap();
-        let mid = stored.len() / 2;
-        stored[mid] ^= 0x40;
-        std::fs::write(&path, stored).unwrap();
+        let blob = crate::common::stored_blob(&repo, coffer_core::crypto::ObjectKind::Chunk, id);
+        blob.flip(&env.repo, blob.length / 2);
     }
 
     let out =

@@ -8,7 +8,6 @@ mod common;
 mod backend_wrappers;
 mod backup_options;
 mod check;
-mod chunk_set;
 mod cli;
 mod crypto_objects;
 mod dedup;

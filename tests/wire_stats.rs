@@ -44,23 +44,27 @@ fn counts_are_exact(env: &Env, coffer: &dyn Fn() -> Command, objects: &Path, hea
     let (chunks, trees) = (n(&report, "chunks_added"), n(&report, "trees_added"));
     assert_eq!(chunks, 1, "{report}");
     let wire = &report["wire"];
-    // Every new object once, the snapshot, and the backup's lock record.
-    assert_eq!(n(wire, "puts"), chunks + trees + 1 + 1, "{report}");
-    // Opening: config and the one key; the prune generation (absent), to know
-    // whether a cached chunk set could be trusted; the lock record read back
-    // after writing it (write-then-list), just before the snapshot and just
-    // after it (the commit window, docs/threat-model.md).
-    assert_eq!(n(wire, "gets"), 6, "{report}");
+    // Every new pack once (one data pack; the trees went to one or both of
+    // the two open tree packs), one index object, the snapshot, and the
+    // backup's lock record.
+    let packs = stored_count(objects, &["data/", "tree/"]);
+    assert!((2..=3).contains(&packs), "{packs} packs");
+    assert_eq!(stored_count(objects, &["index/"]), 1);
+    assert_eq!(n(wire, "puts"), packs + 1 + 1 + 1, "{report}");
+    // Opening: config and the one key; the lock record read back after
+    // writing it (write-then-list), just before the snapshot and just after
+    // it (the commit window, docs/threat-model.md).
+    assert_eq!(n(wire, "gets"), 5, "{report}");
     // keys/ (opening), locks/ before and after writing the lock, snapshots/
-    // (once, for both the per-host state and the parent), chunks/, trees/:
-    // each a single page.
-    assert_eq!(n(wire, "lists"), 6, "{report}");
+    // (once, for both the per-host state and the parent), index/, data/,
+    // tree/: each a single page.
+    assert_eq!(n(wire, "lists"), 7, "{report}");
     // The lock, released.
     assert_eq!(n(wire, "deletes"), 1, "{report}");
     assert_eq!(n(wire, "heads"), heads, "{report}");
     // The bytes of the stored objects exactly, plus the lock record: written
     // once and read three times, then deleted, so it is not on disk to measure.
-    let lock_up = n(wire, "bytes_up") - stored_bytes(objects, &["chunks/", "trees/", "snapshots/"]);
+    let lock_up = n(wire, "bytes_up") - stored_bytes(objects, &["data/", "tree/", "index/", "snapshots/"]);
     let lock_down = n(wire, "bytes_down") - stored_bytes(objects, &["config", "keys/"]);
     assert!(lock_up > 0 && lock_up < 1024, "one small lock record: {report}");
     assert_eq!(lock_down, 3 * lock_up, "the lock read back three times: {report}");
@@ -70,27 +74,29 @@ fn counts_are_exact(env: &Env, coffer: &dyn Fn() -> Command, objects: &Path, hea
     let report = run_json(cmd);
     let wire = &report["wire"];
     assert_eq!(n(wire, "puts"), 0, "{report}");
-    // The backup kept a copy of every tree it uploaded, and of its snapshot,
-    // in the local cache: a restore reads config, key and the chunk only.
+    // The backup kept a copy of every tree it uploaded, of its index object
+    // and of its snapshot in the local cache: a restore reads config, key
+    // and the chunk only, the chunk with one ranged read of its pack.
     assert_eq!(n(wire, "gets"), 2 + chunks, "{report}");
-    assert_eq!(n(wire, "lists"), 3, "keys/, snapshots/ for the state and for `latest`: {report}");
+    assert_eq!(n(wire, "lists"), 6, "keys/, snapshots/ for the state and for `latest`, index/, data/, tree/: {report}");
     assert_eq!(n(wire, "heads"), heads, "{report}");
     assert_eq!(n(wire, "bytes_up"), 0, "{report}");
-    assert_eq!(n(wire, "bytes_down"), stored_bytes(objects, &["config", "keys/", "chunks/"]), "{report}");
+    let chunk_down = n(wire, "bytes_down") - stored_bytes(objects, &["config", "keys/"]);
+    assert!(chunk_down > 23 && chunk_down < stored_bytes(objects, &["data/"]), "the blob, not its pack: {report}");
 
-    // Without the cache: config, key, the snapshot, every tree and the
-    // chunk, each read once.
+    // Without the cache: config, key, the snapshot, the index object, every
+    // tree and the chunk, each read once.
     let mut cmd = coffer();
     cmd.args(["--no-cache", "restore", "latest", "--json", "--target"]).arg(env.path("restored-again"));
     let report = run_json(cmd);
     let wire = &report["wire"];
-    assert_eq!(n(wire, "gets"), 3 + trees + chunks, "{report}");
-    assert_eq!(n(wire, "lists"), 3, "{report}");
-    assert_eq!(n(wire, "bytes_down"), stored_bytes(objects, &[""]), "everything stored is read once: {report}");
+    assert_eq!(n(wire, "gets"), 3 + 1 + trees + chunks, "{report}");
+    assert_eq!(n(wire, "lists"), 6, "{report}");
+    assert!(n(wire, "bytes_down") < stored_bytes(objects, &[""]), "blobs, not whole packs: {report}");
 
     // An unchanged re-backup compares with its parent's trees. From the
-    // cache: no tree and no snapshot is fetched, only what the first backup
-    // read; chunks/ is not listed (the chunk set is cached).
+    // cache: no tree, no index object and no snapshot is fetched, only what
+    // the first backup read.
     let mut cmd = coffer();
     cmd.arg("backup").arg("--json").arg(&env.src);
     let report = run_json(cmd);
@@ -98,18 +104,27 @@ fn counts_are_exact(env: &Env, coffer: &dyn Fn() -> Command, objects: &Path, hea
     // scratch folder touched its mtime. They are uploaded, not fetched.)
     assert_eq!((n(&report, "chunks_added"), n(&report, "files_unchanged")), (0, 1), "{report}");
     let wire = &report["wire"];
-    // The same six GETs as the first backup's.
-    assert_eq!(n(wire, "gets"), 6, "{report}");
-    assert_eq!(n(wire, "lists"), 5, "{report}");
-    // With --no-cache, every tree of the parent is read from the store (and
-    // the two snapshots now in the repository), and chunks/ is listed; the
-    // prune generation is not read, as there is no cached chunk set to trust.
+    // The same five GETs as the first backup's.
+    assert_eq!(n(wire, "gets"), 5, "{report}");
+    assert_eq!(n(wire, "lists"), 7, "{report}");
+    // With --no-cache, every tree of the parent is read from the store, and
+    // the two snapshots and two index objects now in the repository.
     let mut cmd = coffer();
     cmd.args(["--no-cache", "backup", "--json"]).arg(&env.src);
     let report = run_json(cmd);
     let wire = &report["wire"];
-    assert_eq!(n(wire, "gets"), 5 + 2 + trees, "{report}");
-    assert_eq!(n(wire, "lists"), 6, "{report}");
+    assert_eq!(n(wire, "gets"), 5 + 2 + 2 + trees, "{report}");
+    assert_eq!(n(wire, "lists"), 7, "{report}");
+}
+
+/// How many stored objects below `dir` have a key starting with one of
+/// `prefixes`.
+fn stored_count(dir: &Path, prefixes: &[&str]) -> u64 {
+    crate::common::files_below(dir)
+        .iter()
+        .filter(|p| !p.to_string_lossy().contains(".s3s"))
+        .filter(|p| prefixes.iter().any(|pre| p.to_string_lossy().starts_with(pre)))
+        .count() as u64
 }
 
 #[test]

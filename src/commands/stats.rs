@@ -39,12 +39,7 @@ pub fn run(g: &GlobalArgs, a: &StatsArgs) -> Result<u8> {
     println!("Unique data:     {} in {} chunks", bytes(s.unique_bytes), s.unique_chunks);
     println!("Stored:          {} ({} chunks and {} trees)", bytes(s.stored_bytes), s.unique_chunks, s.trees);
     println!("Dedup ratio:     {:.2}", s.dedup_ratio());
-    println!(
-        "Repository:      {} in {} packs and {} index objects",
-        bytes(s.pack_bytes),
-        s.packs,
-        s.index_objects
-    );
+    println!("Repository:      {} in {} packs and {} index objects", bytes(s.pack_bytes), s.packs, s.index_objects);
     if s.missing_objects > 0 {
         eprintln!(
             "warning: {} referenced objects are missing from the repository; run `coffer check`",

@@ -255,9 +255,153 @@ pub fn snapshot_node(repo: &coffer_core::Repository, snapshot: &str, path: &Path
         .unwrap_or_else(|| panic!("{} is the snapshot root", path.display()))
 }
 
-/// Where an object is stored in a local repository folder.
+/// Where an object is stored in a local repository folder (snapshots,
+/// locks, index objects; blobs live in packs, see [`stored_blob`]).
 pub fn object_file(repo_dir: &Path, kind: coffer_core::crypto::ObjectKind, id: &coffer_core::Id) -> PathBuf {
     repo_dir.join(coffer_core::repo::object_key(kind, id))
+}
+
+/// Where a chunk or tree is stored: its pack's key and the blob's bytes in it.
+#[derive(Clone, Debug)]
+pub struct StoredBlob {
+    pub pack: coffer_core::Id,
+    pub pack_key: String,
+    pub offset: u64,
+    pub length: u64,
+}
+
+impl StoredBlob {
+    /// The pack's file in a repository folder (the local folder, or the
+    /// S3 server's bucket folder for the repository).
+    pub fn pack_file(&self, repo_dir: &Path) -> PathBuf {
+        repo_dir.join(&self.pack_key)
+    }
+
+    /// Flips one byte of the blob, `at` bytes into it, where the pack lies.
+    pub fn flip(&self, repo_dir: &Path, at: u64) {
+        let file = self.pack_file(repo_dir);
+        let mut bytes = std::fs::read(&file).expect("read pack");
+        bytes[(self.offset + at.min(self.length - 1)) as usize] ^= 0x01;
+        std::fs::write(&file, bytes).expect("write pack");
+    }
+
+    /// The blob's stored bytes.
+    pub fn read(&self, repo_dir: &Path) -> Vec<u8> {
+        let bytes = std::fs::read(self.pack_file(repo_dir)).expect("read pack");
+        bytes[self.offset as usize..(self.offset + self.length) as usize].to_vec()
+    }
+
+    /// Overwrites the blob in place with other bytes of the same length.
+    pub fn overwrite(&self, repo_dir: &Path, with: &[u8]) {
+        assert_eq!(with.len() as u64, self.length, "only a blob of the same length fits");
+        let file = self.pack_file(repo_dir);
+        let mut bytes = std::fs::read(&file).expect("read pack");
+        bytes[self.offset as usize..(self.offset + self.length) as usize].copy_from_slice(with);
+        std::fs::write(&file, bytes).expect("write pack");
+    }
+
+    /// Cuts the pack off in the middle of the blob, as an interrupted write
+    /// or a failing disk would.
+    pub fn truncate_pack(&self, repo_dir: &Path) {
+        let file = self.pack_file(repo_dir);
+        let bytes = std::fs::read(&file).expect("read pack");
+        std::fs::write(&file, &bytes[..(self.offset + self.length / 2) as usize]).expect("write pack");
+    }
+}
+
+/// Where the index puts a chunk or tree.
+pub fn stored_blob(
+    repo: &coffer_core::Repository,
+    kind: coffer_core::crypto::ObjectKind,
+    id: &coffer_core::Id,
+) -> StoredBlob {
+    let set = repo.reload_blob_set().expect("load the index");
+    let loc = set.get(kind, id).unwrap_or_else(|| panic!("{} {id} is in no pack", kind.name()));
+    StoredBlob {
+        pack: loc.pack,
+        pack_key: coffer_core::pack::pack_key(loc.kind, &loc.pack),
+        offset: u64::from(loc.offset),
+        length: u64::from(loc.length),
+    }
+}
+
+/// Stores encoded blobs (see `Repository::encode_tree`) in new packs, with
+/// an index object, as a backup would; the handle reads through them next.
+pub fn store_blobs(
+    repo: &coffer_core::Repository,
+    kind: coffer_core::crypto::ObjectKind,
+    blobs: &[(coffer_core::Id, Vec<u8>, u32)],
+) {
+    let packer = coffer_core::packer::Packer::new(
+        repo.backend().clone(),
+        repo.keys().clone(),
+        *repo.repo_id(),
+        repo.packer_options(),
+    );
+    repo.runtime().block_on(async {
+        for (id, stored, raw) in blobs {
+            packer.add(kind, *id, stored, *raw).await.expect("pack a blob");
+        }
+        packer.flush().await.expect("store the packs")
+    });
+    repo.forget_blob_set();
+}
+
+/// Makes the repository serve `bytes` as the blob `kind` `to`: a new pack
+/// holds them under `to`'s id, and the index is rewritten so that this is
+/// the only copy of `to` (the old one stays in its pack, unindexed). What a
+/// blob swapped or copied in from another repository looks like to a reader.
+pub fn swap_blob(
+    repo: &coffer_core::Repository,
+    kind: coffer_core::crypto::ObjectKind,
+    to: &coffer_core::Id,
+    bytes: &[u8],
+) {
+    use coffer_core::crypto::ObjectKind;
+    let loaded = repo.runtime().block_on(coffer_core::index::load_with(repo, true)).expect("load the index");
+    let want = coffer_core::pack::PackKind::of_blob(kind).expect("a blob kind");
+    let mut packs = Vec::new();
+    for (_, index) in &loaded.objects {
+        for p in &index.packs {
+            let mut p = p.clone();
+            if p.kind == want {
+                p.blobs.retain(|b| b.id != *to);
+            }
+            packs.push(p);
+        }
+    }
+    let packer = coffer_core::packer::Packer::new(
+        repo.backend().clone(),
+        repo.keys().clone(),
+        *repo.repo_id(),
+        repo.packer_options(),
+    );
+    repo.runtime().block_on(async {
+        packer.add(kind, *to, bytes, 0).await.expect("pack the blob");
+        packer.flush().await.expect("store the pack");
+        packer.write_index(packs).await.expect("write the index");
+        for id in &loaded.indexes {
+            repo.backend()
+                .delete(&coffer_core::repo::object_key(ObjectKind::Index, id))
+                .await
+                .expect("delete an index");
+        }
+        repo.backend().sync().await.expect("sync");
+    });
+    repo.forget_blob_set();
+}
+
+/// The blobs of a kind that share a pack with `id` (itself included).
+pub fn pack_mates(
+    repo: &coffer_core::Repository,
+    kind: coffer_core::crypto::ObjectKind,
+    id: &coffer_core::Id,
+) -> Vec<coffer_core::Id> {
+    let set = repo.reload_blob_set().expect("load the index");
+    let pack = set.get(kind, id).expect("a stored blob").pack;
+    let mut mates: Vec<coffer_core::Id> = set.iter().filter(|(_, l)| l.pack == pack).map(|(b, _)| b).collect();
+    mates.sort();
+    mates
 }
 
 /// `coffer snapshots --json`, parsed.

@@ -628,25 +628,6 @@ pub fn backup(repo: &Repository, options: &BackupOptions, progress: &dyn Progres
             snapshots.iter().rev().find(|(_, s)| s.host == host && s.paths == path_strings).map(|(id, _)| *id)
         }
     };
-    let (parent_tree, racy_since) = match parent_id {
-        Some(id) => {
-            let snap = match snapshots.iter().find(|(sid, _)| *sid == id) {
-                Some((_, s)) => s.clone(),
-                None => repo.load_snapshot(&id)?,
-            };
-            let since = snap.timestamp().ok().map(|t| Timestamp {
-                sec: t.as_second().saturating_sub(TIMESTAMP_GRANULARITY_S),
-                nsec: t.subsec_nanosecond().max(0) as u32,
-            });
-            // The walk reads the parent's trees one directory at a time;
-            // any the cache lacks are fetched first, many at once.
-            repo.warm_tree_cache(&snap.tree);
-            (Some(repo.load_tree(&snap.tree)?), since)
-        }
-        None => (None, None),
-    };
-    let host_previous = snapshots.iter().rev().find(|(_, s)| s.host == host);
-
     // Invariant 5: which blobs exist comes from the index checked against
     // fresh listings of the packs, loaded under the lock.
     let loaded = crate::index::load(repo)?;
@@ -666,6 +647,30 @@ pub fn backup(repo: &Repository, options: &BackupOptions, progress: &dyn Progres
         repo.runtime().block_on(packer.write_index(loaded.recovered.packs.clone()))?;
     }
     let known = repo.set_blob_set(loaded.blobs);
+    // A lock that could not be refreshed while the index loaded: stop
+    // before relying on what was read.
+    if let Some(lock) = &lock {
+        lock.alive()?;
+    }
+
+    let (parent_tree, racy_since) = match parent_id {
+        Some(id) => {
+            let snap = match snapshots.iter().find(|(sid, _)| *sid == id) {
+                Some((_, s)) => s.clone(),
+                None => repo.load_snapshot(&id)?,
+            };
+            let since = snap.timestamp().ok().map(|t| Timestamp {
+                sec: t.as_second().saturating_sub(TIMESTAMP_GRANULARITY_S),
+                nsec: t.subsec_nanosecond().max(0) as u32,
+            });
+            // The walk reads the parent's trees one directory at a time;
+            // any the cache lacks are fetched first, many at once.
+            repo.warm_tree_cache(&snap.tree);
+            (Some(repo.load_tree(&snap.tree)?), since)
+        }
+        None => (None, None),
+    };
+    let host_previous = snapshots.iter().rev().find(|(_, s)| s.host == host);
 
     let up = Uploader {
         keys: repo.keys().clone(),
@@ -725,6 +730,11 @@ pub fn backup(repo: &Repository, options: &BackupOptions, progress: &dyn Progres
         Some(packer) => Some(repo.runtime().block_on(packer.flush())?),
         None => None,
     };
+    if stored.is_some() {
+        // What this handle reads through must now include the new packs
+        // (the lost-lock confirmation below reads this snapshot's trees).
+        repo.forget_blob_set();
+    }
 
     let mut summary = walker.summary;
     summary.bytes_added = match &stored {
@@ -768,10 +778,6 @@ pub fn backup(repo: &Repository, options: &BackupOptions, progress: &dyn Progres
             Some(id)
         }
     };
-    if stored.is_some() {
-        // What this handle reads through must now include the new packs.
-        repo.forget_blob_set();
-    }
     if let Some(lock) = lock
         && let Err(e) = lock.release()
     {
@@ -829,6 +835,7 @@ fn confirm_after_lost_lock(repo: &Repository, id: &Id, lost: &Error) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::Backend;
     use crate::backend::local::LocalBackend;
     use crate::key::KdfParams;
     use crate::progress::NoProgress;
@@ -906,9 +913,9 @@ mod tests {
         let src = dir.path().join("src");
         std::fs::create_dir(&src).unwrap();
         std::fs::write(src.join("f"), vec![7u8; 100_000]).unwrap();
-        // Make every chunk folder unwritable by replacing it with a file.
+        // Make every data pack folder unwritable by replacing it with a file.
         for i in 0..=255u8 {
-            let d = repo_dir.join("chunks").join(format!("{i:02x}"));
+            let d = repo_dir.join("data").join(format!("{i:02x}"));
             std::fs::remove_dir(&d).unwrap();
             std::fs::write(&d, b"").unwrap();
         }

@@ -238,7 +238,8 @@ pub fn check(repo: &Repository, read: ReadData) -> Result<CheckReport> {
         ObjectKind::Tree => seen.contains(id),
         _ => chunks.contains_key(id),
     };
-    report.unreferenced_trees = set.ids(ObjectKind::Tree).into_iter().filter(|t| !referenced(ObjectKind::Tree, t)).collect();
+    report.unreferenced_trees =
+        set.ids(ObjectKind::Tree).into_iter().filter(|t| !referenced(ObjectKind::Tree, t)).collect();
     report.unreferenced_chunks =
         set.ids(ObjectKind::Chunk).into_iter().filter(|c| !referenced(ObjectKind::Chunk, c)).collect();
 
@@ -438,8 +439,14 @@ fn check_pack(
         let result = match (kind, len) {
             (ObjectKind::Chunk, Some(len)) => {
                 out.chunks_read += 1;
-                crate::repo::decode_chunk_ref(keys, repo_id, max_chunk, &crate::tree::ChunkRef(*id, *len), stored.to_vec())
-                    .map(drop)
+                crate::repo::decode_chunk_ref(
+                    keys,
+                    repo_id,
+                    max_chunk,
+                    &crate::tree::ChunkRef(*id, *len),
+                    stored.to_vec(),
+                )
+                .map(drop)
             }
             (ObjectKind::Chunk, None) => {
                 out.chunks_read += 1;

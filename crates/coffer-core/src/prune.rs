@@ -159,13 +159,6 @@ pub fn prune(repo: &Repository, options: &PruneOptions) -> Result<PruneOutcome> 
         shared.release()?;
         return Ok(outcome);
     }
-    let nothing_to_do = packs.iter().all(|p| p.fate == Fate::Keep);
-    if nothing_to_do {
-        shared.release()?;
-        outcome.snapshots = s1.len();
-        return Ok(outcome);
-    }
-
     // Repack under the shared lock, as a backup stores: new packs first.
     let packer = Packer::new(repo.backend().clone(), repo.keys().clone(), *repo.repo_id(), repo.packer_options())
         .with_cache(repo.cache_dir());
@@ -182,12 +175,15 @@ pub fn prune(repo: &Repository, options: &PruneOptions) -> Result<PruneOutcome> 
     let added: HashSet<Id> = s2.difference(&s1).copied().collect();
     if !added.is_empty() {
         tracing::info!("{} snapshots were written while prune was marking; marking them too", added.len());
+        // Their trees may be in packs stored since the index was loaded.
+        repo.reload_blob_set()?;
         let mut late = Marks::default();
         mark_snapshots(repo, &added, &mut late, Some(&exclusive))?;
         // A doomed pack holding a blob a new snapshot uses, which no new
         // pack has, is kept.
         for p in packs.iter_mut().filter(|p| p.fate != Fate::Keep) {
-            let needed = p.pack.blobs.iter().any(|b| late.has(p.pack.kind, &b.id) && !copied.contains(&(p.pack.kind, b.id)));
+            let needed =
+                p.pack.blobs.iter().any(|b| late.has(p.pack.kind, &b.id) && !copied.contains(&(p.pack.kind, b.id)));
             if needed {
                 p.fate = Fate::Keep;
             }
@@ -202,7 +198,13 @@ pub fn prune(repo: &Repository, options: &PruneOptions) -> Result<PruneOutcome> 
     outcome.snapshots_added_meanwhile = added.len();
 
     exclusive.check()?;
+    let nothing_to_do = packs.iter().all(|p| p.fate == Fate::Keep) && indexes.len() <= 1;
+    if nothing_to_do {
+        exclusive.release()?;
+        return Ok(outcome);
+    }
     // The index of every kept pack, in new objects, before the old ones go.
+    // (Many small index objects, one or more per backup, become few.)
     let kept: Vec<IndexedPack> = packs.iter().filter(|p| p.fate == Fate::Keep).map(|p| p.pack.clone()).collect();
     repo.runtime().block_on(async {
         for part in split_index(kept) {
@@ -346,9 +348,9 @@ fn repack_packs(
             let bytes = bytes?;
             for (i, range) in &r.parts {
                 let (kind, id, raw) = blobs[*i];
-                let blob = bytes.get(range.clone()).ok_or_else(|| {
-                    Error::corrupt(r.kind.name(), r.pack.to_hex(), "a ranged read came back short")
-                })?;
+                let blob = bytes
+                    .get(range.clone())
+                    .ok_or_else(|| Error::corrupt(r.kind.name(), r.pack.to_hex(), "a ranged read came back short"))?;
                 packer.add(kind, id, blob, raw).await?;
             }
         }
@@ -503,11 +505,15 @@ mod tests {
 
     #[test]
     fn kept_packs_are_indexed_in_bounded_objects() {
-        let many: Vec<IndexedPack> = (0..60).map(|n| {
-            let mut p = pack(n, 0);
-            p.blobs = (0..4000).map(|i| PackEntry { id: Id::random(), offset: i * 10, length: 10, raw_length: 5 }).collect();
-            p
-        }).collect();
+        let many: Vec<IndexedPack> = (0..60)
+            .map(|n| {
+                let mut p = pack(n, 0);
+                p.blobs = (0..4000)
+                    .map(|i| PackEntry { id: Id::random(), offset: i * 10, length: 10, raw_length: 5 })
+                    .collect();
+                p
+            })
+            .collect();
         let parts = split_index(many);
         assert_eq!(parts.len(), 3);
         assert!(parts.iter().all(|p| p.iter().map(|p| p.blobs.len()).sum::<usize>() <= 100_000));

@@ -255,7 +255,7 @@ impl Repository {
                             key_name: name.clone(),
                             cache_dir: None,
                             lock_settings: Default::default(),
-                                            state: None,
+                            state: None,
                             seen_at_open: Some(crate::state::Fingerprints::of(
                                 &config_bytes,
                                 envelopes.iter().map(|(name, _)| name.as_str()),
@@ -695,7 +695,13 @@ pub async fn fetch(backend: &dyn Backend, kind: ObjectKind, id: &Id, limit: u64)
 
 /// Fetches a blob's stored bytes from its pack with one ranged read; a blob
 /// the set does not have, or whose pack is gone, is [`Error::Missing`].
-pub async fn fetch_blob(backend: &dyn Backend, set: &BlobSet, kind: ObjectKind, id: &Id, limit: u64) -> Result<Vec<u8>> {
+pub async fn fetch_blob(
+    backend: &dyn Backend,
+    set: &BlobSet,
+    kind: ObjectKind,
+    id: &Id,
+    limit: u64,
+) -> Result<Vec<u8>> {
     let loc = set.get(kind, id).ok_or(Error::Missing { kind: kind.name(), id: *id })?;
     check_blob_length(kind, id, &loc, limit)?;
     let key = crate::pack::pack_key(loc.kind, &loc.pack);
@@ -724,7 +730,12 @@ fn check_blob_length(kind: ObjectKind, id: &Id, loc: &BlobLocation, limit: u64) 
         return Err(Error::corrupt(
             kind.name(),
             id.to_hex(),
-            format!("the index gives it {} bytes in pack {}, more than the {limit} a {} may take", loc.length, loc.pack, kind.name()),
+            format!(
+                "the index gives it {} bytes in pack {}, more than the {limit} a {} may take",
+                loc.length,
+                loc.pack,
+                kind.name()
+            ),
         ));
     }
     Ok(())
@@ -734,11 +745,13 @@ fn blob_read(kind: ObjectKind, id: &Id, loc: &BlobLocation, got: BackendResult<V
     match got {
         Ok(b) => Ok(b),
         Err(BackendError::NotFound { .. }) => Err(Error::Missing { kind: kind.name(), id: *id }),
-        Err(BackendError::Io { error, .. }) if error.kind() == std::io::ErrorKind::UnexpectedEof => Err(Error::corrupt(
-            kind.name(),
-            id.to_hex(),
-            format!("{} pack {} is shorter than its index says ({error})", loc.kind.name(), loc.pack),
-        )),
+        Err(BackendError::Io { error, .. }) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
+            Err(Error::corrupt(
+                kind.name(),
+                id.to_hex(),
+                format!("{} pack {} is shorter than its index says ({error})", loc.kind.name(), loc.pack),
+            ))
+        }
         Err(e) => Err(e.into()),
     }
 }

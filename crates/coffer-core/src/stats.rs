@@ -92,7 +92,8 @@ pub fn stats(repo: &Repository, snapshots: &[(Id, Snapshot)]) -> Result<Stats> {
     s.trees = w.totals.len() as u64;
 
     let loaded = crate::index::load(repo)?;
-    let referenced = w.chunks.keys().map(|id| (ObjectKind::Chunk, id)).chain(w.totals.keys().map(|id| (ObjectKind::Tree, id)));
+    let referenced =
+        w.chunks.keys().map(|id| (ObjectKind::Chunk, id)).chain(w.totals.keys().map(|id| (ObjectKind::Tree, id)));
     for (kind, id) in referenced {
         match loaded.blobs.get(kind, id) {
             Some(loc) => s.stored_bytes += u64::from(loc.length),

@@ -208,7 +208,7 @@ fn config_header() {
     let header = ConfigHeader { version: FORMAT_VERSION, repo_id: repo_id() };
     assert_eq!(
         hex::encode(header.to_bytes()),
-        "636f666665720001010000000000000040414243444546474849\
+        "636f666665720001020000000000000040414243444546474849\
          4a4b4c4d4e4f505152535455565758595a5b5c5d5e5f"
     );
 }

@@ -417,12 +417,12 @@ impl Backend for LocalBackend {
         let root = self.root.clone();
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             std::fs::create_dir_all(&root)?;
-            // chunks/ and trees/ are format 1's, data/, tree/ and index/
-            // format 2's (docs/format.md section 17).
-            for top in ["keys", "snapshots", "locks", "chunks", "trees", "data", "tree", "index"] {
+            // The folders of docs/format.md; packs fan out by their id's
+            // first byte.
+            for top in ["keys", "snapshots", "locks", "data", "tree", "index"] {
                 std::fs::create_dir_all(root.join(top))?;
             }
-            for top in ["chunks", "trees", "data", "tree"] {
+            for top in ["data", "tree"] {
                 for i in 0..=255u8 {
                     std::fs::create_dir_all(root.join(top).join(format!("{i:02x}")))?;
                 }
@@ -454,17 +454,17 @@ mod tests {
         let b = LocalBackend::new(dir.path().join("repo"));
         rt().block_on(async {
             b.create().await.unwrap();
-            b.put("chunks/ab/abcd", Bytes::from_static(b"data")).await.unwrap();
+            b.put("data/ab/abcd", Bytes::from_static(b"data")).await.unwrap();
             b.sync().await.unwrap();
-            assert_eq!(b.get("chunks/ab/abcd", u64::MAX).await.unwrap(), b"data");
-            assert!(b.get("chunks/ab/none", u64::MAX).await.unwrap_err().is_not_found());
+            assert_eq!(b.get("data/ab/abcd", u64::MAX).await.unwrap(), b"data");
+            assert!(b.get("data/ab/none", u64::MAX).await.unwrap_err().is_not_found());
             // A leftover temporary file is not listed.
-            std::fs::write(dir.path().join("repo/chunks/ab/abce.tmp-1234"), b"partial").unwrap();
-            let list = b.list("chunks/").await.unwrap();
-            assert_eq!(list, vec![Entry { key: "chunks/ab/abcd".into(), size: 4 }]);
-            b.delete("chunks/ab/abcd").await.unwrap();
-            b.delete("chunks/ab/abcd").await.unwrap();
-            assert!(b.list("chunks/").await.unwrap().is_empty());
+            std::fs::write(dir.path().join("repo/data/ab/abce.tmp-1234"), b"partial").unwrap();
+            let list = b.list("data/").await.unwrap();
+            assert_eq!(list, vec![Entry { key: "data/ab/abcd".into(), size: 4 }]);
+            b.delete("data/ab/abcd").await.unwrap();
+            b.delete("data/ab/abcd").await.unwrap();
+            assert!(b.list("data/").await.unwrap().is_empty());
             assert!(b.list("nothing/").await.unwrap().is_empty());
             let expected = WireStats { puts: 1, gets: 2, lists: 3, deletes: 2, heads: 0, bytes_up: 4, bytes_down: 4 };
             assert_eq!(b.wire_stats(), expected);
@@ -477,14 +477,14 @@ mod tests {
         let b = LocalBackend::new(dir.path().join("repo"));
         rt().block_on(async {
             b.create().await.unwrap();
-            b.put("chunks/ab/abcd", Bytes::from_static(b"data")).await.unwrap();
+            b.put("data/ab/abcd", Bytes::from_static(b"data")).await.unwrap();
         });
         let reads = b.blocking_reads().expect("a local folder reads by blocking calls");
-        assert_eq!(reads.get_blocking("chunks/ab/abcd", u64::MAX).unwrap(), b"data");
-        assert!(reads.get_blocking("chunks/ab/none", u64::MAX).unwrap_err().is_not_found());
-        std::fs::create_dir(dir.path().join("repo/chunks/ab/abce")).unwrap();
-        let err = reads.get_blocking("chunks/ab/abce", u64::MAX).unwrap_err();
-        assert!(matches!(err, BackendError::Io { ref key, .. } if key == "chunks/ab/abce"), "{err}");
+        assert_eq!(reads.get_blocking("data/ab/abcd", u64::MAX).unwrap(), b"data");
+        assert!(reads.get_blocking("data/ab/none", u64::MAX).unwrap_err().is_not_found());
+        std::fs::create_dir(dir.path().join("repo/data/ab/abce")).unwrap();
+        let err = reads.get_blocking("data/ab/abce", u64::MAX).unwrap_err();
+        assert!(matches!(err, BackendError::Io { ref key, .. } if key == "data/ab/abce"), "{err}");
         let stats = b.wire_stats();
         assert_eq!((stats.gets, stats.bytes_down), (3, 4));
     }

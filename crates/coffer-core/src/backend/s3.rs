@@ -414,8 +414,8 @@ impl S3Backend {
 }
 
 /// Folders whose objects are spread over 256 sub-folders named by the first
-/// two hex digits of their id: `chunks/ab/ab12…`.
-const SHARDED: [&str; 2] = ["chunks/", "trees/"];
+/// two hex digits of their id: `data/ab/ab12…`.
+const SHARDED: [&str; 2] = ["data/", "tree/"];
 
 /// Most keys one LIST page holds (S3's maximum and default).
 const PAGE: usize = 1000;
@@ -459,7 +459,7 @@ impl S3Backend {
         }
     }
 
-    /// Lists `chunks/` or `trees/`. One LIST request answers for a small
+    /// Lists `data/` or `tree/`. One LIST request answers for a small
     /// repository; when the first page is full, the sub-folders it did not
     /// reach are listed in parallel (one paginated listing each, as many at
     /// once as there are connections), since a single listing of a large
@@ -572,8 +572,8 @@ impl Backend for S3Backend {
         self.wire.stats()
     }
 
-    /// Chunk uploads are sent with `If-None-Match: *` until the store shows
-    /// that it does not support it: a chunk that is already stored is then
+    /// Data pack uploads are sent with `If-None-Match: *` until the store shows
+    /// that it does not support it: a pack that is already stored is then
     /// not replaced (no new version in a versioned bucket), and after the
     /// `412` answer a HEAD checks that what is there has the length of this
     /// encoding (a truncated object is replaced, as it counts as absent). It is an optimisation only, never relied on: a store that
@@ -584,7 +584,9 @@ impl Backend for S3Backend {
     async fn put(&self, key: &str, data: Bytes) -> BackendResult<()> {
         use std::sync::atomic::Ordering;
         let client = self.client().await?;
-        let chunk = key.starts_with("chunks/");
+        // Only data packs go to the configured storage class; a pack's
+        // name is the hash of its bytes, so a stored one is never replaced.
+        let chunk = key.starts_with("data/");
         let conditional = chunk && self.conditional.load(Ordering::Relaxed);
         let len = data.len() as u64;
         let body = data;
@@ -699,10 +701,10 @@ mod tests {
 
     #[test]
     fn well_formed_shards() {
-        assert_eq!(shard_of("chunks/ab/ab12", "chunks/"), Some("ab"));
+        assert_eq!(shard_of("data/ab/ab12", "data/"), Some("ab"));
         assert_eq!(shard_of("trees/00/x", "trees/"), Some("00"));
-        for bad in ["chunks/AB/ab", "chunks/zz/x", "chunks/abc", "chunks/a/", "chunks/ab", "trees/ab/x"] {
-            assert_eq!(shard_of(bad, "chunks/"), None, "{bad}");
+        for bad in ["data/AB/ab", "data/zz/x", "data/abc", "data/a/", "data/ab", "tree/ab/x"] {
+            assert_eq!(shard_of(bad, "data/"), None, "{bad}");
         }
     }
 
