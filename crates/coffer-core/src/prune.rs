@@ -507,7 +507,8 @@ mod tests {
     fn kept_packs_are_indexed_in_bounded_objects() {
         let many: Vec<IndexedPack> = (0..60)
             .map(|n| {
-                let mut p = pack(n, 0);
+                let mut p = pack(0, n);
+                p.id = Id::random();
                 p.blobs = (0..4000)
                     .map(|i| PackEntry { id: Id::random(), offset: i * 10, length: 10, raw_length: 5 })
                     .collect();

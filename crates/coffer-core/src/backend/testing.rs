@@ -271,25 +271,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let local: Arc<dyn Backend> = Arc::new(LocalBackend::new(dir.path()));
         let b = FaultBackend::new(local);
-        b.add(Fault::first(Op::Put, "chunks/", 2, FaultKind::Transient));
-        b.add(Fault::after(Op::Get, "trees/", 1, FaultKind::Permanent));
+        b.add(Fault::first(Op::Put, "data/", 2, FaultKind::Transient));
+        b.add(Fault::after(Op::Get, "tree/", 1, FaultKind::Permanent));
         rt().block_on(async {
             b.create().await.unwrap();
-            let e = b.put("chunks/aa/aa1", Bytes::from_static(b"x")).await.unwrap_err();
+            let e = b.put("data/aa/aa1", Bytes::from_static(b"x")).await.unwrap_err();
             assert!(matches!(e, BackendError::Unavailable { .. }), "{e}");
-            assert!(e.to_string().contains("PUT chunks/aa/aa1"), "{e}");
-            assert!(b.put("chunks/aa/aa1", Bytes::from_static(b"x")).await.is_err());
-            b.put("chunks/aa/aa1", Bytes::from_static(b"x")).await.unwrap();
+            assert!(e.to_string().contains("PUT data/aa/aa1"), "{e}");
+            assert!(b.put("data/aa/aa1", Bytes::from_static(b"x")).await.is_err());
+            b.put("data/aa/aa1", Bytes::from_static(b"x")).await.unwrap();
             // Other keys and other operations pass.
-            b.put("trees/bb/bb1", Bytes::from_static(b"t")).await.unwrap();
-            assert_eq!(b.get("chunks/aa/aa1", u64::MAX).await.unwrap(), b"x");
-            assert_eq!(b.get("trees/bb/bb1", u64::MAX).await.unwrap(), b"t");
-            let e = b.get("trees/bb/bb1", u64::MAX).await.unwrap_err();
+            b.put("tree/bb/bb1", Bytes::from_static(b"t")).await.unwrap();
+            assert_eq!(b.get("data/aa/aa1", u64::MAX).await.unwrap(), b"x");
+            assert_eq!(b.get("tree/bb/bb1", u64::MAX).await.unwrap(), b"t");
+            let e = b.get("tree/bb/bb1", u64::MAX).await.unwrap_err();
             assert!(matches!(e, BackendError::Io { .. }), "{e}");
-            assert!(b.get("trees/bb/bb1", u64::MAX).await.is_err());
+            assert!(b.get("tree/bb/bb1", u64::MAX).await.is_err());
             assert_eq!(b.injected(), 4);
             b.clear();
-            assert_eq!(b.get("trees/bb/bb1", u64::MAX).await.unwrap(), b"t");
+            assert_eq!(b.get("tree/bb/bb1", u64::MAX).await.unwrap(), b"t");
         });
     }
 
