@@ -43,7 +43,7 @@ pub fn backend_for(global: &GlobalArgs, create_bucket: bool) -> Result<Arc<dyn B
 }
 
 /// For the tests of locks only: `COFFER_TEST_STOP_AFTER=OP:PREFIX` (e.g.
-/// `list:chunks/`) makes the process stop itself with SIGSTOP right after
+/// `list:tree/`) makes the process stop itself with SIGSTOP right after
 /// the first such call, so that a test can freeze it at an exact point and
 /// resume it later with SIGCONT.
 fn with_test_hook(backend: Arc<dyn Backend>) -> Arc<dyn Backend> {

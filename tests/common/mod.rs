@@ -332,12 +332,7 @@ pub fn store_blobs(
     kind: coffer_core::crypto::ObjectKind,
     blobs: &[(coffer_core::Id, Vec<u8>, u32)],
 ) {
-    let packer = coffer_core::packer::Packer::new(
-        repo.backend().clone(),
-        repo.keys().clone(),
-        *repo.repo_id(),
-        repo.packer_options(),
-    );
+    let packer = repo.packer();
     repo.runtime().block_on(async {
         for (id, stored, raw) in blobs {
             packer.add(kind, *id, stored, *raw).await.expect("pack a blob");
@@ -370,12 +365,7 @@ pub fn swap_blob(
             packs.push(p);
         }
     }
-    let packer = coffer_core::packer::Packer::new(
-        repo.backend().clone(),
-        repo.keys().clone(),
-        *repo.repo_id(),
-        repo.packer_options(),
-    );
+    let packer = repo.packer();
     repo.runtime().block_on(async {
         packer.add(kind, *to, bytes, 0).await.expect("pack the blob");
         packer.flush().await.expect("store the pack");

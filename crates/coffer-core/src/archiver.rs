@@ -631,12 +631,7 @@ pub fn backup(repo: &Repository, options: &BackupOptions, progress: &dyn Progres
     // Invariant 5: which blobs exist comes from the index checked against
     // fresh listings of the packs, loaded under the lock.
     let loaded = crate::index::load(repo)?;
-    let packer = (!options.dry_run).then(|| {
-        Arc::new(
-            Packer::new(repo.backend().clone(), repo.keys().clone(), *repo.repo_id(), repo.packer_options())
-                .with_cache(repo.cache_dir()),
-        )
-    });
+    let packer = (!options.dry_run).then(|| Arc::new(repo.packer()));
     if let Some(packer) = &packer
         && !loaded.recovered.packs.is_empty()
     {
@@ -800,13 +795,15 @@ fn confirm_after_lost_lock(repo: &Repository, id: &Id, lost: &Error) -> Result<(
     tracing::warn!("{lost}, after snapshot {id} was written: checking that everything it references still exists");
     let missing = (|| -> Result<Option<String>> {
         let shared = repo.lock_shared("backup (confirming its snapshot)")?;
+        // One fresh load of the index, under the new lock, serves both the
+        // marking and the lookups below.
+        let stored = repo.reload_blob_set()?;
         let mut marks = crate::prune::Marks::default();
         match crate::prune::mark_snapshots(repo, &HashSet::from([*id]), &mut marks, Some(&shared)) {
             Ok(()) => {}
             Err(Error::Missing { kind, id }) => return Ok(Some(format!("{kind} {id} it references is missing"))),
             Err(e) => return Err(e),
         }
-        let stored = crate::index::load(repo)?.blobs;
         for (kind, marked) in [(ObjectKind::Tree, &marks.trees), (ObjectKind::Chunk, &marks.chunks)] {
             let gone = marked.iter().filter(|m| !stored.contains(kind, m)).count();
             if gone > 0 {

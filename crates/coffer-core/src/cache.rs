@@ -1,12 +1,11 @@
 //! Where the local cache lives.
 //!
-//! The cache holds copies of what the repository already has (which chunks
-//! exist, trees, snapshots), so that a nightly backup or a prune does not
-//! download or list it all again. Nothing in it is trusted more than the
-//! repository itself: copies of objects are authenticated on every read like
-//! anything fetched, and the chunk set only while the prune generation it was
-//! taken under is current (see [`crate::generation`]). Deleting the cache is
-//! always safe; it only costs time.
+//! The cache holds copies of what the repository already has (index
+//! objects, trees, snapshots), so that a nightly backup or a prune does not
+//! download it all again. Nothing in it is trusted more than the repository
+//! itself: copies are authenticated on every read like anything fetched,
+//! and which objects exist always comes from a fresh listing, never from
+//! the cache. Deleting the cache is always safe; it only costs time.
 //!
 //! Layout: `<base>/<repository id in hex>/…`, one folder per repository, so
 //! that two repositories never share entries. The base is the first of
@@ -52,8 +51,8 @@ pub fn tag(base: &Path) -> std::io::Result<()> {
     )
 }
 
-/// Where the copy of a tree or snapshot lives in a repository's cache
-/// folder: `trees/<xx>/<id>` or `snapshots/<id>`, as in the repository.
+/// Where the copy of a tree, index object or snapshot lives in a repository's cache
+/// folder: `trees/<xx>/<id>`, `index/<id>` or `snapshots/<id>`.
 /// Trees are immutable and content-addressed, so a copy is right for as
 /// long as anything references it. Snapshots are immutable too, but can be
 /// forgotten: which snapshots exist always comes from a listing of the

@@ -1,14 +1,12 @@
 //! The prune generation: one small object, `generation`, that prune rewrites
 //! with a fresh random token before it deletes anything.
 //!
-//! A client may keep a local copy of which chunks exist (see the chunk-set
-//! cache) so that a nightly backup does not LIST the whole repository. That
-//! copy can only go wrong one way that matters: prune deleted a chunk the copy
-//! still lists, and a backup then references it without uploading it. Since
-//! nothing but prune deletes chunks (invariant 3), a copy taken under a
-//! generation token stays a safe over-approximation only while the token is
-//! unchanged; new chunks uploaded by other clients are merely unknown to it,
-//! which costs an upload, never data.
+//! It tells a client that a prune has run since it last looked. Format 1
+//! kept a local copy of which chunks existed and trusted it only while the
+//! token was unchanged. Format 2 lists its packs afresh every time (the
+//! listings are small) and no command reads the token now; prune still
+//! bumps it, so that a local copy of the index, should one ever be trusted
+//! without a listing, has a way to know it went stale.
 //!
 //! The object is sealed like a lock record (random nonce, the lock key), with
 //! its name `generation` bound as associated data, so it cannot be mistaken
@@ -77,8 +75,7 @@ impl Repository {
     }
 
     /// Writes a new random generation and makes it durable. Prune calls this
-    /// under the exclusive lock before its first delete, so that every copy
-    /// of the chunk set taken before is distrusted from then on.
+    /// under the exclusive lock before its first delete.
     pub async fn bump_generation(&self) -> Result<Generation> {
         let mut token = [0u8; 16];
         fill_random(&mut token);

@@ -292,12 +292,10 @@ pub async fn load_with(repo: &crate::Repository, keep_objects: bool) -> Result<L
         loaded.recovered = recovered;
         loaded.unreadable_packs = failed;
     }
-    indexes.push(std::mem::take(&mut loaded.recovered));
-    let refs: Vec<&Index> = indexes.iter().collect();
+    let refs: Vec<&Index> = indexes.iter().chain(std::iter::once(&loaded.recovered)).collect();
     loaded.blobs = BlobSet::build(&refs, |kind, id| {
         listed.get(id).is_some_and(|&(k, _)| k == kind) && !mismatched.contains(&(kind, *id))
     });
-    loaded.recovered = indexes.pop().unwrap_or_default();
     loaded.mismatched = mismatched.into_iter().collect();
     loaded.listed = listed;
     if keep_objects {

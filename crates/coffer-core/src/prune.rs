@@ -160,13 +160,10 @@ pub fn prune(repo: &Repository, options: &PruneOptions) -> Result<PruneOutcome> 
         return Ok(outcome);
     }
     // Repack under the shared lock, as a backup stores: new packs first.
-    let packer = Packer::new(repo.backend().clone(), repo.keys().clone(), *repo.repo_id(), repo.packer_options())
-        .with_cache(repo.cache_dir());
+    let packer = repo.packer();
     let mut copied: HashSet<(PackKind, Id)> = HashSet::new();
     let repack: Vec<&PackUse> = packs.iter().filter(|p| p.fate == Fate::Repack).collect();
     let (downloaded, uploaded) = repack_packs(repo, &packer, &repack, &set, &marks, &shared, &mut copied)?;
-    outcome.bytes_to_download = downloaded;
-    outcome.bytes_to_upload = uploaded;
     shared.check()?;
     shared.release()?;
 
@@ -192,6 +189,7 @@ pub fn prune(repo: &Repository, options: &PruneOptions) -> Result<PruneOutcome> 
         marks.chunks.extend(late.chunks);
         count(&mut outcome, &marks, &packs);
     }
+    // What the repack really read and wrote, in place of the plan's estimate.
     outcome.bytes_to_download = downloaded;
     outcome.bytes_to_upload = uploaded;
     outcome.snapshots = s2.len();

@@ -66,7 +66,9 @@ pub struct Repository {
     blobs: tokio::sync::Mutex<Option<Arc<BlobSet>>>,
 }
 
-/// The key of an object in the store: `chunks/ab/ab12…`, `snapshots/ab12…`.
+/// The key of an object in the store (`snapshots/ab12…`, `index/ab12…`),
+/// or of a chunk or tree in the local cache (`trees/ab/ab12…`): in the
+/// store, blobs live in packs (see [`crate::pack::pack_key`]).
 pub fn object_key(kind: ObjectKind, id: &Id) -> String {
     let hex = id.to_hex();
     match kind {
@@ -439,6 +441,13 @@ impl Repository {
         }
     }
 
+    /// A packer for this repository: its keys, its pack sizes, and its
+    /// cache folder for the index objects it writes.
+    pub fn packer(&self) -> crate::packer::Packer {
+        crate::packer::Packer::new(self.backend.clone(), self.keys.clone(), *self.repo_id(), self.packer_options())
+            .with_cache(self.cache_dir())
+    }
+
     /// [`max_stored`] for this repository.
     pub fn stored_limit(&self, kind: ObjectKind) -> u64 {
         max_stored(kind, self.max_chunk_len())
@@ -702,9 +711,7 @@ pub async fn fetch_blob(
     id: &Id,
     limit: u64,
 ) -> Result<Vec<u8>> {
-    let loc = set.get(kind, id).ok_or(Error::Missing { kind: kind.name(), id: *id })?;
-    check_blob_length(kind, id, &loc, limit)?;
-    let key = crate::pack::pack_key(loc.kind, &loc.pack);
+    let (loc, key) = locate_blob(set, kind, id, limit)?;
     blob_read(kind, id, &loc, backend.get_range(&key, u64::from(loc.offset), u64::from(loc.length)).await)
 }
 
@@ -716,10 +723,15 @@ pub fn fetch_blob_blocking(
     id: &Id,
     limit: u64,
 ) -> Result<Vec<u8>> {
+    let (loc, key) = locate_blob(set, kind, id, limit)?;
+    blob_read(kind, id, &loc, reads.get_range_blocking(&key, u64::from(loc.offset), u64::from(loc.length)))
+}
+
+/// Where to read a blob: its location and its pack's key.
+fn locate_blob(set: &BlobSet, kind: ObjectKind, id: &Id, limit: u64) -> Result<(BlobLocation, String)> {
     let loc = set.get(kind, id).ok_or(Error::Missing { kind: kind.name(), id: *id })?;
     check_blob_length(kind, id, &loc, limit)?;
-    let key = crate::pack::pack_key(loc.kind, &loc.pack);
-    blob_read(kind, id, &loc, reads.get_range_blocking(&key, u64::from(loc.offset), u64::from(loc.length)))
+    Ok((loc, crate::pack::pack_key(loc.kind, &loc.pack)))
 }
 
 /// An index entry longer than any blob of its kind is refused before

@@ -80,8 +80,18 @@ impl Walker<'_> {
 
 /// Statistics over the given snapshots.
 pub fn stats(repo: &Repository, snapshots: &[(Id, Snapshot)]) -> Result<Stats> {
+    // One load of the index: the walk reads trees through it, and the
+    // sizes come from it.
+    let loaded = crate::index::load(repo)?;
+    let mut s = Stats {
+        snapshots: snapshots.len() as u64,
+        packs: loaded.listed.len() as u64,
+        pack_bytes: loaded.listed.values().map(|(_, size)| size).sum(),
+        index_objects: (loaded.indexes.len() + loaded.unreadable.len()) as u64,
+        ..Stats::default()
+    };
+    let blobs = repo.set_blob_set(loaded.blobs);
     let mut w = Walker { repo, totals: HashMap::new(), chunks: HashMap::new() };
-    let mut s = Stats { snapshots: snapshots.len() as u64, ..Stats::default() };
     for (_, snap) in snapshots {
         let (files, bytes) = w.tree(&snap.tree)?;
         s.files += files;
@@ -91,17 +101,13 @@ pub fn stats(repo: &Repository, snapshots: &[(Id, Snapshot)]) -> Result<Stats> {
     s.unique_bytes = w.chunks.values().map(|&n| u64::from(n)).sum();
     s.trees = w.totals.len() as u64;
 
-    let loaded = crate::index::load(repo)?;
     let referenced =
         w.chunks.keys().map(|id| (ObjectKind::Chunk, id)).chain(w.totals.keys().map(|id| (ObjectKind::Tree, id)));
     for (kind, id) in referenced {
-        match loaded.blobs.get(kind, id) {
+        match blobs.get(kind, id) {
             Some(loc) => s.stored_bytes += u64::from(loc.length),
             None => s.missing_objects += 1,
         }
     }
-    s.packs = loaded.listed.len() as u64;
-    s.pack_bytes = loaded.listed.values().map(|(_, size)| size).sum();
-    s.index_objects = (loaded.indexes.len() + loaded.unreadable.len()) as u64;
     Ok(s)
 }

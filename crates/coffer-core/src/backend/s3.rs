@@ -56,7 +56,7 @@ pub struct S3Config {
     pub path_style: bool,
     /// Requests worth having in flight at once.
     pub connections: usize,
-    /// Storage class for `chunks/` objects only: everything else must stay
+    /// Storage class for `data/` packs only: everything else must stay
     /// readable at once, and is small.
     pub storage_class: Option<String>,
     /// Attempts per request before giving up.
@@ -167,7 +167,7 @@ pub struct S3Backend {
     config: S3Config,
     client: tokio::sync::OnceCell<Client>,
     wire: WireCounters,
-    /// Whether chunk uploads still send `If-None-Match: *` (see [`S3Backend::put`]).
+    /// Whether data pack uploads still send `If-None-Match: *` (see [`S3Backend::put`]).
     conditional: std::sync::atomic::AtomicBool,
 }
 
@@ -586,14 +586,14 @@ impl Backend for S3Backend {
         let client = self.client().await?;
         // Only data packs go to the configured storage class; a pack's
         // name is the hash of its bytes, so a stored one is never replaced.
-        let chunk = key.starts_with("data/");
-        let conditional = chunk && self.conditional.load(Ordering::Relaxed);
+        let data_pack = key.starts_with("data/");
+        let conditional = data_pack && self.conditional.load(Ordering::Relaxed);
         let len = data.len() as u64;
         let body = data;
         let request = |if_none_match: bool| {
             let mut req = client.put_object().bucket(&self.config.bucket).key(self.full_key(key));
             if let Some(class) = &self.config.storage_class
-                && chunk
+                && data_pack
             {
                 req = req.storage_class(StorageClass::from(class.to_ascii_uppercase().as_str()));
             }
