@@ -8,22 +8,18 @@
 
 #![no_main]
 
+mod common;
+
 use coffer_core::blob;
 use coffer_core::chunker::ChunkerParams;
-use coffer_core::crypto::{Keys, NONCE_LEN, ObjectKind};
+use coffer_core::crypto::{NONCE_LEN, ObjectKind};
 use coffer_core::id::Id;
 use coffer_core::snapshot::MAX_SNAPSHOT_LEN;
+use common::{REPO, keys};
 use libfuzzer_sys::fuzz_target;
-use std::sync::OnceLock;
 
-const REPO: [u8; 32] = [3u8; 32];
 const MAX_CHUNK: usize = ChunkerParams::MAX_CHUNK as usize;
 const MAX_TREE: usize = 256 * 1024 * 1024;
-
-fn keys() -> &'static Keys {
-    static KEYS: OnceLock<Keys> = OnceLock::new();
-    KEYS.get_or_init(|| Keys::from_master(&[7u8; 64]))
-}
 
 fuzz_target!(|data: &[u8]| {
     let keys = keys();

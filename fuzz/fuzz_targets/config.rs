@@ -7,16 +7,13 @@
 
 #![no_main]
 
+mod common;
+
 use coffer_core::blob;
 use coffer_core::config::{ConfigBody, ConfigHeader, FORMAT_VERSION, MAGIC, NAME};
-use coffer_core::crypto::{Keys, ObjectKind};
+use coffer_core::crypto::ObjectKind;
+use common::keys;
 use libfuzzer_sys::fuzz_target;
-use std::sync::OnceLock;
-
-fn keys() -> &'static Keys {
-    static KEYS: OnceLock<Keys> = OnceLock::new();
-    KEYS.get_or_init(|| Keys::from_master(&[7u8; 64]))
-}
 
 fuzz_target!(|data: &[u8]| {
     let keys = keys();

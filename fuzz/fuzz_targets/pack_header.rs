@@ -4,18 +4,12 @@
 
 #![no_main]
 
-use coffer_core::crypto::Keys;
+mod common;
+
 use coffer_core::id::Id;
 use coffer_core::pack::{self, PackKind};
+use common::{REPO, keys};
 use libfuzzer_sys::fuzz_target;
-use std::sync::OnceLock;
-
-const REPO: [u8; 32] = [3u8; 32];
-
-fn keys() -> &'static Keys {
-    static KEYS: OnceLock<Keys> = OnceLock::new();
-    KEYS.get_or_init(|| Keys::from_master(&[7u8; 64]))
-}
 
 fuzz_target!(|data: &[u8]| {
     let id = Id([1; 32]);
