@@ -114,10 +114,45 @@ fn a_prune_with_a_short_stale_time_honours_a_default_backups_lock(backend: Backe
 }
 
 /// Runs a command and returns its output and its peak resident memory in
-/// bytes (`ru_maxrss` of this child alone, from `wait4`).
+/// bytes. A child of this process starts as a vfork of the test runner, and
+/// Linux counts the runner's own peak into the child's `ru_maxrss`: a large
+/// runner made a 15 MiB backup look like 200 MiB. So GNU time (Debian's
+/// `time`, which `.ci/run` installs) measures when it is there: it is
+/// small, and the figure it takes for its child is the command's own.
+/// Without it, `wait4` measures after the runner's peak is reset to its
+/// current size (`/proc/self/clear_refs`), which can only overstate the
+/// command's peak, never hide one.
+fn run_measuring_rss(cmd: std::process::Command) -> (std::process::Output, u64) {
+    let time = std::path::Path::new("/usr/bin/time");
+    if !time.exists() {
+        return run_measuring_rss_with_wait4(cmd);
+    }
+    let report = tempfile::NamedTempFile::new().unwrap();
+    let mut timed = std::process::Command::new(time);
+    timed.arg("-o").arg(report.path()).args(["-f", "%M"]).arg(cmd.get_program()).args(cmd.get_args());
+    for (key, value) in cmd.get_envs() {
+        match value {
+            Some(v) => timed.env(key, v),
+            None => timed.env_remove(key),
+        };
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        timed.current_dir(dir);
+    }
+    let output = timed.output().unwrap();
+    let text = std::fs::read_to_string(report.path()).unwrap();
+    // The last line is the figure; a line before it says the command failed.
+    let kib: u64 =
+        text.lines().last().and_then(|l| l.trim().parse().ok()).unwrap_or_else(|| panic!("time said {text:?}"));
+    (output, kib * 1024)
+}
+
+/// [`run_measuring_rss`] without GNU time: `ru_maxrss` of the child from
+/// `wait4`, after resetting this process's recorded peak.
 // The child is reaped by `wait4` below, which `Child::wait` cannot give.
 #[allow(clippy::zombie_processes)]
-fn run_measuring_rss(mut cmd: std::process::Command) -> (std::process::Output, u64) {
+fn run_measuring_rss_with_wait4(mut cmd: std::process::Command) -> (std::process::Output, u64) {
+    std::fs::write("/proc/self/clear_refs", "5").expect("reset this process's peak resident memory");
     let child = cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
     let pid = child.id() as libc::pid_t;
     // Drain the pipes on threads, then reap the child with wait4 ourselves.
