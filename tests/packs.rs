@@ -8,7 +8,9 @@ use coffer_core::crypto::ObjectKind;
 use coffer_core::index::{self, Index};
 use coffer_core::pack::{PackKind, pack_key};
 use coffer_core::packer::{Packer, PackerOptions, Stored};
+use coffer_core::progress::NoProgress;
 use coffer_core::repo::object_key;
+use coffer_core::restorer::{self, RestoreOptions};
 use coffer_core::{Id, Repository};
 
 use crate::common::{Backend, Env, both_backends, open_repo, random_bytes};
@@ -120,4 +122,39 @@ fn an_unreadable_index_object_is_named() {
     let err = Index::open(repo.keys(), repo.repo_id(), &victim, &stored_bytes).unwrap_err();
     assert!(err.to_string().contains(&victim.to_hex()), "{err}");
     assert!(!loaded.unindexed.is_empty(), "its packs are named for re-indexing");
+}
+
+both_backends!(restore_reads_neighbouring_chunks_together);
+
+/// Restore fetches chunks that lie near each other in a pack in one ranged
+/// read: 300 small files, stored in a couple of packs, come back whole with
+/// a few GETs rather than one per file.
+fn restore_reads_neighbouring_chunks_together(backend: Backend) {
+    let env = Env::init_on(backend);
+    let files: Vec<(String, Vec<u8>)> =
+        (0..300u64).map(|i| (format!("small/f{i:03}"), random_bytes(3000 + i as usize * 7, i))).collect();
+    for (name, data) in &files {
+        env.write(name, data);
+    }
+    env.backup_json(&[]);
+    let repo = open_repo(&env);
+    let (_, snap) = repo.find_snapshot("latest").unwrap();
+    let data_packs = index::load(&repo).unwrap().blobs.packs().iter().filter(|p| p.kind == PackKind::Data).count();
+    repo.blob_set().unwrap();
+    let target = env.path("out");
+    let options = RestoreOptions { target: target.clone(), ..RestoreOptions::default() };
+    let before = repo.backend().wire_stats();
+    let outcome = restorer::restore(&repo, &snap.tree, &options, &NoProgress).unwrap();
+    let cost = repo.backend().wire_stats().since(&before);
+    assert!(outcome.problems.is_empty(), "{:?}", outcome.problems);
+    assert_eq!(outcome.files, 300);
+    for (name, data) in &files {
+        assert!(std::fs::read(env.restored_src(&target).join(name)).unwrap() == *data, "{name}");
+    }
+    // The trees on the way to small/ (one per folder of the source's
+    // absolute path) and one read per data pack, where one GET per chunk
+    // would be 300.
+    let trees = env.src.components().count() as u64 + 1;
+    assert!(data_packs <= 2, "{data_packs} data packs");
+    assert!(cost.gets <= trees + data_packs as u64, "{} GETs for {data_packs} data packs: {cost:?}", cost.gets);
 }

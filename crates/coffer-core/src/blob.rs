@@ -375,22 +375,6 @@ impl std::ops::Deref for Decoded {
     }
 }
 
-/// Like [`unframe`] for a frame that starts at `start` in a buffer the
-/// caller gives up: a raw payload is left where it is.
-fn unframe_in(buf: Vec<u8>, start: usize, max_len: usize) -> std::result::Result<Decoded, String> {
-    let info = check_frame(&buf[start..], max_len)?;
-    match info.method {
-        COMPRESSION_NONE => {
-            let range = start + info.payload.start..start + info.payload.end;
-            Ok(Decoded { buf, range })
-        }
-        _ => {
-            let out = decompress(&buf[start + info.payload.start..start + info.payload.end], info.plain_len)?;
-            Ok(Decoded { range: 0..out.len(), buf: out })
-        }
-    }
-}
-
 fn deterministic_headers<'a>(kind: ObjectKind, id: &'a Id, repo_id: &'a [u8; 32]) -> [&'a [u8]; 3] {
     [kind.tag(), &id.0, repo_id]
 }
@@ -450,14 +434,41 @@ pub fn decode_owned(
     mut stored: Vec<u8>,
     max_len: usize,
 ) -> Result<Decoded> {
-    if !keys.open_in_place(kind, &deterministic_headers(kind, id, repo_id), &mut stored) {
+    let base = stored.as_ptr() as usize;
+    let raw = match decode_in_place(keys, repo_id, kind, id, &mut stored, max_len)? {
+        std::borrow::Cow::Borrowed(plain) => (plain.as_ptr() as usize - base, plain.len()),
+        std::borrow::Cow::Owned(buf) => return Ok(Decoded { range: 0..buf.len(), buf }),
+    };
+    Ok(Decoded { buf: stored, range: raw.0..raw.0 + raw.1 })
+}
+
+/// Decodes a blob where it lies, in a buffer that may be shared with its
+/// neighbours (one ranged read of a pack serves several): a raw plaintext
+/// is borrowed from the buffer, a compressed one decompressed into its own.
+pub fn decode_in_place<'a>(
+    keys: &Keys,
+    repo_id: &[u8; 32],
+    kind: ObjectKind,
+    id: &Id,
+    stored: &'a mut [u8],
+    max_len: usize,
+) -> Result<std::borrow::Cow<'a, [u8]>> {
+    if !keys.open_in_place(kind, &deterministic_headers(kind, id, repo_id), stored) {
         return Err(Error::corrupt(
             kind.name(),
             id.to_hex(),
             "does not authenticate (altered, truncated, or stored under the wrong name)",
         ));
     }
-    let plaintext = unframe_in(stored, TAG_LEN, max_len).map_err(|r| Error::corrupt(kind.name(), id.to_hex(), r))?;
+    let frame = &stored[TAG_LEN..];
+    let info = check_frame(frame, max_len).map_err(|r| Error::corrupt(kind.name(), id.to_hex(), r))?;
+    let payload = &frame[info.payload];
+    let plaintext = match info.method {
+        COMPRESSION_NONE => std::borrow::Cow::Borrowed(payload),
+        _ => std::borrow::Cow::Owned(
+            decompress(payload, info.plain_len).map_err(|r| Error::corrupt(kind.name(), id.to_hex(), r))?,
+        ),
+    };
     if keys.id(&plaintext) != *id {
         return Err(Error::corrupt(kind.name(), id.to_hex(), "content does not match its id"));
     }

@@ -384,9 +384,8 @@ fn read_packs(
                             return out;
                         }
                     };
-                    let (done, checked) = tokio::sync::oneshot::channel();
-                    rayon::spawn(move || {
-                        let _ = done.send(check_pack(&keys, &repo_id, max_chunk, pack, &bytes, &expected, &lens));
+                    let checked = crate::restorer::on_cpu_pool(move || {
+                        check_pack(&keys, &repo_id, max_chunk, pack, &bytes, &expected, &lens)
                     });
                     checked.await.unwrap_or_else(|e| ReadOutcome {
                         packs: vec![(pack, format!("unreadable: checking task failed: {e}"))],

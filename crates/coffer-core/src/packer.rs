@@ -207,6 +207,16 @@ fn random_below(n: usize) -> usize {
     (u64::from_le_bytes(b) % n as u64) as usize
 }
 
+/// Blobs of a pack at most this far apart are fetched in one ranged read
+/// by restore and mount: reading the bytes between costs less than another
+/// round trip (about 2.5 ms at 100 MB/s, an eighth of a 20 ms round trip).
+pub const READ_GAP: u64 = 256 << 10;
+
+/// The longest ranged read restore and mount make of several blobs: it
+/// saves the round trips of a few chunks, where a longer one would only
+/// delay the first of them.
+pub const READ_MAX: u64 = 4 << 20;
+
 /// One ranged read of a pack, and the blobs it covers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RangeRead {
@@ -217,6 +227,13 @@ pub struct RangeRead {
     /// For each blob: its place in the caller's list, and where it lies in
     /// the range read.
     pub parts: Vec<(usize, std::ops::Range<usize>)>,
+}
+
+impl RangeRead {
+    /// Reads the range from the pack.
+    pub async fn fetch(&self, backend: &dyn Backend) -> crate::backend::BackendResult<Vec<u8>> {
+        backend.get_range(&pack_key(self.kind, &self.pack), self.offset, self.length).await
+    }
 }
 
 /// Groups reads of blobs into ranged reads of their packs: blobs of one

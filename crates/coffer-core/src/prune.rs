@@ -337,7 +337,7 @@ fn repack_packs(
     let stored = repo.runtime().block_on(async {
         let mut fetches = futures_util::stream::iter(reads)
             .map(|r| async move {
-                let bytes = backend.get_range(&pack_key(r.kind, &r.pack), r.offset, r.length).await;
+                let bytes = r.fetch(&**backend).await;
                 (r, bytes)
             })
             .buffer_unordered(width);

@@ -676,10 +676,29 @@ pub fn decode_chunk_ref(
     stored: Vec<u8>,
 ) -> Result<blob::Decoded> {
     let data = blob::decode_owned(keys, repo_id, ObjectKind::Chunk, &chunk.0, stored, max_len)?;
-    if data.len() != chunk.1 as usize {
+    check_chunk_len(chunk, data.len())?;
+    Ok(data)
+}
+
+/// [`decode_chunk_ref`] for a chunk lying in a buffer shared with its
+/// neighbours: one ranged read of a pack.
+pub fn decode_chunk_ref_in<'a>(
+    keys: &Keys,
+    repo_id: &[u8; 32],
+    max_len: usize,
+    chunk: &ChunkRef,
+    stored: &'a mut [u8],
+) -> Result<std::borrow::Cow<'a, [u8]>> {
+    let data = blob::decode_in_place(keys, repo_id, ObjectKind::Chunk, &chunk.0, stored, max_len)?;
+    check_chunk_len(chunk, data.len())?;
+    Ok(data)
+}
+
+fn check_chunk_len(chunk: &ChunkRef, len: usize) -> Result<()> {
+    if len != chunk.1 as usize {
         return Err(Error::corrupt("chunk", chunk.0.to_hex(), "length differs from the tree's record"));
     }
-    Ok(data)
+    Ok(())
 }
 
 /// The most bytes a stored object of `kind` can take, in a repository whose
@@ -711,7 +730,8 @@ pub async fn fetch_blob(
     id: &Id,
     limit: u64,
 ) -> Result<Vec<u8>> {
-    let (loc, key) = locate_blob(set, kind, id, limit)?;
+    let loc = locate_blob(set, kind, id, limit)?;
+    let key = crate::pack::pack_key(loc.kind, &loc.pack);
     blob_read(kind, id, &loc, backend.get_range(&key, u64::from(loc.offset), u64::from(loc.length)).await)
 }
 
@@ -723,15 +743,16 @@ pub fn fetch_blob_blocking(
     id: &Id,
     limit: u64,
 ) -> Result<Vec<u8>> {
-    let (loc, key) = locate_blob(set, kind, id, limit)?;
+    let loc = locate_blob(set, kind, id, limit)?;
+    let key = crate::pack::pack_key(loc.kind, &loc.pack);
     blob_read(kind, id, &loc, reads.get_range_blocking(&key, u64::from(loc.offset), u64::from(loc.length)))
 }
 
-/// Where to read a blob: its location and its pack's key.
-fn locate_blob(set: &BlobSet, kind: ObjectKind, id: &Id, limit: u64) -> Result<(BlobLocation, String)> {
+/// Where to read a blob, refusing an index entry longer than `limit`.
+pub fn locate_blob(set: &BlobSet, kind: ObjectKind, id: &Id, limit: u64) -> Result<BlobLocation> {
     let loc = set.get(kind, id).ok_or(Error::Missing { kind: kind.name(), id: *id })?;
     check_blob_length(kind, id, &loc, limit)?;
-    Ok((loc, crate::pack::pack_key(loc.kind, &loc.pack)))
+    Ok(loc)
 }
 
 /// An index entry longer than any blob of its kind is refused before

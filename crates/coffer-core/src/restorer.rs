@@ -3,9 +3,12 @@
 //! The trees are walked first: directories, symlinks and special files are
 //! created, and every file to write is listed (with `--overwrite if-changed`,
 //! files that look unchanged are re-hashed to decide). File contents are then
-//! fetched with many requests in flight but a bounded number of bytes, each
-//! chunk written at its offset (files are pre-sized, so chunks can land in any
-//! order; a chunk of zeros is not written at all, so holes stay holes).
+//! fetched with many requests in flight but a bounded number of bytes: the
+//! chunks, taken a window at a time in the files' order, are grouped by pack,
+//! and chunks lying near each other in a pack share one ranged read. Each
+//! chunk is decrypted where it lies in that read's buffer and written at its
+//! offset (files are pre-sized, so chunks can land in any order; a chunk of
+//! zeros is not written at all, so holes stay holes).
 //! Metadata is applied after the contents, hard links are made once the file
 //! they point to is complete, and directories get their metadata last,
 //! deepest first, so that writing into a directory does not disturb its
@@ -15,6 +18,7 @@
 //! A damaged or missing chunk fails only the file that needs it: the error
 //! names the file and the chunk, and every other file is still restored.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::File;
@@ -27,12 +31,15 @@ use std::sync::{Arc, Mutex};
 use futures_util::StreamExt;
 use rayon::prelude::*;
 
+use crate::backend::Backend;
 use crate::crypto::{Keys, ObjectKind};
 use crate::error::{Error, Result};
 use crate::id::Id;
+use crate::index::BlobSet;
 use crate::metadata;
+use crate::packer::{READ_GAP, READ_MAX, RangeRead, plan_reads};
 use crate::progress::Progress;
-use crate::repo::{Repository, fetch_blob};
+use crate::repo::{Repository, decode_chunk_ref_in, fetch_blob, locate_blob};
 use crate::tree::{ChunkRef, Node, NodeKind, valid_name};
 use crate::walk::snapshot_components;
 
@@ -585,15 +592,284 @@ fn content_differs(
 }
 
 /// Counts plaintext bytes in flight, and returns its permit, when dropped.
+/// The restore's memory bound: plaintext bytes of chunks in flight.
+struct Budget {
+    semaphore: tokio::sync::Semaphore,
+    total: u32,
+    in_flight: AtomicU64,
+    peak: AtomicU64,
+}
+
+impl Budget {
+    /// Waits until `bytes` fit (a read larger than the whole budget waits
+    /// for all of it, and then runs alone).
+    async fn take(&self, bytes: u64) -> Result<InFlight<'_>> {
+        let permits = bytes.min(u64::from(self.total)) as u32;
+        let permit = self
+            .semaphore
+            .acquire_many(permits)
+            .await
+            .map_err(|e| Error::InvalidInput(format!("restore budget: {e}")))?;
+        let now = self.in_flight.fetch_add(bytes, Ordering::AcqRel) + bytes;
+        self.peak.fetch_max(now, Ordering::AcqRel);
+        Ok(InFlight { counter: &self.in_flight, len: bytes, _permit: permit })
+    }
+}
+
 struct InFlight<'a> {
     counter: &'a AtomicU64,
     len: u64,
-    _permit: tokio::sync::OwnedSemaphorePermit,
+    _permit: tokio::sync::SemaphorePermit<'a>,
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.counter.fetch_sub(self.len, Ordering::AcqRel);
+    }
+}
+
+/// A budget of this many bytes is shared by at least this many reads, so
+/// that a high-latency store always has several requests in flight.
+const READS_PER_BUDGET: u64 = 8;
+
+/// Chunks are planned into ranged reads this many at a time (or this many
+/// bytes of them): enough to find the neighbours within a pack, few enough
+/// that the plan's memory does not grow with the snapshot.
+const WINDOW_PIECES: usize = 8192;
+const WINDOW_BYTES: u64 = 256 << 20;
+
+/// One chunk to write at an offset of a file.
+#[derive(Clone, Copy, Debug)]
+struct Piece {
+    file: usize,
+    offset: u64,
+    chunk: ChunkRef,
+}
+
+/// What a piece came to: whether its chunk is all zeros, or why it failed.
+type PieceResult = std::result::Result<bool, String>;
+
+/// A chunk's plaintext as decoded for a piece, or why it is not.
+type DecodedPiece<'a> = std::result::Result<Cow<'a, [u8]>, String>;
+
+/// The message a failed piece reports for its file.
+fn piece_message(chunk: &ChunkRef, e: &Error) -> String {
+    match e {
+        Error::Io { .. } => e.to_string(),
+        _ => format!("chunk {}: {e}", chunk.0),
+    }
+}
+
+/// A unit of the restore's fetching.
+enum Fetch {
+    /// A ranged read of a pack, and the pieces it serves: its part `k`
+    /// holds the chunk of piece `k`.
+    Read(RangeRead, Vec<Piece>),
+    /// A piece whose chunk cannot be read: not in the index, or longer than
+    /// a chunk can be.
+    Unreadable(Piece, Error),
+}
+
+/// Cuts the pieces into planning windows, in the order of the files.
+fn windows(mut pieces: impl Iterator<Item = Piece>) -> impl Iterator<Item = Vec<Piece>> {
+    std::iter::from_fn(move || {
+        let mut window = Vec::new();
+        let mut bytes = 0u64;
+        while window.len() < WINDOW_PIECES && bytes < WINDOW_BYTES {
+            let Some(piece) = pieces.next() else { break };
+            bytes += u64::from(piece.chunk.1);
+            window.push(piece);
+        }
+        (!window.is_empty()).then_some(window)
+    })
+}
+
+/// Plans a window's pieces into ranged reads: neighbours in a pack share a
+/// read, which serves at most `cap` bytes of plaintext (a single larger
+/// chunk is read alone).
+fn plan_fetches(blobs: &BlobSet, limit: u64, window: Vec<Piece>, cap: u64) -> Vec<Fetch> {
+    let mut out = Vec::new();
+    let mut located = Vec::with_capacity(window.len());
+    let mut wanted = Vec::with_capacity(window.len());
+    for piece in window {
+        match locate_blob(blobs, ObjectKind::Chunk, &piece.chunk.0, limit) {
+            Ok(loc) => {
+                wanted.push(loc);
+                located.push(piece);
+            }
+            Err(e) => out.push(Fetch::Unreadable(piece, e)),
+        }
+    }
+    for read in plan_reads(&wanted, READ_GAP, cap) {
+        let mut group = Vec::new();
+        let mut plain = 0u64;
+        for part in &read.parts {
+            let len = u64::from(located[part.0].chunk.1);
+            if !group.is_empty() && plain + len > cap {
+                out.push(sub_read(&read, std::mem::take(&mut group), &located));
+                plain = 0;
+            }
+            plain += len;
+            group.push(part.clone());
+        }
+        if !group.is_empty() {
+            out.push(sub_read(&read, group, &located));
+        }
+    }
+    out
+}
+
+/// The part of `read` that covers `parts`, with its own pieces.
+fn sub_read(read: &RangeRead, parts: Vec<(usize, std::ops::Range<usize>)>, located: &[Piece]) -> Fetch {
+    let start = parts.iter().map(|p| p.1.start).min().unwrap_or(0);
+    let end = parts.iter().map(|p| p.1.end).max().unwrap_or(start);
+    let pieces = parts.iter().map(|p| located[p.0]).collect();
+    let parts = parts.into_iter().enumerate().map(|(k, (_, r))| (k, r.start - start..r.end - start)).collect();
+    let sub = RangeRead {
+        pack: read.pack,
+        kind: read.kind,
+        offset: read.offset + start as u64,
+        length: (end - start) as u64,
+        parts,
+    };
+    Fetch::Read(sub, pieces)
+}
+
+/// Fetches one ranged read and writes its pieces. A piece the shared read
+/// cannot serve (the read failed, or its range overlaps another's) is read
+/// alone, so that it fails with its own error and fails only its file.
+#[allow(clippy::too_many_arguments)]
+async fn fetch_pieces(
+    backend: &dyn Backend,
+    blobs: &BlobSet,
+    limit: u64,
+    writer: &Arc<Writer>,
+    read: RangeRead,
+    pieces: &[Piece],
+    budget: &Budget,
+    zero_chunks: &Mutex<HashSet<Id>>,
+) -> Vec<PieceResult> {
+    let known_zero: Vec<bool> = match zero_chunks.lock() {
+        Ok(z) => pieces.iter().map(|p| z.contains(&p.chunk.0)).collect(),
+        Err(_) => vec![false; pieces.len()],
+    };
+    if known_zero.iter().all(|&z| z) {
+        return vec![Ok(true); pieces.len()];
+    }
+    let plain: u64 = pieces.iter().zip(&known_zero).filter(|(_, z)| !**z).map(|(p, _)| u64::from(p.chunk.1)).sum();
+    let _in_flight = match budget.take(plain).await {
+        Ok(g) => g,
+        Err(e) => return pieces.iter().map(|p| Err(piece_message(&p.chunk, &e))).collect(),
+    };
+    let mut results = match read.fetch(backend).await {
+        Ok(buf) if buf.len() as u64 == read.length => {
+            let (writer, owned) = (writer.clone(), pieces.to_vec());
+            on_cpu_pool(move || writer.write_range(buf, &read.parts, &owned, &known_zero))
+                .await
+                .unwrap_or_else(|e| vec![Some(Err(format!("restore task failed: {e}"))); pieces.len()])
+        }
+        _ => vec![None; pieces.len()],
+    };
+    for (slot, piece) in results.iter_mut().zip(pieces) {
+        if slot.is_some() {
+            continue;
+        }
+        let piece = *piece;
+        *slot = Some(match fetch_blob(backend, blobs, ObjectKind::Chunk, &piece.chunk.0, limit).await {
+            Ok(stored) => {
+                let writer = writer.clone();
+                let len = stored.len();
+                on_cpu_pool(move || writer.write_range(stored, &[(0, 0..len)], &[piece], &[false]))
+                    .await
+                    .map_err(|e| format!("restore task failed: {e}"))
+                    .and_then(|mut r| r.pop().flatten().ok_or_else(|| "restore task lost a piece".to_string()))
+                    .unwrap_or_else(Err)
+            }
+            Err(e) => Err(piece_message(&piece.chunk, &e)),
+        });
+    }
+    results.into_iter().map(|r| r.unwrap_or_else(|| Err("not restored".to_string()))).collect()
+}
+
+/// Runs CPU work (decoding, hashing) on rayon's pool, one thread per core,
+/// rather than on tokio's blocking pool, whose dozens of threads would only
+/// contend for the same cores.
+pub(crate) async fn on_cpu_pool<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> std::result::Result<T, tokio::sync::oneshot::error::RecvError> {
+    let (done, result) = tokio::sync::oneshot::channel();
+    rayon::spawn(move || {
+        let _ = done.send(work());
+    });
+    result.await
+}
+
+/// Decodes chunks and writes them into the files being restored.
+struct Writer {
+    keys: Arc<Keys>,
+    repo_id: [u8; 32],
+    max_len: usize,
+    files: Arc<Vec<FileJob>>,
+}
+
+impl Writer {
+    /// Decodes the chunks of one ranged read where they lie in `buf` and
+    /// writes each to its pieces. A piece whose range overlaps an earlier
+    /// one's (an index that gives two chunks one place) is left `None`, to
+    /// be read alone; a piece known to be zeros is not decoded.
+    fn write_range(
+        &self,
+        mut buf: Vec<u8>,
+        parts: &[(usize, std::ops::Range<usize>)],
+        pieces: &[Piece],
+        known_zero: &[bool],
+    ) -> Vec<Option<PieceResult>> {
+        let mut out: Vec<Option<PieceResult>> = vec![None; pieces.len()];
+        let total = buf.len();
+        let mut rest: &mut [u8] = &mut buf;
+        let mut consumed = 0usize;
+        // The chunk decoded last, for the pieces that repeat it.
+        let mut last: Option<(std::ops::Range<usize>, Id, DecodedPiece<'_>)> = None;
+        for (k, range) in parts {
+            let (k, piece) = (*k, &pieces[*k]);
+            if known_zero[k] {
+                out[k] = Some(Ok(true));
+                continue;
+            }
+            if let Some((r, id, decoded)) = &last
+                && r == range
+                && *id == piece.chunk.0
+            {
+                out[k] = Some(decoded.as_ref().map_err(Clone::clone).and_then(|data| self.write(piece, data)));
+                continue;
+            }
+            if range.start < consumed || range.end > total {
+                continue;
+            }
+            let (_, tail) = std::mem::take(&mut rest).split_at_mut(range.start - consumed);
+            let (stored, tail) = tail.split_at_mut(range.len());
+            rest = tail;
+            consumed = range.end;
+            let decoded = decode_chunk_ref_in(&self.keys, &self.repo_id, self.max_len, &piece.chunk, stored)
+                .map_err(|e| piece_message(&piece.chunk, &e));
+            out[k] = Some(decoded.as_ref().map_err(Clone::clone).and_then(|data| self.write(piece, data)));
+            last = Some((range.clone(), piece.chunk.0, decoded));
+        }
+        out
+    }
+
+    /// Writes one piece's plaintext: `true` when it is all zeros, which the
+    /// pre-sized file holds already.
+    fn write(&self, piece: &Piece, data: &[u8]) -> PieceResult {
+        if is_all_zero(data) {
+            return Ok(true);
+        }
+        let job = &self.files[piece.file];
+        let written = job.handle().and_then(|f| {
+            let _writing = job.writing.lock();
+            write_sparse(&f, data, piece.offset)
+        });
+        written.map(|()| false).map_err(|e| Error::io(&job.path, e).to_string())
     }
 }
 
@@ -676,11 +952,11 @@ pub fn restore(
 
     let files = Arc::new(files);
     let failed: Mutex<Vec<(usize, String)>> = Mutex::new(Vec::new());
-    let chunk_jobs = (0..files.len()).filter(writing).flat_map(|fi| {
+    let pieces = (0..files.len()).filter(writing).flat_map(|fi| {
         files[fi].node.content.iter().scan(0u64, move |offset, c| {
             let at = *offset;
             *offset += u64::from(c.1);
-            Some((fi, at, *c))
+            Some(Piece { file: fi, offset: at, chunk: *c })
         })
     });
 
@@ -690,78 +966,61 @@ pub fn restore(
         n => n,
     }
     .min(u32::MAX as usize) as u32;
-    let semaphore = Arc::new(tokio::sync::Semaphore::new(budget as usize));
-    let in_flight = AtomicU64::new(0);
-    let peak = AtomicU64::new(0);
+    let budget = Budget {
+        semaphore: tokio::sync::Semaphore::new(budget as usize),
+        total: budget,
+        in_flight: AtomicU64::new(0),
+        peak: AtomicU64::new(0),
+    };
     // Chunks known to be all zeros: nothing to fetch or write for them.
     let zero_chunks: Mutex<HashSet<Id>> = Mutex::new(HashSet::new());
     let backend = repo.backend().clone();
     let blobs = repo.blob_set()?;
-    let repo_id = *repo.repo_id();
-    let max_len = repo.max_chunk_len();
+    let writer = Arc::new(Writer {
+        keys: keys.clone(),
+        repo_id: *repo.repo_id(),
+        max_len: repo.max_chunk_len(),
+        files: files.clone(),
+    });
     let limit = repo.stored_limit(ObjectKind::Chunk);
+    // One read serves at most this much plaintext, so that several reads
+    // are in flight within the budget.
+    let read_cap = (u64::from(budget.total) / READS_PER_BUDGET).clamp(1, READ_MAX);
+    let fetches = windows(pieces).flat_map(|window| plan_fetches(&blobs, limit, window, read_cap));
     repo.runtime().block_on(async {
-        futures_util::stream::iter(chunk_jobs)
-            .map(|(fi, offset, chunk)| {
-                let (backend, blobs, keys, files) = (backend.clone(), blobs.clone(), keys.clone(), files.clone());
-                let (semaphore, in_flight, peak, zero_chunks, failed) =
-                    (semaphore.clone(), &in_flight, &peak, &zero_chunks, &failed);
+        futures_util::stream::iter(fetches)
+            .map(|fetch| {
+                let (backend, blobs, writer) = (backend.clone(), blobs.clone(), writer.clone());
+                let (budget, zero_chunks, failed, files) = (&budget, &zero_chunks, &failed, &files);
                 async move {
-                    let result: Result<()> = async {
-                        if zero_chunks.lock().is_ok_and(|z| z.contains(&chunk.0)) {
-                            return Ok(());
+                    let (pieces, results) = match fetch {
+                        Fetch::Read(read, pieces) => {
+                            let results =
+                                fetch_pieces(&*backend, &blobs, limit, &writer, read, &pieces, budget, zero_chunks)
+                                    .await;
+                            (pieces, results)
                         }
-                        let permit = semaphore
-                            .acquire_many_owned(chunk.1.min(budget))
-                            .await
-                            .map_err(|e| Error::InvalidInput(format!("restore budget: {e}")))?;
-                        let len = u64::from(chunk.1);
-                        let now = in_flight.fetch_add(len, Ordering::AcqRel) + len;
-                        peak.fetch_max(now, Ordering::AcqRel);
-                        let _guard = InFlight { counter: in_flight, len, _permit: permit };
-                        let stored = fetch_blob(&*backend, &blobs, ObjectKind::Chunk, &chunk.0, limit).await?;
-                        let (keys, files) = (keys.clone(), files.clone());
-                        // Decoding is CPU work: it runs on rayon's pool, one thread
-                        // per core, rather than on tokio's blocking pool, whose
-                        // dozens of threads would only contend for the same cores.
-                        let (done, decoded) = tokio::sync::oneshot::channel();
-                        rayon::spawn(move || {
-                            let _ = done.send((move || -> Result<bool> {
-                                let data = crate::repo::decode_chunk_ref(&keys, &repo_id, max_len, &chunk, stored)?;
-                                if is_all_zero(&data) {
-                                    // The file was pre-sized: the range is a hole already.
-                                    return Ok(true);
+                        Fetch::Unreadable(piece, e) => (vec![piece], vec![Err(piece_message(&piece.chunk, &e))]),
+                    };
+                    for (piece, result) in pieces.iter().zip(results) {
+                        match result {
+                            Ok(zero) => {
+                                if zero && let Ok(mut z) = zero_chunks.lock() {
+                                    z.insert(piece.chunk.0);
                                 }
-                                let job = &files[fi];
-                                let f = job.handle().map_err(|e| Error::io(&job.path, e))?;
-                                let _writing = job.writing.lock();
-                                write_sparse(&f, &data, offset).map_err(|e| Error::io(&job.path, e))?;
-                                Ok(false)
-                            })());
-                        });
-                        let zero =
-                            decoded.await.map_err(|e| Error::InvalidInput(format!("restore task failed: {e}")))??;
-                        if zero && let Ok(mut z) = zero_chunks.lock() {
-                            z.insert(chunk.0);
-                        }
-                        Ok(())
-                    }
-                    .await;
-                    match result {
-                        Ok(()) => progress.bytes_done(u64::from(chunk.1)),
-                        Err(e) => {
-                            let msg = match &e {
-                                Error::Io { .. } => e.to_string(),
-                                _ => format!("chunk {}: {e}", chunk.0),
-                            };
-                            if let Ok(mut f) = failed.lock() {
-                                f.push((fi, msg));
+                                progress.bytes_done(u64::from(piece.chunk.1));
+                            }
+                            Err(msg) => {
+                                if let Ok(mut f) = failed.lock() {
+                                    f.push((piece.file, msg));
+                                }
                             }
                         }
-                    }
-                    if files[fi].remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-                        files[fi].close();
-                        progress.file_done();
+                        let job = &files[piece.file];
+                        if job.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+                            job.close();
+                            progress.file_done();
+                        }
                     }
                 }
             })
@@ -769,7 +1028,7 @@ pub fn restore(
             .collect::<Vec<()>>()
             .await;
     });
-    outcome.peak_bytes_in_flight = peak.load(Ordering::Acquire);
+    outcome.peak_bytes_in_flight = budget.peak.load(Ordering::Acquire);
 
     let mut failed = failed.into_inner().map_err(|_| Error::InvalidInput("poisoned".into()))?;
     failed.sort();

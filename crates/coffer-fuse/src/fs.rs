@@ -488,13 +488,12 @@ impl CofferFs {
         let next_files = file.tree.nodes.get(file.index + 1..).unwrap_or_default().iter();
         let next_chunks = next_files.filter(|n| n.kind == NodeKind::File).flat_map(|n| n.content.iter());
         let mut ahead = 0u64;
-        for chunk in file.chunks.iter().skip(from).chain(next_chunks).take(self.chunks.max_in_flight()) {
-            ahead += u64::from(chunk.1);
-            if ahead > self.prefetch_bytes {
-                break;
-            }
-            self.chunks.prefetch(*chunk);
-        }
+        let wanted =
+            file.chunks.iter().skip(from).chain(next_chunks).take(self.chunks.max_in_flight()).take_while(|c| {
+                ahead += u64::from(c.1);
+                ahead <= self.prefetch_bytes
+            });
+        self.chunks.prefetch_all(wanted.copied());
     }
 }
 
