@@ -124,6 +124,35 @@ fn an_unreadable_index_object_is_named() {
     assert!(!loaded.unindexed.is_empty(), "its packs are named for re-indexing");
 }
 
+/// `check` reads index objects from the repository, never the cached
+/// copies: an index object damaged after this host cached it still loads
+/// from the cache for backup, but `check` names it.
+#[test]
+fn check_reads_index_objects_from_the_repository() {
+    let env = Env::init();
+    env.write("f", &random_bytes(5000, 1));
+    env.backup_json(&[]);
+    let cache = env.path("cache");
+    let repo = open_repo(&env).with_cache(&cache);
+    index::load(&repo).unwrap();
+    let ids: Vec<Id> = std::fs::read_dir(env.repo.join("index"))
+        .unwrap()
+        .filter_map(|e| Id::from_hex(e.unwrap().file_name().to_str().unwrap()))
+        .collect();
+    assert_eq!(ids.len(), 1);
+    let path = env.repo.join(object_key(ObjectKind::Index, &ids[0]));
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[40] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    let loaded = index::load(&repo).unwrap();
+    assert!(loaded.unreadable.is_empty(), "the cached copy serves a normal load");
+    let report = coffer_core::check::check(&repo, coffer_core::check::ReadData::None).unwrap();
+    let damage: Vec<_> = report.damage.iter().filter(|d| d.kind == "index").collect();
+    assert_eq!(damage.len(), 1, "{:?}", report.damage);
+    assert_eq!(damage[0].id, ids[0]);
+    assert!(damage[0].problem.contains("does not authenticate"), "{}", damage[0].problem);
+}
+
 both_backends!(restore_reads_neighbouring_chunks_together);
 
 /// Restore fetches chunks that lie near each other in a pack in one ranged

@@ -353,7 +353,13 @@ pub fn swap_blob(
     bytes: &[u8],
 ) {
     use coffer_core::crypto::ObjectKind;
-    let loaded = repo.runtime().block_on(coffer_core::index::load_with(repo, true)).expect("load the index");
+    let loaded = repo
+        .runtime()
+        .block_on(coffer_core::index::load_with(
+            repo,
+            coffer_core::index::LoadOptions { keep_objects: true, ..Default::default() },
+        ))
+        .expect("load the index");
     let want = coffer_core::pack::PackKind::of_blob(kind).expect("a blob kind");
     let mut packs = Vec::new();
     for (_, index) in &loaded.objects {

@@ -639,6 +639,10 @@ pub fn backup(repo: &Repository, options: &BackupOptions, progress: &dyn Progres
         // headers were read, and are now written down as an index object,
         // so their blobs are reused here and by every later command.
         tracing::info!("indexing {} packs an earlier backup left unindexed", loaded.recovered.packs.len());
+        // Their names become durable with this backup's (the killed one may
+        // not have synced its folders), before any snapshot uses them.
+        let keys: Vec<String> = loaded.recovered.packs.iter().map(|p| crate::pack::pack_key(p.kind, &p.id)).collect();
+        repo.backend().adopt(&keys);
         repo.runtime().block_on(packer.write_index(loaded.recovered.packs.clone()))?;
     }
     let known = repo.set_blob_set(loaded.blobs);

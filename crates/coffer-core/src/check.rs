@@ -164,9 +164,11 @@ pub fn check(repo: &Repository, read: ReadData) -> Result<CheckReport> {
     }
     report.snapshots = snapshots.len() as u64;
 
-    // The index, against fresh listings of the packs. Cached index objects
-    // authenticate as fetched ones do, so the cache may serve them.
-    let loaded = crate::index::load(repo)?;
+    // The index, against fresh listings of the packs, every index object
+    // read from the repository: as with snapshots, a good cached copy says
+    // nothing about the stored object.
+    let options = crate::index::LoadOptions { from_repository: true, ..Default::default() };
+    let loaded = repo.runtime().block_on(crate::index::load_with(repo, options))?;
     let mut found = Found::default();
     report.indexes = loaded.indexes.len() as u64;
     for (id, e) in &loaded.unreadable {

@@ -199,12 +199,23 @@ pub fn load(repo: &crate::Repository) -> Result<Loaded> {
 /// that exist are those of listed packs, at the length their index gives,
 /// and those of listed packs no index names, read from their headers.
 pub async fn load_async(repo: &crate::Repository) -> Result<Loaded> {
-    load_with(repo, false).await
+    load_with(repo, LoadOptions::default()).await
 }
 
-/// [`load_async`], keeping the index objects read in [`Loaded::objects`]
-/// when `keep_objects` is set.
-pub async fn load_with(repo: &crate::Repository, keep_objects: bool) -> Result<Loaded> {
+/// How [`load_with`] reads the index.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoadOptions {
+    /// Keep the index objects read in [`Loaded::objects`] (prune rewrites
+    /// them).
+    pub keep_objects: bool,
+    /// Read every index object from the repository, not the local cache
+    /// (`check`: a good cached copy says nothing about the stored object).
+    /// The cache is still refreshed with what was read.
+    pub from_repository: bool,
+}
+
+/// [`load_async`] with options.
+pub async fn load_with(repo: &crate::Repository, options: LoadOptions) -> Result<Loaded> {
     use futures_util::StreamExt;
     let backend = repo.backend();
     let mut ids: Vec<Id> = backend
@@ -227,7 +238,7 @@ pub async fn load_with(repo: &crate::Repository, keep_objects: bool) -> Result<L
     let width = backend.concurrency().max(1);
     let opened: Vec<(Id, Result<Index>)> = futures_util::stream::iter(ids.iter().copied())
         .map(|id| async move {
-            if let Some(dir) = cache
+            if let Some(dir) = cache.filter(|_| !options.from_repository)
                 && let Some(bytes) = crate::cache::read(dir, ObjectKind::Index, &id)
             {
                 match Index::open(keys, repo_id, &id, &bytes) {
@@ -298,7 +309,7 @@ pub async fn load_with(repo: &crate::Repository, keep_objects: bool) -> Result<L
     });
     loaded.mismatched = mismatched.into_iter().collect();
     loaded.listed = listed;
-    if keep_objects {
+    if options.keep_objects {
         loaded.objects = names.into_iter().zip(indexes).collect();
     }
     Ok(loaded)

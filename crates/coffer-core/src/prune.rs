@@ -138,7 +138,10 @@ pub fn prune(repo: &Repository, options: &PruneOptions) -> Result<PruneOutcome> 
     for id in &options.assume_forgotten {
         s1.remove(id);
     }
-    let loaded = repo.runtime().block_on(crate::index::load_with(repo, true))?;
+    let loaded = repo.runtime().block_on(crate::index::load_with(
+        repo,
+        crate::index::LoadOptions { keep_objects: true, ..Default::default() },
+    ))?;
     let Loaded { blobs, objects, recovered, indexes, .. } = loaded;
     let set = repo.set_blob_set(blobs);
     let mut marks = Marks::default();

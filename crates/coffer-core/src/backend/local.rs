@@ -375,6 +375,17 @@ impl Backend for LocalBackend {
         }
     }
 
+    /// A file another process wrote was fsynced before its rename, but its
+    /// name may not be durable until its folder is: that folder joins the
+    /// next sync's batch.
+    fn adopt(&self, keys: &[String]) {
+        for key in keys {
+            if let Some(dir) = self.path(key).parent() {
+                self.mark_dirty(dir.to_path_buf());
+            }
+        }
+    }
+
     async fn sync(&self) -> BackendResult<()> {
         // Take the folders dirtied so far, and note every batch that other
         // syncs started for earlier ones: all of them must finish, and
@@ -446,6 +457,30 @@ mod tests {
 
     fn rt() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_multi_thread().worker_threads(1).build().unwrap()
+    }
+
+    /// A file another process left is made durable by the next sync once
+    /// adopted: its folder is fsynced (here, an injected failure of that
+    /// fsync shows the sync reached it), and only then.
+    #[test]
+    fn adopted_objects_have_their_folders_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let earlier = LocalBackend::new(dir.path().join("repo"));
+        rt().block_on(async {
+            earlier.create().await.unwrap();
+            earlier.put("data/ab/abcd", Bytes::from_static(b"pack")).await.unwrap();
+        });
+        // A new process: it never wrote into data/ab.
+        let b = LocalBackend::new(dir.path().join("repo"));
+        b.fail_dir_fsyncs("data/ab", 0, None);
+        rt().block_on(async {
+            b.sync().await.unwrap();
+            assert_eq!(b.dir_fsync_faults_applied(), 0, "nothing dirty, nothing synced");
+            b.adopt(&["data/ab/abcd".to_string()]);
+            let err = b.sync().await.unwrap_err();
+            assert!(err.to_string().contains("fsync of the folder failed"), "{err}");
+            assert_eq!(b.dir_fsync_faults_applied(), 1);
+        });
     }
 
     #[test]

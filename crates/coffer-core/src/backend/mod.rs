@@ -1,5 +1,5 @@
 //! Where objects live. A backend stores opaque byte strings under string keys
-//! such as `chunks/ab/ab12…`; it knows nothing about encryption or ids.
+//! such as `data/ab/ab12…`; it knows nothing about encryption or ids.
 //!
 //! The trait is small on purpose, so that a new store (or a test wrapper that
 //! injects failures) is easy to write and hard to get wrong.
@@ -21,7 +21,7 @@ pub use bytes::Bytes;
 /// One entry of a listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
-    /// The full key, e.g. `chunks/ab/ab12…`.
+    /// The full key, e.g. `data/ab/ab12…`.
     pub key: String,
     pub size: u64,
 }
@@ -219,8 +219,8 @@ pub trait Backend: Send + Sync + 'static {
     }
 
     /// Lists every key that starts with `prefix` (a folder such as
-    /// `chunks/`), in no particular order. Temporary objects are left out;
-    /// for `chunks/` and `trees/` a store may also leave out keys outside the
+    /// `data/`), in no particular order. Temporary objects are left out;
+    /// for `data/` and `tree/` a store may also leave out keys outside the
     /// 256 sub-folders `00/`…`ff/` (no well-formed object lives there).
     async fn list(&self, prefix: &str) -> BackendResult<Vec<Entry>>;
 
@@ -231,6 +231,12 @@ pub trait Backend: Send + Sync + 'static {
     /// written only after this returns, so a crash can never leave a snapshot
     /// that references data the store has not kept.
     async fn sync(&self) -> BackendResult<()>;
+
+    /// Objects another process wrote, which this one is about to reference
+    /// (a killed backup's packs, reused by the next): the next `sync` makes
+    /// them durable too, as if written here. A store whose writes are
+    /// durable once they return has nothing to do.
+    fn adopt(&self, _keys: &[String]) {}
 
     /// Creates the empty structure of a new repository, if the store needs one.
     async fn create(&self) -> BackendResult<()>;

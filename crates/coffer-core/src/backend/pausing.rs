@@ -251,6 +251,10 @@ impl Backend for PausingBackend {
         self.inner.sync().await
     }
 
+    fn adopt(&self, keys: &[String]) {
+        self.inner.adopt(keys)
+    }
+
     async fn create(&self) -> BackendResult<()> {
         self.inner.create().await
     }

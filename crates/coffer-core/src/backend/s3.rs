@@ -518,9 +518,10 @@ fn unsupported_condition<E: ProvideErrorMetadata>(err: &SdkError<E, aws_smithy_r
 }
 
 /// The most a GET body is pre-sized for from the length the store announces
-/// (a chunk's largest stored form is about 9 MiB): a store that announces
-/// more only makes the buffer grow as bytes actually arrive.
-const MAX_PRESIZE: usize = 16 << 20;
+/// (never more than the caller's limit): room for a whole pack of the
+/// default 32 MiB, which `check --read-data` reads, with its header and
+/// padding. Beyond it, the buffer grows as bytes actually arrive.
+const MAX_PRESIZE: usize = 64 << 20;
 
 /// Reads a GET body into one buffer, copying each piece once as it arrives
 /// (collecting the pieces first and then joining them copied every byte

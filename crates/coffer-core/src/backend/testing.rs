@@ -102,6 +102,10 @@ impl Backend for LatencyBackend {
         self.inner.sync().await
     }
 
+    fn adopt(&self, keys: &[String]) {
+        self.inner.adopt(keys)
+    }
+
     async fn create(&self) -> BackendResult<()> {
         self.inner.create().await
     }
@@ -250,6 +254,10 @@ impl Backend for FaultBackend {
 
     async fn sync(&self) -> BackendResult<()> {
         self.inner.sync().await
+    }
+
+    fn adopt(&self, keys: &[String]) {
+        self.inner.adopt(keys)
     }
 
     async fn create(&self) -> BackendResult<()> {
