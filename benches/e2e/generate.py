@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""Deterministic generator of a synthetic photo library for the end-to-end benchmark.
+"""Deterministic generators of the end-to-end benchmark's data sets: a synthetic photo
+library (`--dataset photos`, the default, described here) and 200,000 small files of
+random bytes (`--dataset small-files`, see generate_small_files).
 
 Layout (scale 1.0, about 1.5 GiB):
 
@@ -18,7 +20,9 @@ same seed and scale give the same bytes, whatever the order or the number of wor
 processes. Modification times are fixed too (a date in the file's month).
 
 Only the standard library is used: random.Random.randbytes (about 200 MiB/s per core)
-in one worker process per CPU.
+in one worker process per CPU. The JSON summary counts the distinct files' bytes drawn
+at random ("incompressible_bytes", the floor of any repository's size) and the RAW
+files' low-entropy blocks ("low_entropy_bytes").
 """
 
 from __future__ import annotations
@@ -90,6 +94,11 @@ def exif_segment(rng: random.Random) -> bytes:
     return b"\xff\xe1" + (len(body) + 2).to_bytes(2, "big") + body
 
 
+# Bytes of an APP1 segment that are not drawn at random (see exif_segment).
+_EXIF_FIXED = 2 + 2 + 6 + 10 + len(_IFD0) + len(b"COFFERCAM Model 7\x00" + b"firmware 1.04\x00")
+_JPEG_FIXED = 2 + _EXIF_FIXED + len(_DQT) + len(_SOF0) + len(_DHT) + len(_SOS) + 2
+
+
 def jpeg_bytes(rng: random.Random, size: int) -> bytes:
     head = b"\xff\xd8" + exif_segment(rng) + _DQT + _SOF0 + _DHT + _SOS
     body = rng.randbytes(max(0, size - len(head) - 2))
@@ -101,17 +110,27 @@ def jpeg_bytes(rng: random.Random, size: int) -> bytes:
 _LOW_TABLES = [bytes(((base + (b & 3)) & 0xFF) for b in range(256)) for base in range(0, 256, 4)]
 
 
-def raw_bytes(rng: random.Random, size: int) -> bytes:
+_RAW_FIXED = len(b"II*\x00\x08\x00\x00\x00" + b"COFFERCAM RAW v2\x00")
+
+
+def raw_bytes(rng: random.Random, size: int, counts: list[int] | None = None) -> bytes:
+    """A RAW-like file; adds its random and its low-entropy byte counts to `counts`."""
     header = b"II*\x00\x08\x00\x00\x00" + b"COFFERCAM RAW v2\x00" + rng.randbytes(1500 + rng.randrange(1500))
     parts = [header]
     n = len(header)
+    random_bytes, low_bytes = len(header) - _RAW_FIXED, 0
     while n < size:
         take = min(RAW_BLOCK, size - n)
         if rng.random() < RAW_RANDOM_FRACTION:
             parts.append(rng.randbytes(take))
+            random_bytes += take
         else:
             parts.append(rng.randbytes(take).translate(_LOW_TABLES[rng.randrange(len(_LOW_TABLES))]))
+            low_bytes += take
         n += take
+    if counts is not None:
+        counts[0] += random_bytes
+        counts[1] += low_bytes
     return b"".join(parts)
 
 
@@ -261,12 +280,16 @@ def make_plan(seed: int, scale: float) -> Plan:
     return plan
 
 
-def content(seed: int, e: Entry) -> bytes:
+def content(seed: int, e: Entry, counts: list[int] | None = None) -> bytes:
+    """The entry's bytes; adds its random and low-entropy byte counts to `counts`."""
     rng = file_rng(seed, e.relpath)
     if e.kind == "jpeg":
-        return jpeg_bytes(rng, e.size)
+        data = jpeg_bytes(rng, e.size)
+        if counts is not None:
+            counts[0] += len(data) - _JPEG_FIXED
+        return data
     if e.kind == "raw":
-        return raw_bytes(rng, e.size)
+        return raw_bytes(rng, e.size, counts)
     return xmp_text(rng, e.source, e.size, e.year, e.month)
 
 
@@ -278,18 +301,21 @@ def write_file(path: str, data: bytes, mtime: int) -> None:
     os.utime(path, (mtime, mtime))
 
 
-def _write_entries(args: tuple[str, int, list[Entry]]) -> int:
+def _write_entries(args: tuple[str, int, list[Entry]]) -> tuple[int, int, int]:
+    """(bytes written, of which drawn at random, of which low-entropy)."""
     root, seed, entries = args
     total = 0
+    counts = [0, 0]
     for e in entries:
-        data = content(seed, e)
+        data = content(seed, e, counts)
         write_file(os.path.join(root, e.relpath), data, month_mtime(file_rng(seed, "mtime:" + e.relpath), e.year, e.month))
         total += len(data)
-    return total
+    return total, counts[0], counts[1]
 
 
-def run_parallel(root: str, seed: int, entries: list[Entry], jobs: int) -> int:
-    """Writes entries with `jobs` processes; big files first so the workers finish together."""
+def write_parallel(root: str, seed: int, entries: list[Entry], jobs: int) -> tuple[int, int, int]:
+    """Writes entries with `jobs` processes; big files first so the workers finish together.
+    Returns (bytes written, of which random, of which low-entropy)."""
     order = sorted(entries, key=lambda e: -e.size)
     if jobs <= 1:
         return _write_entries((root, seed, order))
@@ -303,7 +329,13 @@ def run_parallel(root: str, seed: int, entries: list[Entry], jobs: int) -> int:
     for i in range(0, len(small), 200):
         batches.append(small[i:i + 200])
     with ProcessPoolExecutor(max_workers=jobs) as pool:
-        return sum(pool.map(_write_entries, [(root, seed, b) for b in batches]))
+        parts = list(pool.map(_write_entries, [(root, seed, b) for b in batches]))
+    return sum(p[0] for p in parts), sum(p[1] for p in parts), sum(p[2] for p in parts)
+
+
+def run_parallel(root: str, seed: int, entries: list[Entry], jobs: int) -> int:
+    """As write_parallel; returns the bytes written."""
+    return write_parallel(root, seed, entries, jobs)[0]
 
 
 def generate(root: str, seed: int = 1, scale: float = 1.0, jobs: int | None = None) -> dict:
@@ -315,7 +347,7 @@ def generate(root: str, seed: int = 1, scale: float = 1.0, jobs: int | None = No
     plan = make_plan(seed, scale)
     for d in plan.dirs:
         os.makedirs(os.path.join(root, d), exist_ok=True)
-    written = run_parallel(root, seed, plan.entries, jobs)
+    written, random_bytes, low_bytes = write_parallel(root, seed, plan.entries, jobs)
     dup_bytes = 0
     for src, dst in plan.duplicates:
         shutil.copyfile(os.path.join(root, src), os.path.join(root, dst))
@@ -333,11 +365,17 @@ def generate(root: str, seed: int = 1, scale: float = 1.0, jobs: int | None = No
     count = lambda k: sum(1 for e in plan.entries if e.kind == k)  # noqa: E731
     size = lambda k: sum(e.size for e in plan.entries if e.kind == k)  # noqa: E731
     return {
+        "dataset": "photos",
         "root": root,
         "seed": seed,
         "scale": scale,
         "files": len(plan.entries) + len(plan.duplicates),
         "bytes": written + dup_bytes,
+        # Of the distinct files' bytes (exact duplicates not counted again): those drawn
+        # uniformly at random, which no compressor shrinks, and the RAW files'
+        # low-entropy blocks (2 bits per byte). Fixed headers and the XMP text are the rest.
+        "incompressible_bytes": random_bytes,
+        "low_entropy_bytes": low_bytes,
         "jpeg_files": count("jpeg"),
         "jpeg_bytes": size("jpeg"),
         "raw_files": count("raw"),
@@ -350,14 +388,100 @@ def generate(root: str, seed: int = 1, scale: float = 1.0, jobs: int | None = No
     }
 
 
+# ---------------------------------------------------------------- small files
+
+# The small-files data set: SMALL_FILES files (at scale 1.0) of 1-6 KiB of random bytes,
+# SMALL_PER_DIR to a folder, SMALL_DIRS_PER_TOP folders to a top-level folder:
+#     t000/d000/f000000.dat ... t039/d799/f199999.dat    (about 0.7 GB)
+# the shape of a mail store, a source tree or a cache, where a tool's cost per file and
+# per stored object dominates its cost per byte.
+SMALL_FILES = 200_000
+SMALL_SIZE = (1 * KiB, 6 * KiB)
+SMALL_PER_DIR = 250
+SMALL_DIRS_PER_TOP = 20
+SMALL_EPOCH = 1704067200  # 2024-01-01: modification times are this plus a per-file offset
+
+
+def small_dir(index: int) -> str:
+    """Relative path of the index-th leaf folder."""
+    return f"t{index // SMALL_DIRS_PER_TOP:03d}/d{index:03d}"
+
+
+def small_files_of(seed: int, rel_dir: str, first: int, n: int) -> list[tuple[str, bytes, int]]:
+    """(name, bytes, mtime) of the n files numbered from `first` in one folder; one PRNG per
+    folder, so the bytes do not depend on the number of worker processes."""
+    rng = file_rng(seed, "small:" + rel_dir)
+    out = []
+    for i in range(first, first + n):
+        size = rng.randint(*SMALL_SIZE)
+        out.append((f"f{i:06d}.dat", rng.randbytes(size), SMALL_EPOCH + rng.randrange(365 * 86400)))
+    return out
+
+
+def _write_small_dir(args: tuple[str, int, int, int]) -> int:
+    root, seed, index, n = args
+    rel = small_dir(index)
+    folder = os.path.join(root, rel)
+    os.makedirs(folder, exist_ok=True)
+    total = 0
+    for name, data, mtime in small_files_of(seed, rel, index * SMALL_PER_DIR, n):
+        write_file(os.path.join(folder, name), data, mtime)
+        total += len(data)
+    return total
+
+
+def small_files_count(scale: float) -> int:
+    return max(1, round(SMALL_FILES * scale))
+
+
+def generate_small_files(root: str, seed: int = 1, count: int = SMALL_FILES, jobs: int | None = None) -> dict:
+    """Creates the small-files data set in `root` (must not exist or be empty)."""
+    if os.path.exists(root) and os.listdir(root):
+        raise SystemExit(f"generate: {root} exists and is not empty")
+    jobs = jobs or os.cpu_count() or 1
+    t0 = time.monotonic()
+    os.makedirs(root, exist_ok=True)
+    dirs = [(root, seed, i, min(SMALL_PER_DIR, count - i * SMALL_PER_DIR))
+            for i in range((count + SMALL_PER_DIR - 1) // SMALL_PER_DIR)]
+    if jobs <= 1:
+        written = sum(map(_write_small_dir, dirs))
+    else:
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            written = sum(pool.map(_write_small_dir, dirs, chunksize=4))
+    tops = sorted({small_dir(i).split("/")[0] for i in range(len(dirs))})
+    for i in range(len(dirs)):
+        os.utime(os.path.join(root, small_dir(i)), (SMALL_EPOCH + 366 * 86400,) * 2)
+    for t in tops:
+        os.utime(os.path.join(root, t), (SMALL_EPOCH + 366 * 86400,) * 2)
+    os.utime(root, (SMALL_EPOCH + 366 * 86400,) * 2)
+    return {
+        "dataset": "small-files",
+        "root": root,
+        "seed": seed,
+        "files": count,
+        "folders": len(dirs),
+        "bytes": written,
+        "incompressible_bytes": written,  # every byte is drawn at random
+        "low_entropy_bytes": 0,
+        "seconds": round(time.monotonic() - t0, 2),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("root", help="folder to create (must not exist, or be empty)")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--scale", type=float, default=1.0, help="1.0 is about 1.5 GiB")
+    ap.add_argument("--scale", type=float, default=1.0,
+                    help="photos: 1.0 is about 1.5 GiB; small-files: 1.0 is 200,000 files (about 0.7 GB)")
+    ap.add_argument("--dataset", choices=("photos", "small-files"), default="photos")
+    ap.add_argument("--small-files-count", type=int, default=None,
+                    help="small-files: this many files (default 200,000 × scale)")
     ap.add_argument("--jobs", type=int, default=None, help="worker processes (default: all CPUs)")
     a = ap.parse_args()
-    summary = generate(a.root, a.seed, a.scale, a.jobs)
+    if a.dataset == "photos":
+        summary = generate(a.root, a.seed, a.scale, a.jobs)
+    else:
+        summary = generate_small_files(a.root, a.seed, a.small_files_count or small_files_count(a.scale), a.jobs)
     json.dump(summary, sys.stdout, indent=2)
     print()
 

@@ -17,6 +17,10 @@ It reports the "genuinely new" bytes it introduced: the sizes of the new files, 
 inserted bytes (plus the two bytes of each updated segment length), and the full new
 size of each edited sidecar (a sidecar is far smaller than any chunk, so the whole file
 is new to any chunking backup tool). Renames and deletions add nothing new.
+
+For the small-files data set (generate.py --dataset small-files), mutate_small_files
+(`--dataset small-files`) applies its own edits instead: 1 % new files, 1 % rewritten,
+0.5 % deleted, one folder renamed.
 """
 
 from __future__ import annotations
@@ -210,13 +214,85 @@ def mutate(root: str, seed: int = 1, scale: float = 1.0) -> dict:
     return report
 
 
+# The small-files data set's edits, as fractions of its files (at 200,000 files: 2,000
+# new files in a new top-level folder, 2,000 rewritten with new contents, 1,000 deleted,
+# and one folder of 250 renamed).
+SMALL_NEW = 0.01
+SMALL_REWRITE = 0.01
+SMALL_DELETE = 0.005
+SMALL_NEW_TOP = "t-new"
+
+
+def mutate_small_files(root: str, seed: int = 1) -> dict:
+    """The small-files data set's "edits": new files, rewritten files (new random contents
+    renamed over the old ones), deletions and a renamed folder. Genuinely new: the sizes of
+    the new and the rewritten files."""
+    if os.path.exists(os.path.join(root, SMALL_NEW_TOP)):
+        raise SystemExit(f"mutate: {root}/{SMALL_NEW_TOP} exists: this data set was already mutated")
+    rng = random.Random(f"mutate-small:{seed}")
+    files = _scan(root)
+    n = len(files)
+    report: dict = {"root": root, "seed": seed, "dataset": "small-files"}
+    n_rewrite, n_delete = max(1, round(n * SMALL_REWRITE)), max(1, round(n * SMALL_DELETE))
+    picked = rng.sample(files, min(n, n_rewrite + n_delete))
+    rewrite, delete = sorted(picked[:n_rewrite]), sorted(picked[n_rewrite:])
+    deleted_bytes = 0
+    for f in delete:
+        full = os.path.join(root, f)
+        deleted_bytes += os.path.getsize(full)
+        os.remove(full)
+    rewritten_bytes = 0
+    for f in rewrite:
+        data = rng.randbytes(rng.randint(*gen.SMALL_SIZE))
+        _replace(os.path.join(root, f), data, gen.SMALL_EPOCH + 400 * 86400 + rng.randrange(86400))
+        rewritten_bytes += len(data)
+    # A renamed folder (all its remaining files move), one not edited above if there is one.
+    touched = {os.path.dirname(f) for f in picked}
+    folders = sorted({os.path.dirname(f) for f in files} - touched) or sorted({os.path.dirname(f) for f in files})
+    renamed = folders[rng.randrange(len(folders))]
+    renamed_files = len(os.listdir(os.path.join(root, renamed)))
+    os.rename(os.path.join(root, renamed), os.path.join(root, renamed + " renamed"))
+    touched.discard(renamed)
+    # New files, in folders of the generator's size under a new top-level folder.
+    new_count = max(1, round(n * SMALL_NEW))
+    new_bytes = 0
+    for d in range((new_count + gen.SMALL_PER_DIR - 1) // gen.SMALL_PER_DIR):
+        rel = f"{SMALL_NEW_TOP}/d{d:03d}"
+        os.makedirs(os.path.join(root, rel))
+        # A different seed space from the base data set: new files are new data.
+        for name, data, mtime in gen.small_files_of(seed ^ 0x5EED_2026, rel, d * gen.SMALL_PER_DIR,
+                                                    min(gen.SMALL_PER_DIR, new_count - d * gen.SMALL_PER_DIR)):
+            gen.write_file(os.path.join(root, rel, name), data, mtime)
+            new_bytes += len(data)
+    ts = gen.SMALL_EPOCH + 401 * 86400
+    for d in sorted({"", SMALL_NEW_TOP, renamed.split("/")[0], renamed + " renamed"} | touched):
+        os.utime(os.path.join(root, d), (ts, ts))
+    for d in range((new_count + gen.SMALL_PER_DIR - 1) // gen.SMALL_PER_DIR):
+        os.utime(os.path.join(root, SMALL_NEW_TOP, f"d{d:03d}"), (ts, ts))
+    report.update({
+        "new_files": new_count, "new_bytes": new_bytes,
+        "rewritten_files": len(rewrite), "rewritten_bytes": rewritten_bytes,
+        "deleted_files": len(delete), "deleted_bytes": deleted_bytes,
+        "renamed_folder": [renamed, renamed + " renamed"], "renamed_files": renamed_files,
+        "genuinely_new_bytes": new_bytes + rewritten_bytes,
+    })
+    after = _scan(root)
+    report["library_bytes_after"] = sum(os.path.getsize(os.path.join(root, f)) for f in after)
+    report["library_files_after"] = len(after)
+    return report
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("root", help="a library made by generate.py (mutated in place, once)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--scale", type=float, default=1.0, help="use the generator's scale")
+    ap.add_argument("--dataset", choices=("photos", "small-files"), default="photos",
+                    help="the generator's --dataset (small-files: 1%% new files, 1%% rewritten, 0.5%% deleted, "
+                         "one folder renamed)")
     a = ap.parse_args()
-    json.dump(mutate(a.root, a.seed, a.scale), sys.stdout, indent=2)
+    report = mutate(a.root, a.seed, a.scale) if a.dataset == "photos" else mutate_small_files(a.root, a.seed)
+    json.dump(report, sys.stdout, indent=2)
     print()
 
 
