@@ -200,7 +200,7 @@ pub const OBJECT_ALIGN: usize = 4096;
 
 /// How far into `buf`'s allocation the first `align`-aligned address lies
 /// (0 when the allocation cannot be aligned, which costs speed, not data).
-fn aligned_offset(buf: &[u8], align: usize) -> usize {
+pub(crate) fn aligned_offset(buf: &[u8], align: usize) -> usize {
     match buf.as_ptr().align_offset(align) {
         off if off < align => off,
         _ => 0,

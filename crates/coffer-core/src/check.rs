@@ -387,7 +387,7 @@ fn read_packs(
                         }
                     };
                     let checked = crate::restorer::on_cpu_pool(move || {
-                        check_pack(&keys, &repo_id, max_chunk, pack, &bytes, &expected, &lens)
+                        check_pack(&keys, &repo_id, max_chunk, pack, bytes, &expected, &lens)
                     });
                     checked.await.unwrap_or_else(|e| ReadOutcome {
                         packs: vec![(pack, format!("unreadable: checking task failed: {e}"))],
@@ -407,61 +407,109 @@ fn read_packs(
     all
 }
 
-/// Checks one downloaded pack (see [`read_packs`]).
+/// Checks one downloaded pack (see [`read_packs`]): its header against the
+/// index, its id by hashing, and every blob the index puts in it.
+///
+/// One pass over the bytes: each blob is hashed into the pack's id and then
+/// decrypted where it lies, while it is still in the core's cache (hashing
+/// the whole pack first and then copying each blob out to decode it went
+/// over every byte three times). The header is read first, before any blob
+/// is decrypted over it; a blob that overlaps the one before it (only a
+/// damaged or forged index puts two blobs in one place) is decoded from a
+/// copy taken before anything changed.
 fn check_pack(
     keys: &crate::crypto::Keys,
     repo_id: &[u8; 32],
     max_chunk: usize,
     pack: PackInfo,
-    bytes: &[u8],
+    mut bytes: Vec<u8>,
     expected: &[(Id, BlobLocation)],
     lens: &[Option<u32>],
 ) -> ReadOutcome {
     let mut out = ReadOutcome::default();
-    match crate::pack::verify(keys, repo_id, pack.kind, &pack.id, bytes) {
-        Ok(header) => {
-            if let Some(p) = header_problem(&header, expected) {
-                out.packs.push((pack, p));
+    let header = crate::pack::decode_header(keys, repo_id, pack.kind, &pack.id, bytes.len() as u64, &bytes);
+    let kind = pack.kind.blob_kind();
+    let mut order: Vec<usize> = (0..expected.len()).collect();
+    order.sort_by_key(|&i| expected[i].1.offset);
+    let mut in_place = Vec::with_capacity(order.len());
+    let mut copies = Vec::new();
+    let mut end_so_far = 0usize;
+    for i in order {
+        let (id, loc) = &expected[i];
+        let start = loc.offset as usize;
+        match start.checked_add(loc.length as usize).filter(|&end| end <= bytes.len()) {
+            None => out.blobs.push((
+                *id,
+                kind.name(),
+                Error::corrupt(kind.name(), id.to_hex(), "it lies past the pack's end"),
+            )),
+            Some(end) if start < end_so_far => copies.push((i, bytes[start..end].to_vec())),
+            Some(end) => {
+                end_so_far = end;
+                in_place.push((i, start..end));
             }
         }
-        Err(e) => out.packs.push((pack, problem(&e))),
     }
-    // Every blob, even when the pack as a whole failed: that names the
-    // blobs that are lost and spares those that are not.
-    for ((id, loc), len) in expected.iter().zip(lens) {
-        let kind = pack.kind.blob_kind();
-        let stored = usize::try_from(loc.offset)
-            .ok()
-            .and_then(|start| bytes.get(start..start.checked_add(loc.length as usize)?));
-        let Some(stored) = stored else {
-            out.blobs.push((*id, kind.name(), Error::corrupt(kind.name(), id.to_hex(), "it lies past the pack's end")));
-            continue;
-        };
-        let result = match (kind, len) {
-            (ObjectKind::Chunk, Some(len)) => {
-                out.chunks_read += 1;
-                crate::repo::decode_chunk_ref(
-                    keys,
-                    repo_id,
-                    max_chunk,
-                    &crate::tree::ChunkRef(*id, *len),
-                    stored.to_vec(),
-                )
-                .map(drop)
+    let mut hasher = keys.pack_hasher();
+    let mut hashed = 0;
+    for (i, range) in in_place {
+        hasher.update(&bytes[hashed..range.end]);
+        hashed = range.end;
+        if let Err(e) = check_blob(keys, repo_id, max_chunk, kind, &expected[i].0, lens[i], &mut bytes[range]) {
+            out.blobs.push((expected[i].0, kind.name(), e));
+        }
+        out.chunks_read += u64::from(kind == ObjectKind::Chunk);
+    }
+    hasher.update(&bytes[hashed..]);
+    for (i, mut copy) in copies {
+        if let Err(e) = check_blob(keys, repo_id, max_chunk, kind, &expected[i].0, lens[i], &mut copy) {
+            out.blobs.push((expected[i].0, kind.name(), e));
+        }
+        out.chunks_read += u64::from(kind == ObjectKind::Chunk);
+    }
+    // Every blob was checked even when the pack as a whole fails: that
+    // names the blobs that are lost and spares those that are not.
+    if Id(*hasher.finalize().as_bytes()) != pack.id {
+        let e = Error::corrupt(
+            pack.kind.name(),
+            pack.id.to_hex(),
+            "its content does not hash to its name (altered or truncated)",
+        );
+        out.packs.push((pack, problem(&e)));
+    } else {
+        match header {
+            Ok(header) => {
+                if let Some(p) = header_problem(&header, expected) {
+                    out.packs.push((pack, p));
+                }
             }
-            (ObjectKind::Chunk, None) => {
-                out.chunks_read += 1;
-                crate::blob::decode(keys, repo_id, kind, id, stored, max_chunk).map(drop)
-            }
-            _ => crate::blob::decode(keys, repo_id, kind, id, stored, crate::repo::MAX_TREE_LEN)
-                .and_then(|plain| Tree::from_bytes(&id.to_hex(), &plain))
-                .map(drop),
-        };
-        if let Err(e) = result {
-            out.blobs.push((*id, kind.name(), e));
+            Err(e) => out.packs.push((pack, problem(&e))),
         }
     }
     out
+}
+
+/// Authenticates one blob where it lies (decrypting it there): a chunk
+/// must also have the length its trees recorded, a tree must parse.
+fn check_blob(
+    keys: &crate::crypto::Keys,
+    repo_id: &[u8; 32],
+    max_chunk: usize,
+    kind: ObjectKind,
+    id: &Id,
+    len: Option<u32>,
+    stored: &mut [u8],
+) -> Result<()> {
+    match (kind, len) {
+        (ObjectKind::Chunk, Some(len)) => {
+            crate::repo::decode_chunk_ref_in(keys, repo_id, max_chunk, &crate::tree::ChunkRef(*id, len), stored)
+                .map(drop)
+        }
+        (ObjectKind::Chunk, None) => crate::blob::decode_in_place(keys, repo_id, kind, id, stored, max_chunk).map(drop),
+        _ => crate::blob::decode_in_place(keys, repo_id, kind, id, stored, crate::repo::MAX_TREE_LEN)
+            .and_then(|plain| Tree::from_bytes(&id.to_hex(), &plain))
+            .map(drop),
+    }
 }
 
 /// For each damaged object, the snapshots and paths that depend on it.

@@ -172,6 +172,12 @@ impl Keys {
         Id(*blake3::keyed_hash(&self.pack_id_key, stored).as_bytes())
     }
 
+    /// [`Keys::pack_id`] fed piece by piece (`check` hashes a pack a blob
+    /// at a time, each just before decoding it).
+    pub fn pack_hasher(&self) -> blake3::Hasher {
+        blake3::Hasher::new_keyed(&self.pack_id_key)
+    }
+
     /// Seals a pack header (see [`crate::pack`]); `tag ‖ ciphertext`.
     pub fn seal_pack_header(&self, headers: &[&[u8]], plaintext: &[u8]) -> Vec<u8> {
         seal_with(&self.pack_header_key, headers, plaintext)

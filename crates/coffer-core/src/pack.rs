@@ -21,7 +21,7 @@
 //! so that data can go to a cold storage class and trees stay at hand).
 //! `docs/format.md` is the byte-level reference.
 
-use crate::blob::padme;
+use crate::blob::{OBJECT_ALIGN, padme};
 use crate::crypto::{Keys, NONCE_LEN, ObjectKind, TAG_LEN, fill_random};
 use crate::error::{Error, Result};
 use crate::id::Id;
@@ -160,7 +160,10 @@ impl PackEntry {
 pub struct FinishedPack {
     pub id: Id,
     pub kind: PackKind,
-    pub bytes: Vec<u8>,
+    /// The stored bytes, at an [`OBJECT_ALIGN`]ed address when the writer
+    /// had the room it was given (a local store writes them to the device
+    /// from where they lie).
+    pub bytes: crate::backend::Bytes,
     pub entries: Vec<PackEntry>,
 }
 
@@ -168,13 +171,29 @@ pub struct FinishedPack {
 #[derive(Debug)]
 pub struct PackWriter {
     kind: PackKind,
+    /// The pack from `start` on; the bytes before only align it.
     buf: Vec<u8>,
+    start: usize,
     entries: Vec<PackEntry>,
 }
 
 impl PackWriter {
     pub fn new(kind: PackKind) -> PackWriter {
-        PackWriter { kind, buf: Vec::new(), entries: Vec::new() }
+        PackWriter { kind, buf: Vec::new(), start: 0, entries: Vec::new() }
+    }
+
+    /// A writer whose pack starts at an [`OBJECT_ALIGN`]ed address and has
+    /// room for `capacity` bytes: it is never moved while it grows (each
+    /// move of a 32 MiB pack copied it, and doubled its footprint for a
+    /// moment), and a local store writes it with direct I/O from where it
+    /// lies instead of copying it into an aligned buffer. Untouched room
+    /// costs address space, not memory.
+    pub fn with_capacity(kind: PackKind, capacity: usize) -> PackWriter {
+        let buf = Vec::with_capacity(capacity + OBJECT_ALIGN);
+        let start = crate::blob::aligned_offset(&buf, OBJECT_ALIGN);
+        let mut w = PackWriter { kind, buf, start, entries: Vec::new() };
+        w.buf.resize(start, 0);
+        w
     }
 
     pub fn kind(&self) -> PackKind {
@@ -183,7 +202,7 @@ impl PackWriter {
 
     /// Blob bytes so far.
     pub fn len(&self) -> usize {
-        self.buf.len()
+        self.buf.len() - self.start
     }
 
     pub fn is_empty(&self) -> bool {
@@ -196,7 +215,7 @@ impl PackWriter {
 
     /// Whether `stored_len` more bytes of blobs still fit.
     pub fn fits(&self, stored_len: usize) -> bool {
-        self.buf.len() as u64 + stored_len as u64 <= MAX_BLOB_BYTES
+        self.len() as u64 + stored_len as u64 <= MAX_BLOB_BYTES
             && PLAIN_FIXED + (self.entries.len() + 1) * ENTRY_LEN + SEAL_OVERHEAD <= MAX_HEADER_LEN
     }
 
@@ -205,7 +224,7 @@ impl PackWriter {
         if !self.fits(stored.len()) {
             return Err(Error::InvalidInput(format!("a {} cannot hold {} more bytes", self.kind.name(), stored.len())));
         }
-        let entry = PackEntry { id, offset: self.buf.len() as u32, length: stored.len() as u32, raw_length };
+        let entry = PackEntry { id, offset: self.len() as u32, length: stored.len() as u32, raw_length };
         self.buf.extend_from_slice(stored);
         self.entries.push(entry);
         Ok(())
@@ -219,9 +238,10 @@ impl PackWriter {
     }
 
     fn finish_with_nonce(self, keys: &Keys, repo_id: &[u8; 32], nonce: [u8; NONCE_LEN]) -> FinishedPack {
-        let PackWriter { kind, mut buf, entries } = self;
+        let blob_bytes = self.len();
+        let PackWriter { kind, mut buf, start, entries } = self;
         let plain_len = PLAIN_FIXED + entries.len() * ENTRY_LEN;
-        let unpadded = buf.len() + SEAL_OVERHEAD + plain_len + TRAILER_LEN;
+        let unpadded = blob_bytes + SEAL_OVERHEAD + plain_len + TRAILER_LEN;
         let padding = (padme(unpadded as u64) as usize - unpadded).min(MAX_HEADER_LEN - SEAL_OVERHEAD - plain_len);
         let mut plain = Vec::with_capacity(plain_len + padding);
         plain.push(HEADER_VERSION);
@@ -237,7 +257,8 @@ impl PackWriter {
         buf.extend_from_slice(&nonce);
         buf.extend_from_slice(&sealed);
         buf.extend_from_slice(&header_len.to_le_bytes());
-        FinishedPack { id: keys.pack_id(&buf), kind, bytes: buf, entries }
+        let id = keys.pack_id(&buf[start..]);
+        FinishedPack { id, kind, bytes: crate::backend::Bytes::from(buf).slice(start..), entries }
     }
 }
 
@@ -396,6 +417,31 @@ mod tests {
         (id, blob::encode(keys, &REPO, ObjectKind::Chunk, &id, data, Compression { level: 0 }))
     }
 
+    /// A writer given room builds its pack where it started, at an aligned
+    /// address (what the local store's direct write needs), and the pack
+    /// is the same as one built without room.
+    #[test]
+    fn a_writer_with_room_keeps_its_pack_aligned_and_in_place() {
+        let keys = keys();
+        let mut w = PackWriter::with_capacity(PackKind::Data, 1 << 20);
+        let first = w.buf.as_ptr();
+        for i in 0..20u8 {
+            let (id, stored) = blob(&keys, &[i; 30_000]);
+            w.add(id, &stored, 30_000).unwrap();
+        }
+        assert_eq!(w.buf.as_ptr(), first, "the buffer never moved");
+        let pack = w.finish_with_nonce(&keys, &REPO, [5; NONCE_LEN]);
+        assert_eq!(pack.bytes.as_ptr().align_offset(OBJECT_ALIGN), 0);
+        let entries = verify(&keys, &REPO, PackKind::Data, &pack.id, &pack.bytes).unwrap();
+        assert_eq!(entries.len(), 20);
+        let mut plain = PackWriter::new(PackKind::Data);
+        for i in 0..20u8 {
+            let (id, stored) = blob(&keys, &[i; 30_000]);
+            plain.add(id, &stored, 30_000).unwrap();
+        }
+        assert_eq!(plain.finish_with_nonce(&keys, &REPO, [5; NONCE_LEN]).bytes, pack.bytes);
+    }
+
     fn pack_of(keys: &Keys, blobs: &[&[u8]]) -> FinishedPack {
         let mut w = PackWriter::new(PackKind::Data);
         for data in blobs {
@@ -435,7 +481,7 @@ mod tests {
         let pack = pack_of(&keys, &[b"one blob", b"and another one"]);
         let check = |bytes: &[u8], kind: PackKind| verify(&keys, &REPO, kind, &pack.id, bytes);
         for at in [0, 10, pack.bytes.len() - 40, pack.bytes.len() - 1] {
-            let mut bad = pack.bytes.clone();
+            let mut bad = pack.bytes.to_vec();
             bad[at] ^= 1;
             let err = check(&bad, PackKind::Data).unwrap_err().to_string();
             assert!(err.contains(&pack.id.to_hex()) && err.contains("does not hash"), "{err}");
@@ -449,7 +495,7 @@ mod tests {
         let other = Keys::from_master(&[8; 64]);
         assert!(verify(&other, &REPO, PackKind::Data, &other.pack_id(&pack.bytes), &pack.bytes).is_err());
         // A header that claims to be longer than the pack.
-        let mut long = pack.bytes.clone();
+        let mut long = pack.bytes.to_vec();
         let n = long.len();
         long[n - 4..].copy_from_slice(&(n as u32).to_le_bytes());
         let err = decode_header(&keys, &REPO, PackKind::Data, &pack.id, n as u64, &long).unwrap_err().to_string();
@@ -458,7 +504,7 @@ mod tests {
 
     #[test]
     fn headers_are_fetched_with_one_or_two_ranged_reads() {
-        use crate::backend::{Backend, Bytes, local::LocalBackend};
+        use crate::backend::{Backend, local::LocalBackend};
         let dir = tempfile::tempdir().unwrap();
         let store = LocalBackend::new(dir.path());
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
@@ -474,7 +520,7 @@ mod tests {
             let path = dir.path().join(&key);
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             let len = pack.bytes.len() as u64;
-            rt.block_on(store.put(&key, Bytes::from(pack.bytes.clone()))).unwrap();
+            rt.block_on(store.put(&key, pack.bytes.clone())).unwrap();
             let before = store.wire_stats();
             let got = rt.block_on(fetch_header(&store, &keys, &REPO, PackKind::Data, &pack.id, len)).unwrap();
             assert_eq!(got, pack.entries);

@@ -46,7 +46,31 @@ impl PackerOptions {
             PackKind::Tree => self.tree_target,
         }
     }
+
+    /// An open pack's room: its target, the largest blob that may take it
+    /// past the target (a chunk's stored form is at most about 9 MiB; a
+    /// larger tree only makes the buffer move), and its header with Padmé
+    /// padding (under a sixteenth of the pack). A target beyond any a
+    /// repository may set (only tests use one) gets no room up front.
+    fn capacity(&self, kind: PackKind) -> usize {
+        let target = self.target(kind);
+        if target > *crate::config::PACK_SIZE_RANGE.end() as usize {
+            return 0;
+        }
+        let overshoot = match kind {
+            PackKind::Data => 9 << 20,
+            PackKind::Tree => 1 << 20,
+        };
+        let blobs = target + overshoot;
+        blobs + blobs / 16 + (64 << 10)
+    }
 }
+
+/// Sealed packs uploading at once. A pack waiting for its upload holds
+/// its whole buffer; beyond this many, `add` waits, and with it the
+/// backup's reader, so that memory is the open packs plus these, however
+/// slow the store.
+const MAX_UPLOADS: usize = 3;
 
 /// What a packer has stored so far.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -73,6 +97,8 @@ pub struct Packer {
     repo_id: [u8; 32],
     options: PackerOptions,
     state: Mutex<State>,
+    /// Permits for [`MAX_UPLOADS`] pack uploads.
+    uploads: tokio::sync::Semaphore,
     /// The repository's cache folder: index objects written are kept there.
     cache_dir: Option<std::path::PathBuf>,
 }
@@ -83,7 +109,7 @@ impl Packer {
         let options = PackerOptions { open_packs, index_every: options.index_every.max(1), ..options };
         let mut open = Vec::with_capacity(2 * open_packs);
         for kind in [PackKind::Data, PackKind::Tree] {
-            open.extend((0..open_packs).map(|_| PackWriter::new(kind)));
+            open.extend((0..open_packs).map(|_| PackWriter::with_capacity(kind, options.capacity(kind))));
         }
         Packer {
             backend,
@@ -91,6 +117,7 @@ impl Packer {
             repo_id,
             options,
             state: Mutex::new(State { open, ..State::default() }),
+            uploads: tokio::sync::Semaphore::new(MAX_UPLOADS),
             cache_dir: None,
         }
     }
@@ -111,6 +138,9 @@ impl Packer {
     pub async fn add(&self, kind: ObjectKind, id: Id, stored: &[u8], raw_length: u32) -> Result<()> {
         let pack_kind =
             PackKind::of_blob(kind).ok_or_else(|| Error::InvalidInput(format!("a {} is not a blob", kind.name())))?;
+        // Wait while the store is behind by MAX_UPLOADS packs: this blob
+        // could fill another.
+        drop(self.uploads.acquire().await.map_err(|e| Error::InvalidInput(format!("pack uploads: {e}")))?);
         for done in self.place(pack_kind, id, stored, raw_length)? {
             self.store(done).await?;
         }
@@ -129,11 +159,11 @@ impl Packer {
         let mut done = Vec::new();
         if !writer.fits(stored.len()) {
             // Only near the 4 GiB a pack's offsets allow: seal it first.
-            done.push(std::mem::replace(writer, PackWriter::new(kind)));
+            done.push(std::mem::replace(writer, PackWriter::with_capacity(kind, self.options.capacity(kind))));
         }
         writer.add(id, stored, raw_length)?;
         if writer.len() >= self.options.target(kind) {
-            done.push(std::mem::replace(writer, PackWriter::new(kind)));
+            done.push(std::mem::replace(writer, PackWriter::with_capacity(kind, self.options.capacity(kind))));
         }
         Ok(done)
     }
@@ -146,7 +176,11 @@ impl Packer {
         }
         let FinishedPack { id, kind, bytes, entries } = writer.finish(&self.keys, &self.repo_id);
         let length = bytes.len() as u64;
-        self.backend.put(&pack_key(kind, &id), Bytes::from(bytes)).await?;
+        {
+            let _upload =
+                self.uploads.acquire().await.map_err(|e| Error::InvalidInput(format!("pack uploads: {e}")))?;
+            self.backend.put(&pack_key(kind, &id), bytes).await?;
+        }
         let pending = {
             let mut state = self.state()?;
             state.unindexed.push(IndexedPack { id, kind, length, blobs: entries });
@@ -184,13 +218,11 @@ impl Packer {
                 .iter_mut()
                 .map(|w| {
                     let kind = w.kind();
-                    std::mem::replace(w, PackWriter::new(kind))
+                    std::mem::replace(w, PackWriter::with_capacity(kind, self.options.capacity(kind)))
                 })
                 .collect()
         };
-        for writer in open {
-            self.store(writer).await?;
-        }
+        futures_util::future::try_join_all(open.into_iter().map(|w| self.store(w))).await?;
         let rest = std::mem::take(&mut self.state()?.unindexed);
         if !rest.is_empty() {
             self.write_index(rest).await?;
