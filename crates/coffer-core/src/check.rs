@@ -359,10 +359,14 @@ fn read_packs(
     let concurrency = backend.concurrency().clamp(1, 8);
     let budget_cap = packs.iter().map(|p| p.length).max().unwrap_or(0).max(READ_BUDGET);
     let budget = Arc::new(tokio::sync::Semaphore::new(budget_cap.min(u32::MAX as u64) as usize));
+    // Buffers of packs checked, for the next packs to be read into (see
+    // `Backend::get_into`): at most one per read in flight.
+    let buffers: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
     let results: Vec<ReadOutcome> = repo.runtime().block_on(
         futures_util::stream::iter(packs.iter().copied())
             .map(|pack| {
-                let (backend, keys, budget) = (backend.clone(), Arc::clone(&keys), Arc::clone(&budget));
+                let (backend, keys, budget, buffers) =
+                    (backend.clone(), Arc::clone(&keys), Arc::clone(&budget), &buffers);
                 let expected: Vec<(Id, BlobLocation)> = by_pack.get(&pack.id).cloned().unwrap_or_default();
                 let lens: Vec<Option<u32>> = expected.iter().map(|(id, _)| chunk_lens.get(id).copied()).collect();
                 async move {
@@ -375,7 +379,8 @@ fn read_packs(
                             return out;
                         }
                     };
-                    let bytes = match backend.get(&pack_key(pack.kind, &pack.id), pack.length).await {
+                    let spare = buffers.lock().ok().and_then(|mut b| b.pop()).unwrap_or_default();
+                    let bytes = match backend.get_into(&pack_key(pack.kind, &pack.id), pack.length, spare).await {
                         Ok(b) => b,
                         Err(e) if e.is_not_found() => {
                             out.packs.push((pack, "missing".into()));
@@ -387,12 +392,22 @@ fn read_packs(
                         }
                     };
                     let checked = crate::restorer::on_cpu_pool(move || {
-                        check_pack(&keys, &repo_id, max_chunk, pack, bytes, &expected, &lens)
+                        let mut bytes = bytes;
+                        let out = check_pack(&keys, &repo_id, max_chunk, pack, &mut bytes, &expected, &lens);
+                        (out, bytes)
                     });
-                    checked.await.unwrap_or_else(|e| ReadOutcome {
-                        packs: vec![(pack, format!("unreadable: checking task failed: {e}"))],
-                        ..ReadOutcome::default()
-                    })
+                    match checked.await {
+                        Ok((out, bytes)) => {
+                            if let Ok(mut spare) = buffers.lock() {
+                                spare.push(bytes);
+                            }
+                            out
+                        }
+                        Err(e) => ReadOutcome {
+                            packs: vec![(pack, format!("unreadable: checking task failed: {e}"))],
+                            ..ReadOutcome::default()
+                        },
+                    }
                 }
             })
             .buffer_unordered(concurrency)
@@ -422,12 +437,12 @@ fn check_pack(
     repo_id: &[u8; 32],
     max_chunk: usize,
     pack: PackInfo,
-    mut bytes: Vec<u8>,
+    bytes: &mut [u8],
     expected: &[(Id, BlobLocation)],
     lens: &[Option<u32>],
 ) -> ReadOutcome {
     let mut out = ReadOutcome::default();
-    let header = crate::pack::decode_header(keys, repo_id, pack.kind, &pack.id, bytes.len() as u64, &bytes);
+    let header = crate::pack::decode_header(keys, repo_id, pack.kind, &pack.id, bytes.len() as u64, bytes);
     let kind = pack.kind.blob_kind();
     let mut order: Vec<usize> = (0..expected.len()).collect();
     order.sort_by_key(|&i| expected[i].1.offset);

@@ -235,13 +235,19 @@ fn read_range(path: &Path, offset: u64, len: u64) -> std::io::Result<Read> {
 /// before a byte is read, and the read stops after `max_len + 1` bytes in
 /// case the file grows meanwhile.
 fn read_bounded(path: &Path, max_len: u64) -> std::io::Result<Read> {
+    read_bounded_into(path, max_len, Vec::new())
+}
+
+/// [`read_bounded`] into `data`'s memory (see [`Backend::get_into`]).
+fn read_bounded_into(path: &Path, max_len: u64, mut data: Vec<u8>) -> std::io::Result<Read> {
     use std::io::Read as _;
     let file = std::fs::File::open(path)?;
     let size = file.metadata()?.len();
     if size > max_len {
         return Ok(Read::TooLarge { size, limit: max_len });
     }
-    let mut data = Vec::with_capacity(size as usize);
+    data.clear();
+    data.reserve_exact(size as usize);
     file.take(max_len.saturating_add(1)).read_to_end(&mut data)?;
     if data.len() as u64 > max_len {
         return Ok(Read::TooLarge { size: data.len() as u64, limit: max_len });
@@ -340,6 +346,10 @@ impl Backend for LocalBackend {
 
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> BackendResult<Vec<u8>> {
         self.read_off_thread(key, move |path| read_range(path, offset, len)).await
+    }
+
+    async fn get_into(&self, key: &str, max_len: u64, buf: Vec<u8>) -> BackendResult<Vec<u8>> {
+        self.read_off_thread(key, move |path| read_bounded_into(path, max_len, buf)).await
     }
 
     fn blocking_reads(&self) -> Option<&dyn BlockingRead> {
