@@ -244,10 +244,12 @@ fn random_below(n: usize) -> usize {
 /// round trip (about 2.5 ms at 100 MB/s, an eighth of a 20 ms round trip).
 pub const READ_GAP: u64 = 256 << 10;
 
-/// The longest ranged read restore and mount make of several blobs: it
-/// saves the round trips of a few chunks, where a longer one would only
-/// delay the first of them.
-pub const READ_MAX: u64 = 4 << 20;
+/// The longest ranged read restore and mount make of several blobs: a few
+/// chunks' round trips saved, and on S3 a few requests fewer, each of
+/// which costs the server more than its bytes do (SeaweedFS spent twice
+/// restic's CPU on a restore read in 4 MiB ranges; see docs/s3.md), while a
+/// longer read would only delay the first of its chunks.
+pub const READ_MAX: u64 = 8 << 20;
 
 /// One ranged read of a pack, and the blobs it covers.
 #[derive(Clone, Debug, PartialEq, Eq)]

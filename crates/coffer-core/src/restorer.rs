@@ -629,8 +629,9 @@ impl Drop for InFlight<'_> {
 }
 
 /// A budget of this many bytes is shared by at least this many reads, so
-/// that a high-latency store always has several requests in flight.
-const READS_PER_BUDGET: u64 = 8;
+/// that a high-latency store always has several requests in flight (with
+/// the default budget, four reads of 8 MiB).
+const READS_PER_BUDGET: u64 = 4;
 
 /// Chunks are planned into ranged reads this many at a time (or this many
 /// bytes of them): enough to find the neighbours within a pack, few enough
