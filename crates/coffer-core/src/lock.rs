@@ -656,13 +656,16 @@ impl Repository {
     pub fn unlock(&self, observe: Duration, remove_all: bool) -> Result<UnlockOutcome> {
         let settings = self.lock_settings();
         let backend = self.backend().clone();
-        let start = boottime();
+        // The watch starts at the first listing's observations, not when
+        // the command started: a listing that took longer than the stale
+        // time (a slow store, a loaded machine) must not count as watching.
+        let mut start = None;
         let mut observed = Observations::default();
         let mut outcome = UnlockOutcome::default();
         loop {
             let listing = self.lock_listing()?;
             let now = boottime();
-            let watched = now.saturating_sub(start);
+            let watched = now.saturating_sub(*start.get_or_insert(now));
             let mut remove = |name: &str, who: String, why: String| -> Result<()> {
                 self.runtime().block_on(backend.delete(name))?;
                 outcome.removed.push((who, why));

@@ -303,7 +303,13 @@ fn list_dir(root: &Path, prefix: &str, out: &mut Vec<Entry>) -> std::io::Result<
         if ft.is_dir() {
             list_dir(root, &format!("{key}/"), out)?;
         } else if ft.is_file() {
-            let size = entry.metadata()?.len();
+            // Deleted since the folder was read (a lock released, a pack
+            // pruned): gone, as if listed a moment later.
+            let size = match entry.metadata() {
+                Ok(m) => m.len(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
             out.push(Entry { key, size });
         }
     }
