@@ -17,7 +17,7 @@ use crate::crypto::{Keys, ObjectKind, fill_random};
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::index::{BlobLocation, Index, IndexedPack};
-use crate::pack::{FinishedPack, PackKind, PackWriter, pack_key};
+use crate::pack::{BufferPool, FinishedPack, PackKind, PackWriter, pack_key};
 use crate::repo::object_key;
 
 /// How packs are cut.
@@ -99,6 +99,8 @@ pub struct Packer {
     state: Mutex<State>,
     /// Permits for [`MAX_UPLOADS`] pack uploads.
     uploads: tokio::sync::Semaphore,
+    /// Buffers of stored packs, for the next ones.
+    pool: Arc<BufferPool>,
     /// The repository's cache folder: index objects written are kept there.
     cache_dir: Option<std::path::PathBuf>,
 }
@@ -107,9 +109,10 @@ impl Packer {
     pub fn new(backend: Arc<dyn Backend>, keys: Arc<Keys>, repo_id: [u8; 32], options: PackerOptions) -> Packer {
         let open_packs = options.open_packs.max(2);
         let options = PackerOptions { open_packs, index_every: options.index_every.max(1), ..options };
+        let pool = Arc::new(BufferPool::default());
         let mut open = Vec::with_capacity(2 * open_packs);
         for kind in [PackKind::Data, PackKind::Tree] {
-            open.extend((0..open_packs).map(|_| PackWriter::with_capacity(kind, options.capacity(kind))));
+            open.extend((0..open_packs).map(|_| PackWriter::in_pool(kind, options.capacity(kind), &pool)));
         }
         Packer {
             backend,
@@ -118,6 +121,7 @@ impl Packer {
             options,
             state: Mutex::new(State { open, ..State::default() }),
             uploads: tokio::sync::Semaphore::new(MAX_UPLOADS),
+            pool,
             cache_dir: None,
         }
     }
@@ -159,11 +163,11 @@ impl Packer {
         let mut done = Vec::new();
         if !writer.fits(stored.len()) {
             // Only near the 4 GiB a pack's offsets allow: seal it first.
-            done.push(std::mem::replace(writer, PackWriter::with_capacity(kind, self.options.capacity(kind))));
+            done.push(std::mem::replace(writer, PackWriter::in_pool(kind, self.options.capacity(kind), &self.pool)));
         }
         writer.add(id, stored, raw_length)?;
         if writer.len() >= self.options.target(kind) {
-            done.push(std::mem::replace(writer, PackWriter::with_capacity(kind, self.options.capacity(kind))));
+            done.push(std::mem::replace(writer, PackWriter::in_pool(kind, self.options.capacity(kind), &self.pool)));
         }
         Ok(done)
     }
@@ -218,7 +222,7 @@ impl Packer {
                 .iter_mut()
                 .map(|w| {
                     let kind = w.kind();
-                    std::mem::replace(w, PackWriter::with_capacity(kind, self.options.capacity(kind)))
+                    std::mem::replace(w, PackWriter::in_pool(kind, self.options.capacity(kind), &self.pool))
                 })
                 .collect()
         };
