@@ -178,7 +178,7 @@ pub struct BufferPool {
 
 /// Buffers a pool keeps at most: enough for the packs sealed while others
 /// upload; more would only hold memory.
-const POOL_MAX: usize = 4;
+const POOL_MAX: usize = 2;
 
 impl BufferPool {
     /// The smallest spare buffer with room for `capacity` bytes, if there
