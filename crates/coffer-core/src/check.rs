@@ -465,32 +465,27 @@ fn check_pack(
             }
         }
     }
+    let check = |out: &mut ReadOutcome, i: usize, stored: &mut [u8]| {
+        if let Err(e) = check_blob(keys, repo_id, max_chunk, kind, &expected[i].0, lens[i], stored) {
+            out.blobs.push((expected[i].0, kind.name(), e));
+        }
+        out.chunks_read += u64::from(kind == ObjectKind::Chunk);
+    };
     let mut hasher = keys.pack_hasher();
     let mut hashed = 0;
     for (i, range) in in_place {
         hasher.update(&bytes[hashed..range.end]);
         hashed = range.end;
-        if let Err(e) = check_blob(keys, repo_id, max_chunk, kind, &expected[i].0, lens[i], &mut bytes[range]) {
-            out.blobs.push((expected[i].0, kind.name(), e));
-        }
-        out.chunks_read += u64::from(kind == ObjectKind::Chunk);
+        check(&mut out, i, &mut bytes[range]);
     }
     hasher.update(&bytes[hashed..]);
     for (i, mut copy) in copies {
-        if let Err(e) = check_blob(keys, repo_id, max_chunk, kind, &expected[i].0, lens[i], &mut copy) {
-            out.blobs.push((expected[i].0, kind.name(), e));
-        }
-        out.chunks_read += u64::from(kind == ObjectKind::Chunk);
+        check(&mut out, i, &mut copy);
     }
     // Every blob was checked even when the pack as a whole fails: that
     // names the blobs that are lost and spares those that are not.
     if Id(*hasher.finalize().as_bytes()) != pack.id {
-        let e = Error::corrupt(
-            pack.kind.name(),
-            pack.id.to_hex(),
-            "its content does not hash to its name (altered or truncated)",
-        );
-        out.packs.push((pack, problem(&e)));
+        out.packs.push((pack, problem(&crate::pack::id_mismatch(pack.kind, &pack.id))));
     } else {
         match header {
             Ok(header) => {

@@ -464,13 +464,15 @@ pub async fn fetch_header(
 /// Checks a whole pack: its bytes hash to its id, and its header decodes.
 pub fn verify(keys: &Keys, repo_id: &[u8; 32], kind: PackKind, id: &Id, bytes: &[u8]) -> Result<Vec<PackEntry>> {
     if keys.pack_id(bytes) != *id {
-        return Err(Error::corrupt(
-            kind.name(),
-            id.to_hex(),
-            "its content does not hash to its name (altered or truncated)",
-        ));
+        return Err(id_mismatch(kind, id));
     }
     decode_header(keys, repo_id, kind, id, bytes.len() as u64, bytes)
+}
+
+/// A pack whose bytes do not hash to its id (`check` hashes a pack piece
+/// by piece, so it compares the id itself).
+pub fn id_mismatch(kind: PackKind, id: &Id) -> Error {
+    Error::corrupt(kind.name(), id.to_hex(), "its content does not hash to its name (altered or truncated)")
 }
 
 /// The stored bytes of one blob of a pack read whole.

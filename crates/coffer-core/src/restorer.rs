@@ -841,7 +841,7 @@ impl Writer {
                 && r == range
                 && *id == piece.chunk.0
             {
-                out[k] = Some(decoded.as_ref().map_err(Clone::clone).and_then(|data| self.write(piece, data)));
+                out[k] = Some(self.write(piece, decoded));
                 continue;
             }
             if range.start < consumed || range.end > total {
@@ -853,15 +853,16 @@ impl Writer {
             consumed = range.end;
             let decoded = decode_chunk_ref_in(&self.keys, &self.repo_id, self.max_len, &piece.chunk, stored)
                 .map_err(|e| piece_message(&piece.chunk, &e));
-            out[k] = Some(decoded.as_ref().map_err(Clone::clone).and_then(|data| self.write(piece, data)));
+            out[k] = Some(self.write(piece, &decoded));
             last = Some((range.clone(), piece.chunk.0, decoded));
         }
         out
     }
 
-    /// Writes one piece's plaintext: `true` when it is all zeros, which the
-    /// pre-sized file holds already.
-    fn write(&self, piece: &Piece, data: &[u8]) -> PieceResult {
+    /// Writes one piece's decoded plaintext: `true` when it is all zeros,
+    /// which the pre-sized file holds already.
+    fn write(&self, piece: &Piece, decoded: &DecodedPiece) -> PieceResult {
+        let data = decoded.as_ref().map_err(Clone::clone)?;
         if is_all_zero(data) {
             return Ok(true);
         }
