@@ -12,13 +12,33 @@ fn first_line(text: &str) -> &str {
     text.lines().next().unwrap_or("")
 }
 
+/// The first line of a password file (`what` names it in errors), with a
+/// warning when users other than its owner may read or change it: as ssh
+/// does for private keys, since a password readable by others protects
+/// nothing. It is a warning, not a refusal, because a file in a folder only
+/// its owner can enter may be safe with loose bits of its own.
+fn read_file(path: &std::path::Path, what: &str) -> Result<Zeroizing<String>> {
+    use std::os::unix::fs::PermissionsExt;
+    let text = Zeroizing::new(
+        std::fs::read_to_string(path).with_context(|| format!("reading the {what} {}", path.display()))?,
+    );
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            eprintln!(
+                "warning: the {what} {} can be accessed by other users (mode {mode:03o}); make it private with `chmod 600 {}`",
+                path.display(),
+                path.display()
+            );
+        }
+    }
+    Ok(Zeroizing::new(first_line(&text).to_string()))
+}
+
 /// Reads the password; `confirm` asks twice on a terminal (for `init`).
 pub fn read(global: &GlobalArgs, confirm: bool) -> Result<Zeroizing<String>> {
     if let Some(path) = &global.password_file {
-        let text = Zeroizing::new(
-            std::fs::read_to_string(path).with_context(|| format!("reading the password file {}", path.display()))?,
-        );
-        return Ok(Zeroizing::new(first_line(&text).to_string()));
+        return read_file(path, "password file");
     }
     if let Some(cmd) = &global.password_command {
         let out = std::process::Command::new("sh")
@@ -58,11 +78,7 @@ pub fn read(global: &GlobalArgs, confirm: bool) -> Result<Zeroizing<String>> {
 /// or asked twice on the terminal. Empty passwords are refused.
 pub fn read_new(file: Option<&std::path::Path>) -> Result<Zeroizing<String>> {
     let pw = if let Some(path) = file {
-        let text = Zeroizing::new(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("reading the new password file {}", path.display()))?,
-        );
-        Zeroizing::new(first_line(&text).to_string())
+        read_file(path, "new password file")?
     } else {
         if !std::io::stdin().is_terminal() {
             bail!("no new password given: use --new-password-file FILE, or run on a terminal");

@@ -14,7 +14,7 @@ use crate::common::{
 };
 
 /// The counts of a backup's summary, in its JSON report and in its snapshot.
-const SUMMARY_FIELDS: [&str; 11] = [
+const SUMMARY_FIELDS: [&str; 12] = [
     "files_new",
     "files_changed",
     "files_unchanged",
@@ -26,6 +26,7 @@ const SUMMARY_FIELDS: [&str; 11] = [
     "trees_added",
     "errors",
     "duration_ms",
+    "files_changed_while_read",
 ];
 
 both_backends!(snapshots_table_and_json, ls_plain_long_and_json, restore_include_selects_a_subtree);

@@ -465,3 +465,74 @@ fn empty_password_is_refused_by_init() {
     assert!(stderr_of(&out).contains("empty password"), "{}", stderr_of(&out));
     assert!(!env.repo.exists(), "a refused init left a folder behind");
 }
+
+/// A password file other users may read gets a warning naming it and how to
+/// fix it (the command still runs: the folder around it may be private);
+/// one only its owner can use gets none.
+#[test]
+fn a_password_file_others_can_read_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = env_with_snapshot(Backend::Local);
+    let f = env.path("pw.txt");
+    std::fs::write(&f, format!("{PASSWORD}\n")).unwrap();
+    for (mode, warned) in [(0o644, true), (0o640, true), (0o606, true), (0o600, false), (0o400, false)] {
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
+        let out = env
+            .coffer()
+            .env_remove("COFFER_PASSWORD")
+            .arg("--password-file")
+            .arg(&f)
+            .arg("snapshots")
+            .output()
+            .unwrap();
+        let err = stderr_of(&out);
+        assert!(out.status.success(), "{mode:o}: {err}");
+        assert_eq!(err.contains("can be accessed by other users"), warned, "{mode:o}: {err}");
+        if warned {
+            assert!(err.contains(&format!("chmod 600 {}", f.display())), "{err}");
+        }
+    }
+}
+
+/// The password is never a command-line argument (other users see those in
+/// `ps`), and never written to the log, whatever its level: at `trace`,
+/// with the password given each way, it appears nowhere in the output.
+#[test]
+fn the_password_is_never_an_argument_or_in_the_log() {
+    let env = env_with_snapshot(Backend::Local);
+    let out = env.coffer().args(["--password", PASSWORD, "snapshots"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "a --password option exists: {}", stderr_of(&out));
+    let f = env.path("pw.txt");
+    std::fs::write(&f, format!("{PASSWORD}\n")).unwrap();
+    type Configure<'a> = Box<dyn Fn(&mut assert_cmd::Command) + 'a>;
+    let ways: [(&str, Configure); 3] = [
+        ("environment", Box::new(|_| {})),
+        (
+            "file",
+            Box::new(|c: &mut assert_cmd::Command| {
+                c.env_remove("COFFER_PASSWORD").arg("--password-file").arg(&f);
+            }),
+        ),
+        (
+            "command",
+            Box::new(|c: &mut assert_cmd::Command| {
+                c.env_remove("COFFER_PASSWORD").arg("--password-command").arg(format!("cat '{}'", f.display()));
+            }),
+        ),
+    ];
+    for (how, configure) in ways {
+        let mut cmd = env.coffer();
+        cmd.env("COFFER_LOG", "trace");
+        configure(&mut cmd);
+        let out = cmd.arg("backup").arg(&env.src).output().unwrap();
+        assert!(out.status.success(), "{how}: {}", stderr_of(&out));
+        assert!(stderr_of(&out).contains("DEBUG"), "{how}: the log is not on: {}", stderr_of(&out));
+        for stream in [&out.stdout, &out.stderr] {
+            assert!(
+                !String::from_utf8_lossy(stream).contains(PASSWORD),
+                "{how}: the password is in the output: {}",
+                String::from_utf8_lossy(stream)
+            );
+        }
+    }
+}

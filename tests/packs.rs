@@ -97,7 +97,10 @@ fn a_pack_of_the_wrong_length_is_left_out() {
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() - 100]).unwrap();
     let loaded = index::load(&repo).unwrap();
-    assert_eq!(loaded.mismatched, vec![(PackKind::Data, victim.id)]);
+    assert_eq!(loaded.mismatched.len(), 1);
+    let m = &loaded.mismatched[0];
+    assert_eq!((m.kind, m.id, m.length), (PackKind::Data, victim.id, bytes.len() as u64 - 100));
+    assert_eq!(m.indexed, (PackKind::Data, bytes.len() as u64));
     assert_eq!(loaded.blobs.len(), 20 - victim.blobs.len());
     assert!(!loaded.blobs.contains(ObjectKind::Chunk, &victim.blobs[0].id));
 }

@@ -107,6 +107,12 @@ pub fn run(g: &GlobalArgs, a: &BackupArgs) -> Result<u8> {
             None => println!("dry run: no snapshot saved"),
         }
     }
+    if s.files_changed_while_read > 0 {
+        eprintln!(
+            "warning: {} files changed while they were read; they are stored as read (see the warnings above) and the next backup reads them again",
+            s.files_changed_while_read
+        );
+    }
     if s.errors > 0 {
         eprintln!("warning: {} entries could not be read and are missing from the snapshot", s.errors);
         return Ok(exit::PARTIAL);

@@ -342,16 +342,11 @@ pub fn store_blobs(
     repo.forget_blob_set();
 }
 
-/// Makes the repository serve `bytes` as the blob `kind` `to`: a new pack
-/// holds them under `to`'s id, and the index is rewritten so that this is
-/// the only copy of `to` (the old one stays in its pack, unindexed). What a
-/// blob swapped or copied in from another repository looks like to a reader.
-pub fn swap_blob(
-    repo: &coffer_core::Repository,
-    kind: coffer_core::crypto::ObjectKind,
-    to: &coffer_core::Id,
-    bytes: &[u8],
-) {
+/// Rewrites the repository's index as `edit` makes it: every index object
+/// is read, their packs are edited as one list, written as one new index
+/// object, and the old ones deleted (what a writer with the key, buggy or
+/// not, could do).
+pub fn rewrite_index(repo: &coffer_core::Repository, edit: impl FnOnce(&mut Vec<coffer_core::index::IndexedPack>)) {
     use coffer_core::crypto::ObjectKind;
     let loaded = repo
         .runtime()
@@ -360,21 +355,11 @@ pub fn swap_blob(
             coffer_core::index::LoadOptions { keep_objects: true, ..Default::default() },
         ))
         .expect("load the index");
-    let want = coffer_core::pack::PackKind::of_blob(kind).expect("a blob kind");
-    let mut packs = Vec::new();
-    for (_, index) in &loaded.objects {
-        for p in &index.packs {
-            let mut p = p.clone();
-            if p.kind == want {
-                p.blobs.retain(|b| b.id != *to);
-            }
-            packs.push(p);
-        }
-    }
+    let mut packs: Vec<coffer_core::index::IndexedPack> =
+        loaded.objects.iter().flat_map(|(_, index)| index.packs.iter().cloned()).collect();
+    edit(&mut packs);
     let packer = repo.packer();
     repo.runtime().block_on(async {
-        packer.add(kind, *to, bytes, 0).await.expect("pack the blob");
-        packer.flush().await.expect("store the pack");
         packer.write_index(packs).await.expect("write the index");
         for id in &loaded.indexes {
             repo.backend()
@@ -385,6 +370,25 @@ pub fn swap_blob(
         repo.backend().sync().await.expect("sync");
     });
     repo.forget_blob_set();
+}
+
+/// Makes the repository serve `bytes` as the blob `kind` `to`: a new pack
+/// holds them under `to`'s id, and the index is rewritten so that this is
+/// the only copy of `to` (the old one stays in its pack, unindexed). What a
+/// blob swapped or copied in from another repository looks like to a reader.
+pub fn swap_blob(
+    repo: &coffer_core::Repository,
+    kind: coffer_core::crypto::ObjectKind,
+    to: &coffer_core::Id,
+    bytes: &[u8],
+) {
+    let want = coffer_core::pack::PackKind::of_blob(kind).expect("a blob kind");
+    rewrite_index(repo, |packs| {
+        for p in packs.iter_mut().filter(|p| p.kind == want) {
+            p.blobs.retain(|b| b.id != *to);
+        }
+    });
+    store_blobs(repo, kind, &[(*to, bytes.to_vec(), 0)]);
 }
 
 /// The blobs of a kind that share a pack with `id` (itself included).

@@ -21,6 +21,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fs::Metadata;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -370,7 +371,7 @@ impl Walker<'_> {
                 }
             };
             if child.target {
-                self.device = std::os::unix::fs::MetadataExt::dev(&meta);
+                self.device = meta.dev();
                 if let Some(node) = self.archive_entry(&path, name_os, &meta, parent_node)? {
                     nodes.push(node);
                 }
@@ -527,6 +528,13 @@ impl Walker<'_> {
             }
         }
         self.buffer = stream.into_buffer();
+        if let Some(what) = changed_while_read(path, &node, size, self.change) {
+            // The snapshot keeps what was read, with the size read and the
+            // times seen before reading: the next backup finds the file's
+            // times different and reads it again.
+            self.progress.warning(path, &format!("changed while it was read ({what}); stored as read"));
+            self.summary.files_changed_while_read += 1;
+        }
         if node.links > 1 {
             self.hard_links.insert(link_key, (content.clone(), size));
         }
@@ -540,6 +548,28 @@ impl Walker<'_> {
         }
         self.progress.file_done();
         Ok(Some(node))
+    }
+}
+
+/// What about a file differs, after it was read to its end, from what its
+/// node (taken before reading) says and from the `read` bytes it gave; `None`
+/// if nothing does. A file written to while it is read can hold a mix of old
+/// and new data, which the snapshot keeps as it was read; the user is told.
+fn changed_while_read(path: &Path, before: &Node, read: u64, change: ChangeDetection) -> Option<&'static str> {
+    if read != before.size {
+        return Some("its size changed");
+    }
+    let Ok(meta) = std::fs::symlink_metadata(path) else { return Some("it was removed") };
+    if meta.len() != read {
+        Some("its size changed")
+    } else if metadata::mtime(&meta) != before.mtime {
+        Some("its modification time changed")
+    } else if meta.ino() != before.inode && !change.ignore_inode {
+        Some("it was replaced")
+    } else if metadata::ctime(&meta) != before.ctime && !change.ignore_ctime {
+        Some("its status change time changed")
+    } else {
+        None
     }
 }
 
@@ -714,7 +744,7 @@ pub fn backup(repo: &Repository, options: &BackupOptions, progress: &dyn Progres
     }
     let walked = if trie.target {
         // `/` itself was named: the root tree is the file system's root.
-        walker.device = std::fs::symlink_metadata("/").map(|m| std::os::unix::fs::MetadataExt::dev(&m)).unwrap_or(0);
+        walker.device = std::fs::symlink_metadata("/").map(|m| m.dev()).unwrap_or(0);
         walker.archive_dir(Path::new("/"), parent_tree.as_ref())
     } else {
         walker.archive_trie(&trie, Path::new("/"), parent_tree.as_ref())

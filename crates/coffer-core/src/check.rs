@@ -174,9 +174,8 @@ pub fn check(repo: &Repository, read: ReadData) -> Result<CheckReport> {
     for (id, e) in &loaded.unreadable {
         report.damage.push(Damage { kind: "index", id: *id, problem: problem(e), used_by: Vec::new() });
     }
-    for (kind, id) in &loaded.mismatched {
-        let size = loaded.listed.get(id).map_or(0, |l| l.1);
-        found.pack(*kind, *id, format!("damaged: it is stored with {size} bytes, not the length its index gives"));
+    for m in &loaded.mismatched {
+        found.pack(m.kind, m.id, m.problem());
     }
     for (kind, id, e) in &loaded.unreadable_packs {
         found.pack(*kind, *id, format!("in no index, and its header cannot be read: {}", problem(e)));

@@ -177,9 +177,10 @@ pub struct Loaded {
     /// Unindexed packs whose header could not be read: their blobs count
     /// as absent (and are stored again by the next backup).
     pub unreadable_packs: Vec<(PackKind, Id, Error)>,
-    /// Packs whose listed length is not the one their index gives: damaged,
-    /// so their blobs count as absent and are stored again.
-    pub mismatched: Vec<(PackKind, Id)>,
+    /// Packs listed at another length, or in the folder of another kind,
+    /// than their index gives: damaged or moved, so their blobs count as
+    /// absent and are stored again.
+    pub mismatched: Vec<Mismatch>,
     /// Index objects that could not be read, with why: their packs count as
     /// unindexed.
     pub unreadable: Vec<(Id, Error)>,
@@ -187,6 +188,32 @@ pub struct Loaded {
     pub listed: HashMap<Id, (PackKind, u64)>,
     /// The index objects themselves, when asked for (prune rewrites them).
     pub objects: Vec<(Id, Index)>,
+}
+
+/// A listed pack that is not where, or not as long as, its index says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mismatch {
+    /// The folder it is listed in, its id and its listed length.
+    pub kind: PackKind,
+    pub id: Id,
+    pub length: u64,
+    /// The kind and length its index gives.
+    pub indexed: (PackKind, u64),
+}
+
+impl Mismatch {
+    /// What is wrong, for reports.
+    pub fn problem(&self) -> String {
+        if self.kind != self.indexed.0 {
+            format!(
+                "it is stored among the {} packs, but its index gives it as a {} pack (moved?)",
+                self.kind.name(),
+                self.indexed.0.name()
+            )
+        } else {
+            format!("damaged: it is stored with {} bytes, not the {} its index gives", self.length, self.indexed.1)
+        }
+    }
 }
 
 /// [`load_async`] on the calling thread.
@@ -283,13 +310,13 @@ pub async fn load_with(repo: &crate::Repository, options: LoadOptions) -> Result
     }
     loaded.indexes.sort();
     let mut named: std::collections::HashSet<Id> = std::collections::HashSet::new();
-    let mut mismatched = std::collections::BTreeSet::new();
+    let mut mismatched = std::collections::BTreeMap::new();
     for p in indexes.iter().flat_map(|i| &i.packs) {
         named.insert(p.id);
         if let Some(&(kind, size)) = listed.get(&p.id)
             && (kind != p.kind || size != p.length)
         {
-            mismatched.insert((kind, p.id));
+            mismatched.insert((kind, p.id), Mismatch { kind, id: p.id, length: size, indexed: (p.kind, p.length) });
         }
     }
     loaded.unindexed =
@@ -305,9 +332,9 @@ pub async fn load_with(repo: &crate::Repository, options: LoadOptions) -> Result
     }
     let refs: Vec<&Index> = indexes.iter().chain(std::iter::once(&loaded.recovered)).collect();
     loaded.blobs = BlobSet::build(&refs, |kind, id| {
-        listed.get(id).is_some_and(|&(k, _)| k == kind) && !mismatched.contains(&(kind, *id))
+        listed.get(id).is_some_and(|&(k, _)| k == kind) && !mismatched.contains_key(&(kind, *id))
     });
-    loaded.mismatched = mismatched.into_iter().collect();
+    loaded.mismatched = mismatched.into_values().collect();
     loaded.listed = listed;
     if options.keep_objects {
         loaded.objects = names.into_iter().zip(indexes).collect();

@@ -60,6 +60,16 @@ pub fn kind_of(meta: &Metadata) -> NodeKind {
     }
 }
 
+/// The file's modification time.
+pub fn mtime(meta: &Metadata) -> Timestamp {
+    Timestamp { sec: meta.mtime(), nsec: meta.mtime_nsec().clamp(0, 999_999_999) as u32 }
+}
+
+/// The file's status change time.
+pub fn ctime(meta: &Metadata) -> Timestamp {
+    Timestamp { sec: meta.ctime(), nsec: meta.ctime_nsec().clamp(0, 999_999_999) as u32 }
+}
+
 /// A node describing `meta`; content, subtree and target are left empty.
 pub fn node_from_metadata(name: &OsStr, meta: &Metadata, owners: &OwnerNames) -> Node {
     let kind = kind_of(meta);
@@ -69,8 +79,8 @@ pub fn node_from_metadata(name: &OsStr, meta: &Metadata, owners: &OwnerNames) ->
     node.gid = meta.gid();
     node.user = owners.user(meta.uid());
     node.group = owners.group(meta.gid());
-    node.mtime = Timestamp { sec: meta.mtime(), nsec: meta.mtime_nsec().clamp(0, 999_999_999) as u32 };
-    node.ctime = Timestamp { sec: meta.ctime(), nsec: meta.ctime_nsec().clamp(0, 999_999_999) as u32 };
+    node.mtime = mtime(meta);
+    node.ctime = ctime(meta);
     node.size = if kind == NodeKind::File { meta.len() } else { 0 };
     node.inode = meta.ino();
     node.device = meta.dev();

@@ -294,6 +294,10 @@ impl PackWriter {
 
     /// Appends an encoded blob (see [`crate::blob::encode`]).
     pub fn add(&mut self, id: Id, stored: &[u8], raw_length: u32) -> Result<()> {
+        // Readers refuse an empty blob (no encoding is empty), so never write one.
+        if stored.is_empty() {
+            return Err(Error::InvalidInput(format!("blob {id} is empty; a {} holds encoded blobs", self.kind.name())));
+        }
         if !self.fits(stored.len()) {
             return Err(Error::InvalidInput(format!("a {} cannot hold {} more bytes", self.kind.name(), stored.len())));
         }
@@ -415,7 +419,10 @@ pub fn parse_plain(plain: &[u8], kind: PackKind, blob_area: u64) -> std::result:
     let mut next = 0u64;
     for raw in listed.as_chunks::<ENTRY_LEN>().0 {
         let e = PackEntry::decode(raw);
-        if u64::from(e.offset) != next || e.length == 0 {
+        if e.length == 0 {
+            return Err(format!("blob {} has length 0", e.id));
+        }
+        if u64::from(e.offset) != next {
             return Err(format!(
                 "blob {} is not where the one before it ends (offset {}, expected {next})",
                 e.id, e.offset

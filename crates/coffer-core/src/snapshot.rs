@@ -28,6 +28,10 @@ pub struct Summary {
     pub trees_added: u64,
     /// Entries that could not be read and are missing from the snapshot.
     pub errors: u64,
+    /// Files that changed while they were read: stored as read, which may
+    /// mix old and new content (absent from snapshots of older versions).
+    #[serde(default)]
+    pub files_changed_while_read: u64,
     pub duration_ms: u64,
 }
 
