@@ -300,18 +300,23 @@ fn an_old_index_replayed_after_a_prune_brings_nothing_back(backend: Backend) {
         objects_in(&env, "index").into_iter().map(|p| (p.clone(), std::fs::read(env.repo.join(&p)).unwrap())).collect();
     env.coffer().args(["forget", "--keep-last", "1", "--prune"]).assert().success();
     let after_prune = dir_state(&env.repo);
-    let mut replayed = 0;
+    let (code, report) = check(&env, &[]);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["stale_indexes"], serde_json::json!([]), "a prune leaves no stale index object: {report:#}");
+    let mut replayed = Vec::new();
     for (name, bytes) in &saved {
         if !env.repo.join(name).exists() {
             std::fs::write(env.repo.join(name), bytes).unwrap();
-            replayed += 1;
+            replayed.push(name.file_name().unwrap().to_str().unwrap().to_string());
         }
     }
-    assert!(replayed > 0, "the prune rewrote the index");
+    assert!(!replayed.is_empty(), "the prune rewrote the index");
     assert_ne!(dir_state(&env.repo), after_prune);
 
     let (code, report) = check(&env, &["--read-data"]);
     assert_eq!(code, 0, "the replayed index holds nothing that counts: {report:#}");
+    let stale: Vec<&str> = report["stale_indexes"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert!(!stale.is_empty() && stale.iter().all(|s| replayed.iter().any(|r| r == s)), "{report:#}");
     let target = env.path("out");
     env.coffer().args(["restore", "latest", "--target"]).arg(&target).assert().success();
     assert!(std::fs::read(env.restored_src(&target).join("new.raw")).unwrap() == random_bytes(1_000_000, 32));

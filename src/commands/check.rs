@@ -60,6 +60,12 @@ pub fn run(g: &GlobalArgs, a: &CheckArgs) -> Result<u8> {
                 report.unindexed_packs.len()
             );
         }
+        if !g.quiet && !report.stale_indexes.is_empty() {
+            println!(
+                "info: {} index objects name packs that do not exist (deleted behind coffer's back, or an old index object put back); what those packs held counts as absent, and `coffer repair index` rewrites the index without them",
+                report.stale_indexes.len()
+            );
+        }
         if report.is_clean() {
             if !g.quiet {
                 println!("no errors were found");

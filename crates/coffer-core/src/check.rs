@@ -96,6 +96,11 @@ pub struct CheckReport {
     /// Packs no index object names (an interrupted backup's; the next
     /// backup indexes them): information, not damage.
     pub unindexed_packs: Vec<Id>,
+    /// Index objects naming packs that do not exist (deleted behind
+    /// coffer's back, or an old index object put back): information, since
+    /// what such packs held counts as absent, and the chunks a snapshot
+    /// still needs from them are reported as missing.
+    pub stale_indexes: Vec<Id>,
     pub unreferenced_trees: Vec<Id>,
     pub unreferenced_chunks: Vec<Id>,
 }
@@ -181,6 +186,7 @@ pub fn check(repo: &Repository, read: ReadData) -> Result<CheckReport> {
         found.pack(*kind, *id, format!("in no index, and its header cannot be read: {}", problem(e)));
     }
     report.unindexed_packs = loaded.recovered.packs.iter().map(|p| p.id).collect();
+    report.stale_indexes = loaded.stale.iter().map(|(id, _)| *id).collect();
     let set = repo.set_blob_set(loaded.blobs);
     report.packs = set.packs().len() as u64;
 

@@ -184,6 +184,10 @@ pub struct Loaded {
     /// Index objects that could not be read, with why: their packs count as
     /// unindexed.
     pub unreadable: Vec<(Id, Error)>,
+    /// Index objects that name packs the listing does not show, with how
+    /// many: a pack deleted behind coffer's back, or an old index object
+    /// put back (a rollback). Their other entries count as usual.
+    pub stale: Vec<(Id, usize)>,
     /// Every listed pack and its length.
     pub listed: HashMap<Id, (PackKind, u64)>,
     /// The index objects themselves, when asked for (prune rewrites them).
@@ -311,6 +315,13 @@ pub async fn load_with(repo: &crate::Repository, options: LoadOptions) -> Result
     loaded.indexes.sort();
     let mut named: std::collections::HashSet<Id> = std::collections::HashSet::new();
     let mut mismatched = std::collections::BTreeMap::new();
+    for (name, index) in names.iter().zip(&indexes) {
+        let gone = index.packs.iter().filter(|p| !listed.contains_key(&p.id)).count();
+        if gone > 0 {
+            loaded.stale.push((*name, gone));
+        }
+    }
+    loaded.stale.sort();
     for p in indexes.iter().flat_map(|i| &i.packs) {
         named.insert(p.id);
         if let Some(&(kind, size)) = listed.get(&p.id)
