@@ -100,8 +100,95 @@ pub enum Command {
     Mount(MountArgs),
     /// Delete the packs that hold nothing a snapshot references, and repack mostly-unused ones
     Prune(PruneArgs),
+    /// Repair a damaged repository: rebuild the index, salvage damaged packs, repair snapshots
+    #[command(subcommand)]
+    Repair(RepairCommand),
+    /// Remove paths from existing snapshots, writing new snapshots (the originals stay unless --forget)
+    Rewrite(RewriteArgs),
     /// Remove stale locks (left by processes that are gone)
     Unlock(UnlockArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RepairCommand {
+    /// Rebuild the index from the headers of every stored pack
+    Index(RepairIndexArgs),
+    /// Copy what still authenticates out of damaged packs, then delete them
+    Packs(RepairPacksArgs),
+    /// Write repaired copies of snapshots whose files lost data (removing those files)
+    Snapshots(RepairSnapshotsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RepairIndexArgs {
+    /// Read the packs' headers and say what the new index would hold; write and delete nothing
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RepairPacksArgs {
+    /// Packs to repair (id or unique prefix); none: download every pack to find the damaged ones
+    #[arg(value_name = "PACK")]
+    pub packs: Vec<String>,
+    /// Say what would be salvaged and lost; write and delete nothing
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RepairSnapshotsArgs {
+    /// Snapshots to repair (id, unique prefix, or `latest`); all when none is given
+    #[arg(value_name = "SNAPSHOT")]
+    pub snapshots: Vec<String>,
+    /// Name every path that lost data; write nothing
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+    /// Remove each original snapshot once its repaired copy is written
+    #[arg(long)]
+    pub forget: bool,
+}
+
+/// Exclude patterns, which backup and rewrite read alike.
+#[derive(Args, Debug)]
+pub struct PatternArgs {
+    /// Exclude entries matching a pattern (repeatable)
+    #[arg(short = 'e', long = "exclude", value_name = "PATTERN")]
+    pub excludes: Vec<String>,
+    /// Read exclude patterns from a file, one per line (repeatable)
+    #[arg(long = "exclude-file", value_name = "FILE")]
+    pub exclude_files: Vec<PathBuf>,
+    /// Like --exclude, ignoring case (repeatable)
+    #[arg(long = "iexclude", value_name = "PATTERN")]
+    pub iexcludes: Vec<String>,
+}
+
+impl PatternArgs {
+    /// The patterns given, those of every `--exclude-file` included.
+    pub fn excludes(&self) -> anyhow::Result<coffer_core::exclude::Excludes> {
+        use coffer_core::exclude::Excludes;
+        let mut patterns = self.excludes.clone();
+        for f in &self.exclude_files {
+            patterns.extend(Excludes::read_file(f)?);
+        }
+        Ok(Excludes::new(&patterns)?.case_insensitive(&self.iexcludes)?)
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct RewriteArgs {
+    /// Snapshots to rewrite (id, unique prefix, or `latest`); all when none is given
+    #[arg(value_name = "SNAPSHOT")]
+    pub snapshots: Vec<String>,
+    /// Which paths to remove: the patterns of `backup --exclude`
+    #[command(flatten)]
+    pub patterns: PatternArgs,
+    /// Remove each original snapshot once its rewritten copy is written (then `prune` frees the space)
+    #[arg(long)]
+    pub forget: bool,
+    /// Say what would be removed; write nothing
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
 }
 
 #[derive(Args, Debug)]
@@ -240,15 +327,8 @@ pub struct BackupArgs {
     /// Host name to record instead of this machine's
     #[arg(long, value_name = "NAME")]
     pub host: Option<String>,
-    /// Exclude entries matching a pattern (repeatable)
-    #[arg(short = 'e', long = "exclude", value_name = "PATTERN")]
-    pub excludes: Vec<String>,
-    /// Read exclude patterns from a file, one per line (repeatable)
-    #[arg(long = "exclude-file", value_name = "FILE")]
-    pub exclude_files: Vec<PathBuf>,
-    /// Like --exclude, ignoring case (repeatable)
-    #[arg(long = "iexclude", value_name = "PATTERN")]
-    pub iexcludes: Vec<String>,
+    #[command(flatten)]
+    pub patterns: PatternArgs,
     /// Leave out directories that hold a CACHEDIR.TAG (bford.info/cachedir)
     #[arg(long)]
     pub exclude_caches: bool,

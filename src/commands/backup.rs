@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use coffer_core::archiver::{self, BackupOptions, ChangeDetection, ParentChoice};
-use coffer_core::exclude::Excludes;
 use serde::Serialize;
 
 use crate::cli::{BackupArgs, GlobalArgs};
@@ -31,11 +30,7 @@ pub fn run(g: &GlobalArgs, a: &BackupArgs) -> Result<u8> {
     }
     // Check the sources before touching the repository.
     archiver::resolve_paths(&paths)?;
-    let mut patterns = a.excludes.clone();
-    for f in &a.exclude_files {
-        patterns.extend(Excludes::read_file(f)?);
-    }
-    let mut excludes = Excludes::new(&patterns)?.case_insensitive(&a.iexcludes)?;
+    let mut excludes = a.patterns.excludes()?;
     if a.exclude_caches {
         excludes = excludes.caches();
     }

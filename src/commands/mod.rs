@@ -11,7 +11,9 @@ mod ls;
 #[cfg(all(feature = "mount", target_os = "linux"))]
 mod mount;
 mod prune;
+mod repair;
 mod restore;
+mod rewrite;
 mod snapshots;
 mod stats;
 mod unlock;
@@ -37,6 +39,8 @@ pub fn run(args: Cli) -> Result<u8> {
         #[cfg(all(feature = "mount", target_os = "linux"))]
         Command::Mount(a) => mount::run(g, a),
         Command::Prune(a) => prune::run(g, a),
+        Command::Repair(c) => repair::run(g, c),
+        Command::Rewrite(a) => rewrite::run(g, a),
         Command::Unlock(a) => unlock::run(g, a),
     }
 }

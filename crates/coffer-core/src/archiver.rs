@@ -789,6 +789,7 @@ pub fn backup(repo: &Repository, options: &BackupOptions, progress: &dyn Progres
         parent: parent_id,
         host_sequence: host_previous.map_or(1, |(_, s)| s.host_sequence + 1),
         host_previous: host_previous.map(|(id, _)| *id),
+        original: None,
         summary,
         program_version: format!("coffer {}", crate::VERSION),
     };

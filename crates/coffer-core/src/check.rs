@@ -113,7 +113,7 @@ impl CheckReport {
 
 /// What went wrong reading one object, as reported (the error's message
 /// without the object name, which the report carries).
-fn problem(e: &Error) -> String {
+pub(crate) fn problem(e: &Error) -> String {
     match e {
         Error::Missing { .. } => "missing".into(),
         Error::Corrupt { reason, .. } => format!("damaged: {reason}"),
@@ -278,6 +278,35 @@ pub fn check(repo: &Repository, read: ReadData) -> Result<CheckReport> {
         report.damage.extend(damage);
     }
     Ok(report)
+}
+
+/// Downloads every pack of `set` as `check --read-data` does and returns
+/// those that are damaged, with what is wrong: a pack that does not hash to
+/// its name, whose header disagrees with the index, or holding a blob that
+/// does not authenticate (what `repair packs` looks for when no pack is
+/// named). Chunk lengths are not compared with trees here: the trees are
+/// not read.
+pub(crate) fn damaged_packs(repo: &Repository, set: &BlobSet) -> Vec<(PackInfo, String)> {
+    let mut by_pack: HashMap<Id, Vec<(Id, BlobLocation)>> = HashMap::new();
+    for (id, loc) in set.iter() {
+        by_pack.entry(loc.pack).or_default().push((id, loc));
+    }
+    let outcome = read_packs(repo, set.packs(), &by_pack, &HashMap::new());
+    let mut found = Found::default();
+    for (pack, problem) in outcome.packs {
+        found.pack(pack.kind, pack.id, problem);
+    }
+    for (id, kind, e) in outcome.blobs {
+        let blob_kind = if kind == ObjectKind::Tree.name() { ObjectKind::Tree } else { ObjectKind::Chunk };
+        let Some(loc) = set.get(blob_kind, &id) else { continue };
+        found.pack(loc.kind, loc.pack, format!("its {kind} {id} is {}", problem(&e)));
+    }
+    let lengths: HashMap<Id, u64> = set.packs().iter().map(|p| (p.id, p.length)).collect();
+    found
+        .packs
+        .into_iter()
+        .map(|(id, (kind, problem))| (PackInfo { id, kind, length: lengths.get(&id).copied().unwrap_or(0) }, problem))
+        .collect()
 }
 
 /// Fetches blobs with the backend's concurrency.

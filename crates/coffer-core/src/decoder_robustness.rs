@@ -269,6 +269,8 @@ fn snapshot() -> impl Strategy<Value = Snapshot> {
                 host_sequence,
                 host_previous,
                 summary,
+                // Both absent and present (a rewritten snapshot's).
+                original: parent.filter(|_| host_sequence % 2 == 0),
                 program_version: format!("coffer {}", crate::VERSION),
             }
         },

@@ -55,6 +55,10 @@ pub const MAX_STORED: u64 = blob::max_stored_random_len(MAX_LOCK_LEN);
 pub const PRUNE: &str = "prune";
 /// The operation name forget's lock carries.
 pub const FORGET: &str = "forget";
+/// The operation name the locks of `repair index|packs|snapshots` carry.
+pub const REPAIR: &str = "repair";
+/// The operation name rewrite's lock carries.
+pub const REWRITE: &str = "rewrite";
 /// Operations whose locks others wait for without a limit, since they are
 /// held briefly (prune's exclusive phase, forget's few deletes): two hosts
 /// running `forget --prune` at once then both finish, one after the other.

@@ -197,8 +197,9 @@ impl Packer {
         Ok(())
     }
 
-    /// Writes an index object for `packs`, once they are durable.
-    pub async fn write_index(&self, packs: Vec<IndexedPack>) -> Result<()> {
+    /// Writes an index object for `packs`, once they are durable; returns
+    /// its id.
+    pub async fn write_index(&self, packs: Vec<IndexedPack>) -> Result<Id> {
         self.backend.sync().await?;
         let index = Index { packs };
         let (id, stored) = index.seal(&self.keys, &self.repo_id);
@@ -209,7 +210,7 @@ impl Packer {
         let mut state = self.state()?;
         state.stored.indexes.push(id);
         state.stored.packs.extend(index.packs);
-        Ok(())
+        Ok(id)
     }
 
     /// Seals every open pack that holds anything, stores it, and writes the

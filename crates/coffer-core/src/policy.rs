@@ -745,6 +745,7 @@ mod tests {
             parent: None,
             host_sequence: 0,
             host_previous: None,
+            original: None,
             summary: Default::default(),
             program_version: String::new(),
         };

@@ -207,19 +207,7 @@ pub fn prune(repo: &Repository, options: &PruneOptions) -> Result<PruneOutcome> 
     // The index of every kept pack, in new objects, before the old ones go.
     // (Many small index objects, one or more per backup, become few.)
     let kept: Vec<IndexedPack> = packs.iter().filter(|p| p.fate == Fate::Keep).map(|p| p.pack.clone()).collect();
-    repo.runtime().block_on(async {
-        for part in split_index(kept) {
-            packer.write_index(part).await?;
-        }
-        repo.backend().sync().await.map_err(Error::from)
-    })?;
-    repo.runtime().block_on(repo.bump_generation())?;
-    let old_indexes: Vec<String> = indexes.iter().map(|id| object_key(ObjectKind::Index, id)).collect();
-    delete(repo, &old_indexes, &exclusive)?;
-    outcome.index_objects_replaced = old_indexes.len();
-    for id in &indexes {
-        repo.forget_cached(ObjectKind::Index, id);
-    }
+    outcome.index_objects_replaced = replace_index(repo, &packer, kept, &indexes, &exclusive)?.removed;
     let doomed: Vec<String> =
         packs.iter().filter(|p| p.fate != Fate::Keep).map(|p| pack_key(p.pack.kind, &p.pack.id)).collect();
     delete(repo, &doomed, &exclusive)?;
@@ -360,9 +348,47 @@ fn repack_packs(
     Ok((downloaded, stored.pack_bytes))
 }
 
+/// What [`replace_index`] wrote and removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct IndexReplaced {
+    pub(crate) written: Vec<Id>,
+    pub(crate) removed: usize,
+}
+
+/// Replaces the index objects `old` by new ones listing `packs`, in the
+/// only safe order: the new objects are written and made durable, the
+/// generation is bumped, and only then are the old objects deleted (a crash
+/// in between leaves packs named twice, which count once). An old object
+/// whose name a new one has (the same content, so the same id: a rerun
+/// with nothing changed) is not deleted, or the index would be lost.
+pub(crate) fn replace_index(
+    repo: &Repository,
+    packer: &Packer,
+    packs: Vec<IndexedPack>,
+    old: &[Id],
+    lock: &LockGuard,
+) -> Result<IndexReplaced> {
+    let written = repo.runtime().block_on(async {
+        let mut written = Vec::new();
+        for part in split_index(packs) {
+            written.push(packer.write_index(part).await?);
+        }
+        repo.backend().sync().await?;
+        Ok::<_, Error>(written)
+    })?;
+    repo.runtime().block_on(repo.bump_generation())?;
+    let doomed: Vec<&Id> = old.iter().filter(|id| !written.contains(id)).collect();
+    let keys: Vec<String> = doomed.iter().map(|id| object_key(ObjectKind::Index, id)).collect();
+    delete(repo, &keys, lock)?;
+    for id in &doomed {
+        repo.forget_cached(ObjectKind::Index, id);
+    }
+    Ok(IndexReplaced { written, removed: doomed.len() })
+}
+
 /// Splits the kept packs into index objects of at most some 100,000 blobs
 /// (4.4 MB of plaintext), well under what a reader accepts.
-fn split_index(packs: Vec<IndexedPack>) -> Vec<Vec<IndexedPack>> {
+pub(crate) fn split_index(packs: Vec<IndexedPack>) -> Vec<Vec<IndexedPack>> {
     const BLOBS_PER_OBJECT: usize = 100_000;
     let mut parts: Vec<Vec<IndexedPack>> = Vec::new();
     let mut blobs = 0;
@@ -433,7 +459,7 @@ pub(crate) fn mark_snapshots(
 
 /// Deletes objects, checking before each that the exclusive lock is still
 /// ours; durable when this returns.
-fn delete(repo: &Repository, keys: &[String], lock: &LockGuard) -> Result<()> {
+pub(crate) fn delete(repo: &Repository, keys: &[String], lock: &LockGuard) -> Result<()> {
     let backend = repo.backend();
     let width = backend.concurrency().max(1);
     repo.runtime().block_on(async {

@@ -58,6 +58,10 @@ pub struct Snapshot {
     #[serde(default)]
     pub host_previous: Option<Id>,
     pub summary: Summary,
+    /// The snapshot this one was made from by `repair snapshots` or
+    /// `rewrite` (absent in a backup's snapshot, and then not written).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original: Option<Id>,
     pub program_version: String,
 }
 
@@ -123,6 +127,7 @@ mod tests {
             parent: None,
             host_sequence: 1,
             host_previous: None,
+            original: None,
             summary: Summary::default(),
             program_version: "coffer 0.1.0".into(),
         }

@@ -116,6 +116,7 @@ mod tests {
             parent: None,
             host_sequence: 1,
             host_previous: None,
+            original: None,
             summary: Summary::default(),
             program_version: "test".into(),
         }
