@@ -250,9 +250,8 @@ pub fn repair_packs(repo: &Repository, options: &PackRepairOptions) -> Result<Pa
     let set = repo.set_blob_set(loaded.blobs);
     let mut damaged: BTreeMap<Id, (PackKind, String)> = BTreeMap::new();
     if options.packs.is_empty() {
-        for (kind, id) in &loaded.mismatched {
-            let size = listed.get(id).map_or(0, |l| l.1);
-            damaged.insert(*id, (*kind, format!("it is stored with {size} bytes, not the length its index gives")));
+        for m in &loaded.mismatched {
+            damaged.insert(m.id, (m.kind, m.problem()));
         }
         for (kind, id, e) in &loaded.unreadable_packs {
             damaged.insert(*id, (*kind, format!("in no index, and its header cannot be read: {}", problem(e))));
