@@ -264,3 +264,37 @@ fn repair_needs_the_exclusive_lock() {
     held.release().unwrap();
     assert!(files_below_or_empty(&env.repo.join("locks")).is_empty(), "no lock left behind");
 }
+
+/// A snapshot whose root tree is lost cannot be repaired: `repair
+/// snapshots` names it as unrepairable, leaves it and every other snapshot
+/// as they are, and exits 1; a snapshot that lost nothing is not copied.
+#[test]
+fn a_snapshot_whose_root_tree_is_lost_is_named_and_left_alone() {
+    let env = Env::init();
+    env.write("a.txt", b"first");
+    let first = backup_id(&env, &[]);
+    env.write("b.txt", b"second");
+    let second = backup_id(&env, &[]);
+    let repo = open_repo(&env);
+    let root = repo.load_snapshot(&first).unwrap().tree;
+    assert_ne!(root, repo.load_snapshot(&second).unwrap().tree);
+    crate::common::rewrite_index(&repo, |packs| {
+        for p in packs.iter_mut() {
+            p.blobs.retain(|b| b.id != root);
+        }
+    });
+    assert!(!repo.reload_blob_set().unwrap().contains(ObjectKind::Tree, &root), "the root tree is still indexed");
+    drop(repo);
+    let before = snapshots_json(&env);
+    let (code, report) = json(&env, &["repair", "snapshots"]);
+    assert_eq!(code, 1, "{report:#}");
+    let unrepairable = report["unrepairable"].as_array().unwrap();
+    assert_eq!(unrepairable.len(), 1, "{report:#}");
+    assert_eq!(unrepairable[0]["snapshot"], first.to_hex().as_str(), "{report:#}");
+    assert!(report["repaired"].as_array().unwrap().is_empty(), "{report:#}");
+    assert_eq!(snapshots_json(&env), before, "no snapshot was written or removed");
+    let out = env.coffer().args(["repair", "snapshots"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr_of(&out);
+    assert!(err.contains(&first.short()) && err.contains("cannot be repaired") && err.contains("forget"), "{err}");
+}

@@ -78,9 +78,11 @@ pub fn run(g: &GlobalArgs, c: &RepairCommand) -> Result<u8> {
             let options =
                 SnapshotRepairOptions { dry_run: a.dry_run, forget: a.forget, snapshots: a.snapshots.clone() };
             let o = repair::repair_snapshots(&repo, &options)?;
+            // With or without --json, a snapshot left unrepaired is a failure.
+            let code = if o.unrepairable.is_empty() { exit::OK } else { exit::FATAL };
             if g.json {
                 super::print_json(&o)?;
-                return Ok(exit::OK);
+                return Ok(code);
             }
             for u in &o.unrepairable {
                 eprintln!(
@@ -98,9 +100,7 @@ pub fn run(g: &GlobalArgs, c: &RepairCommand) -> Result<u8> {
                     if o.dry_run { " (nothing written)" } else { "" }
                 );
             }
-            if !o.unrepairable.is_empty() {
-                return Ok(exit::FATAL);
-            }
+            return Ok(code);
         }
     }
     Ok(exit::OK)
