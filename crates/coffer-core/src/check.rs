@@ -413,35 +413,47 @@ fn read_packs(
                             return out;
                         }
                     };
-                    let spare = buffers.lock().ok().and_then(|mut b| b.pop()).unwrap_or_default();
-                    let bytes = match backend.get_into(&pack_key(pack.kind, &pack.id), pack.length, spare).await {
-                        Ok(b) => b,
-                        Err(e) if e.is_not_found() => {
-                            out.packs.push((pack, "missing".into()));
-                            return out;
-                        }
-                        Err(e) => {
-                            out.packs.push((pack, problem(&Error::from(e))));
-                            return out;
-                        }
-                    };
-                    let checked = crate::restorer::on_cpu_pool(move || {
-                        let mut bytes = bytes;
-                        let out = check_pack(&keys, &repo_id, max_chunk, pack, &mut bytes, &expected, &lens);
-                        (out, bytes)
-                    });
-                    match checked.await {
-                        Ok((out, bytes)) => {
-                            if let Ok(mut spare) = buffers.lock() {
-                                spare.push(bytes);
+                    // A pack that fails is downloaded and checked once more:
+                    // a bit flipped on the way is not damage at rest.
+                    for attempt in 1..=2 {
+                        let spare = buffers.lock().ok().and_then(|mut b| b.pop()).unwrap_or_default();
+                        let bytes = match backend.get_into(&pack_key(pack.kind, &pack.id), pack.length, spare).await {
+                            Ok(b) => b,
+                            Err(e) if e.is_not_found() => {
+                                out.packs.push((pack, "missing".into()));
+                                return out;
                             }
-                            out
+                            Err(e) => {
+                                out.packs.push((pack, problem(&Error::from(e))));
+                                return out;
+                            }
+                        };
+                        let (keys, expected, lens) = (Arc::clone(&keys), expected.clone(), lens.clone());
+                        let checked = crate::restorer::on_cpu_pool(move || {
+                            let mut bytes = bytes;
+                            let out = check_pack(&keys, &repo_id, max_chunk, pack, &mut bytes, &expected, &lens);
+                            (out, bytes)
+                        });
+                        out = match checked.await {
+                            Ok((out, bytes)) => {
+                                if let Ok(mut spare) = buffers.lock() {
+                                    spare.push(bytes);
+                                }
+                                out
+                            }
+                            Err(e) => ReadOutcome {
+                                packs: vec![(pack, format!("unreadable: checking task failed: {e}"))],
+                                ..ReadOutcome::default()
+                            },
+                        };
+                        if out.packs.is_empty() && out.blobs.is_empty() {
+                            break;
                         }
-                        Err(e) => ReadOutcome {
-                            packs: vec![(pack, format!("unreadable: checking task failed: {e}"))],
-                            ..ReadOutcome::default()
-                        },
+                        if attempt == 1 {
+                            tracing::warn!("{} pack {} did not check; reading it again", pack.kind.name(), pack.id);
+                        }
                     }
+                    out
                 }
             })
             .buffer_unordered(concurrency)

@@ -280,14 +280,15 @@ pub async fn load_with(repo: &crate::Repository, options: LoadOptions) -> Result
                     }
                 }
             }
-            let fetched = crate::repo::fetch(&**backend, ObjectKind::Index, &id, MAX_STORED).await;
-            let index = fetched.and_then(|bytes| {
+            let index = crate::repo::read_twice(|| async {
+                let bytes = crate::repo::fetch(&**backend, ObjectKind::Index, &id, MAX_STORED).await?;
                 let index = Index::open(keys, repo_id, &id, &bytes)?;
                 if let Some(dir) = cache {
                     crate::cache::write(dir, ObjectKind::Index, &id, &bytes);
                 }
                 Ok(index)
-            });
+            })
+            .await;
             (id, index)
         })
         .buffer_unordered(width)

@@ -445,7 +445,7 @@ async fn read_locks_async(backend: &dyn Backend, keys: &Keys, repo_id: &[u8; 32]
         if parse_object_key(ObjectKind::Lock, &entry.key).is_none() {
             continue;
         }
-        let stored = match backend.get(&entry.key, MAX_STORED).await {
+        let mut stored = match backend.get(&entry.key, MAX_STORED).await {
             Ok(b) => b,
             // Released between the listing and the read.
             Err(e) if e.is_not_found() => continue,
@@ -457,6 +457,15 @@ async fn read_locks_async(backend: &dyn Backend, keys: &Keys, repo_id: &[u8; 32]
             }
             Err(e) => return Err(e.into()),
         };
+        // One that does not authenticate is read again once: a bit flipped
+        // on the way must not make a live lock look damaged.
+        if LockRecord::open_authentic(keys, repo_id, &entry.key, &stored).is_err() {
+            match backend.get(&entry.key, MAX_STORED).await {
+                Ok(again) => stored = again,
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => tracing::debug!("reading {} again: {e}", entry.key),
+            }
+        }
         listing.fingerprints.insert(entry.key.clone(), fingerprint(&stored));
         match LockRecord::open_authentic(keys, repo_id, &entry.key, &stored) {
             Ok(Ok(r)) => listing.records.push(r),
@@ -892,15 +901,22 @@ impl LockGuard {
             let held = self.state.held.lock().map_err(|_| Error::LockLost { reason: "lock state poisoned".into() })?;
             let name = held.record.name();
             let p = &self.state.parts;
-            let stored = match p.runtime.block_on(p.backend.get(&name, MAX_STORED)) {
-                Ok(b) => b,
-                Err(e) if e.is_not_found() => {
-                    return Err(Error::LockLost { reason: format!("{name} was removed by another process") });
-                }
-                Err(e) => return Err(e.into()),
-            };
-            let found = LockRecord::open(&p.keys, &p.repo_id, &name, &stored)
-                .map_err(|e| Error::LockLost { reason: e.to_string() })?;
+            // Read again once if it does not authenticate: a bit flipped on
+            // the way does not make the lock lost.
+            let found = crate::repo::read_twice_blocking(|| {
+                let stored = match p.runtime.block_on(p.backend.get(&name, MAX_STORED)) {
+                    Ok(b) => b,
+                    Err(e) if e.is_not_found() => {
+                        return Err(Error::LockLost { reason: format!("{name} was removed by another process") });
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                LockRecord::open(&p.keys, &p.repo_id, &name, &stored)
+            })
+            .map_err(|e| match e {
+                e @ Error::Corrupt { .. } => Error::LockLost { reason: e.to_string() },
+                e => e,
+            })?;
             let ours = found.lock_id == held.record.lock_id
                 && found.pid == held.record.pid
                 && (held.confirmed..=held.record.counter).contains(&found.counter);

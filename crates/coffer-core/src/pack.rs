@@ -452,6 +452,17 @@ pub async fn fetch_header(
     id: &Id,
     pack_len: u64,
 ) -> Result<Vec<PackEntry>> {
+    crate::repo::read_twice(|| fetch_header_once(backend, keys, repo_id, kind, id, pack_len)).await
+}
+
+async fn fetch_header_once(
+    backend: &dyn crate::backend::Backend,
+    keys: &Keys,
+    repo_id: &[u8; 32],
+    kind: PackKind,
+    id: &Id,
+    pack_len: u64,
+) -> Result<Vec<PackEntry>> {
     let key = pack_key(kind, id);
     if pack_len < TRAILER_LEN as u64 {
         return Err(Error::corrupt(kind.name(), id.to_hex(), format!("it is only {pack_len} bytes long")));

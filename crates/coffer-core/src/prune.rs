@@ -322,6 +322,7 @@ fn repack_packs(
         }
     }
     let reads = plan_reads(&wanted, 0, 8 << 20);
+    let wanted = &wanted;
     let downloaded: u64 = reads.iter().map(|r| r.length).sum();
     let backend = repo.backend();
     let width = backend.concurrency().clamp(1, 8);
@@ -340,7 +341,18 @@ fn repack_packs(
                 let blob = bytes
                     .get(range.clone())
                     .ok_or_else(|| Error::corrupt(r.kind.name(), r.pack.to_hex(), "a ranged read came back short"))?;
-                packer.add(kind, id, blob, raw).await?;
+                // Copied only once it authenticates: the old pack is deleted
+                // after this, so a blob damaged on the way must not be the
+                // one that stays. One that fails is read again alone, and a
+                // second failure stops the prune before it deletes anything.
+                if authentic(repo, kind, &id, blob).is_ok() {
+                    packer.add(kind, id, blob, raw).await?;
+                    continue;
+                }
+                let limit = repo.stored_limit(kind);
+                let alone = crate::repo::fetch_blob_at(&**backend, kind, &id, &wanted[*i], limit).await?;
+                authentic(repo, kind, &id, &alone)?;
+                packer.add(kind, id, &alone, raw).await?;
             }
         }
         packer.flush().await
@@ -384,6 +396,15 @@ pub(crate) fn replace_index(
         repo.forget_cached(ObjectKind::Index, id);
     }
     Ok(IndexReplaced { written, removed: doomed.len() })
+}
+
+/// Checks that a blob's stored bytes authenticate as `kind` `id`.
+fn authentic(repo: &Repository, kind: ObjectKind, id: &Id, stored: &[u8]) -> Result<()> {
+    let max_len = match kind {
+        ObjectKind::Tree => crate::repo::MAX_TREE_LEN,
+        _ => repo.max_chunk_len(),
+    };
+    crate::blob::decode(repo.keys(), repo.repo_id(), kind, id, stored, max_len).map(drop)
 }
 
 /// Splits the kept packs into index objects of at most some 100,000 blobs

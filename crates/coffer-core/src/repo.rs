@@ -130,7 +130,13 @@ pub(crate) fn user_name() -> String {
 
 impl Repository {
     /// Creates a new repository with one key for `password`.
+    ///
+    /// The backend's requests are retried as [`crate::backend::retry`] says
+    /// (for this and [`Repository::open_with`]): pass a
+    /// [`RetryBackend`](crate::backend::retry::RetryBackend) to choose
+    /// another policy.
     pub fn init(backend: Arc<dyn Backend>, password: &[u8], options: &InitOptions) -> Result<Repository> {
+        let backend = crate::backend::retry::RetryBackend::wrap(backend);
         let runtime = Arc::new(new_runtime()?);
         let location = backend.location();
         runtime.block_on(async {
@@ -206,6 +212,7 @@ impl Repository {
         backend: Arc<dyn Backend>,
         password: impl FnOnce() -> Result<zeroize::Zeroizing<Vec<u8>>>,
     ) -> Result<Repository> {
+        let backend = crate::backend::retry::RetryBackend::wrap(backend);
         let runtime = Arc::new(new_runtime()?);
         let location = backend.location();
         let (config_bytes, envelopes) = runtime.block_on(async {
@@ -378,10 +385,6 @@ impl Repository {
         Ok(ids)
     }
 
-    fn get(&self, kind: ObjectKind, id: &Id) -> Result<Vec<u8>> {
-        self.runtime.block_on(self.get_async(kind, id))
-    }
-
     /// Fetches the stored bytes of an object, or of a blob from its pack; a
     /// missing object or blob is [`Error::Missing`].
     pub async fn get_async(&self, kind: ObjectKind, id: &Id) -> Result<Vec<u8>> {
@@ -485,8 +488,11 @@ impl Repository {
                 }
             }
         }
-        let stored = self.get_async(kind, id).await?;
-        let value = decode(&stored)?;
+        let (value, stored) = read_twice(|| async {
+            let stored = self.get_async(kind, id).await?;
+            Ok((decode(&stored)?, stored))
+        })
+        .await?;
         if let Some(dir) = &self.cache_dir {
             crate::cache::write(dir, kind, id, &stored);
         }
@@ -538,9 +544,11 @@ impl Repository {
     }
 
     pub fn load_chunk(&self, id: &Id) -> Result<Vec<u8>> {
-        let stored = self.get(ObjectKind::Chunk, id)?;
-        blob::decode_owned(&self.keys, self.repo_id(), ObjectKind::Chunk, id, stored, self.max_chunk_len())
-            .map(blob::Decoded::into_vec)
+        self.runtime.block_on(read_twice(|| async {
+            let stored = self.get_async(ObjectKind::Chunk, id).await?;
+            blob::decode_owned(&self.keys, self.repo_id(), ObjectKind::Chunk, id, stored, self.max_chunk_len())
+                .map(blob::Decoded::into_vec)
+        }))
     }
 
     pub fn encode_chunk(&self, id: &Id, plaintext: &[u8]) -> Vec<u8> {
@@ -558,8 +566,10 @@ impl Repository {
     /// Loads a snapshot from the repository itself, never the cache: what
     /// `check` does, since a copy here says nothing about the stored object.
     pub fn fetch_snapshot(&self, id: &Id) -> Result<Snapshot> {
-        let stored = self.get(ObjectKind::Snapshot, id)?;
-        self.decode_snapshot(id, &stored)
+        self.runtime.block_on(read_twice(|| async {
+            let stored = self.get_async(ObjectKind::Snapshot, id).await?;
+            self.decode_snapshot(id, &stored)
+        }))
     }
 
     /// Authenticates and parses a snapshot's stored bytes; its id is checked
@@ -715,6 +725,36 @@ pub fn max_stored(kind: ObjectKind, max_chunk_len: usize) -> u64 {
     }
 }
 
+/// Runs `read`, a read of an object and its authentication, and runs it
+/// once more if what came back is damaged ([`Error::Corrupt`]): a bit
+/// flipped or a body cut short on the way is not damage at rest. A second
+/// failure is reported as damage. (Requests that fail are retried by the
+/// backend's layer, [`crate::backend::retry`].)
+pub async fn read_twice<T, F, Fut>(read: F) -> Result<T>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    match read().await {
+        Err(e @ Error::Corrupt { .. }) => {
+            tracing::warn!("{e}; reading it again");
+            read().await
+        }
+        other => other,
+    }
+}
+
+/// [`read_twice`] for a blocking read.
+pub fn read_twice_blocking<T>(read: impl Fn() -> Result<T>) -> Result<T> {
+    match read() {
+        Err(e @ Error::Corrupt { .. }) => {
+            tracing::warn!("{e}; reading it again");
+            read()
+        }
+        other => other,
+    }
+}
+
 /// Fetches an object's stored bytes from a backend, refusing more than
 /// `limit` bytes (see [`max_stored`]).
 pub async fn fetch(backend: &dyn Backend, kind: ObjectKind, id: &Id, limit: u64) -> Result<Vec<u8>> {
@@ -731,8 +771,20 @@ pub async fn fetch_blob(
     limit: u64,
 ) -> Result<Vec<u8>> {
     let loc = locate_blob(set, kind, id, limit)?;
+    fetch_blob_at(backend, kind, id, &loc, limit).await
+}
+
+/// [`fetch_blob`] from a given place.
+pub async fn fetch_blob_at(
+    backend: &dyn Backend,
+    kind: ObjectKind,
+    id: &Id,
+    loc: &BlobLocation,
+    limit: u64,
+) -> Result<Vec<u8>> {
+    check_blob_length(kind, id, loc, limit)?;
     let key = crate::pack::pack_key(loc.kind, &loc.pack);
-    blob_read(kind, id, &loc, backend.get_range(&key, u64::from(loc.offset), u64::from(loc.length)).await)
+    blob_read(kind, id, loc, backend.get_range(&key, u64::from(loc.offset), u64::from(loc.length)).await)
 }
 
 /// [`fetch_blob`] on the calling thread, from a store whose reads block.

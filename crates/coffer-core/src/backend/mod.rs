@@ -7,6 +7,7 @@
 mod direct;
 pub mod local;
 pub mod pausing;
+pub mod retry;
 pub mod rule;
 #[cfg(feature = "s3")]
 pub mod s3;
@@ -34,6 +35,13 @@ pub enum BackendError {
     Io { key: String, error: std::io::Error },
     #[error("{location}: {message}")]
     Unavailable { location: String, message: String },
+    /// A failure that may pass if the request is made again (a dropped
+    /// connection, a request that got no answer in time): the
+    /// [`retry::RetryBackend`] layer makes it again. A store that retries on
+    /// its own (S3, whose SDK does) reports what is left after its retries
+    /// as [`BackendError::Unavailable`], which is not retried a second time.
+    #[error("{location}: {message}")]
+    Transient { location: String, message: String },
     /// The object is larger than any well-formed object of its kind can
     /// be: refused before its bytes are read, so that a hostile store
     /// cannot exhaust a client's memory with one huge object.
@@ -44,6 +52,11 @@ pub enum BackendError {
 impl BackendError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, BackendError::NotFound { .. })
+    }
+
+    /// Whether making the request again may succeed (see [`retry`]).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, BackendError::Transient { .. })
     }
 
     /// True when the error means the disk or the quota is full: worth its own
@@ -250,4 +263,11 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Creates the empty structure of a new repository, if the store needs one.
     async fn create(&self) -> BackendResult<()>;
+
+    /// Whether this backend already retries failed requests and abandons
+    /// hung ones ([`retry::RetryBackend`] does): a repository opened on it
+    /// does not wrap it in a second retrying layer.
+    fn retries(&self) -> bool {
+        false
+    }
 }
