@@ -178,9 +178,9 @@ crate::common::both_backends!(prune_survives_sigkill);
 const PRUNE_POINTS: [Option<&str>; 5] =
     [Some("put:data/"), Some("put:index/"), Some("delete:index/"), Some("delete:data/"), None];
 
-/// Rounds of: a backup of a kept file and three that are then deleted, a
-/// backup without them, `forget --keep-last 1` (the first backup's packs
-/// are three quarters garbage: repacked), and a prune killed mid-repack
+/// Rounds of: a backup of a kept file and sixteen small ones that are then
+/// deleted, a backup without them, `forget --keep-last 1` (the first
+/// backup's packs are mostly garbage: repacked), and a prune killed mid-repack
 /// (after its first new pack), after its new index, mid-delete of index
 /// objects or of packs, or after a random delay. Then check passes, the
 /// snapshot restores, and a further prune completes.
@@ -196,7 +196,7 @@ fn prune_survives_sigkill(backend: Backend) {
     } else if backend == Backend::Local {
         20
     } else {
-        5
+        10
     };
     let seed = 0x0bad_5eed_u64 + backend as u64;
     eprintln!("prune crashes on {backend:?}: seed {seed:#x}, {rounds} rounds");
@@ -205,8 +205,11 @@ fn prune_survives_sigkill(backend: Backend) {
     let mut expected = BTreeMap::new();
     for round in 0..rounds {
         env.write(&format!("keep/k{round}.jpg"), &random_bytes(700_000, 5000 + round));
-        for i in 0..3u64 {
-            env.write(&format!("tmp/t{i}.jpg"), &random_bytes(700_000, 6000 + round * 10 + i));
+        // Sixteen small files of garbage-to-be: each lands in one of the
+        // two packs being filled at random, so the kept file's pack holds
+        // some of them (and is repacked) but with odds of 2^-16 against.
+        for i in 0..16u64 {
+            env.write(&format!("tmp/t{i}.jpg"), &random_bytes(100_000, 6000 + round * 100 + i));
         }
         env.coffer().arg("backup").arg(&env.src).assert().success();
         std::fs::remove_dir_all(env.src.join("tmp")).expect("remove tmp");
