@@ -278,3 +278,36 @@ fn restore_and_check_under_faults_never_return_wrong_data(backend: Backend) {
     );
     assert!(injected >= 10, "the faults were exercised: {injected}");
 }
+
+/// `dump` reads a chunk that fails to authenticate once more, as restore
+/// does: one bit flipped on the way costs a second read, not the file. A
+/// chunk damaged at rest (every read of it flipped) still fails, naming it.
+#[test]
+fn dump_reads_a_chunk_damaged_on_the_way_again() {
+    use coffer_core::backend::testing::{Fault, Op};
+    use coffer_core::dump::{self, DumpOptions};
+    let env = Env::new();
+    let (faulty, repo) = faulty_repo(&env);
+    let data = random_bytes(2_500_000, 5);
+    env.write("big.bin", &data);
+    let options = BackupOptions { paths: vec![env.src.clone()], ..Default::default() };
+    archiver::backup(&repo, &options, &NoProgress).expect("backup");
+    let (_, snap) = repo.find_snapshot("latest").expect("the snapshot");
+    let path = std::fs::canonicalize(env.src.join("big.bin")).expect("canonical path");
+    let what = dump::find(&repo, &snap.tree, &path).expect("find the file");
+    let one_at_a_time = DumpOptions { concurrency: 1, max_bytes_in_flight: 1 };
+
+    faulty.add(Fault::first(Op::Get, "data/", 1, FaultKind::BitFlip));
+    let mut got = Vec::new();
+    dump::write(&repo, &what, &mut got, &one_at_a_time).expect("dump through one flipped read");
+    assert_eq!(faulty.injected(), 1);
+    assert!(got == data, "dump returned other bytes");
+
+    faulty.clear();
+    faulty.add(Fault::always(Op::Get, "data/", FaultKind::BitFlip));
+    let mut got = Vec::new();
+    let e = dump::write(&repo, &what, &mut got, &one_at_a_time).expect_err("a chunk damaged at rest");
+    assert!(matches!(e, coffer_core::Error::Corrupt { .. }), "{e}");
+    assert!(faulty.injected() >= 2, "read once more before failing");
+    assert!(got.len() < data.len() && data.starts_with(&got), "only intact bytes were written before the failure");
+}

@@ -186,19 +186,27 @@ impl Fetcher<'_> {
         let limit = self.repo.stored_limit(ObjectKind::Chunk);
         let zero_chunks = self.zero_chunks.clone();
         Ok(Msg::Chunk(self.repo.runtime().spawn(async move {
-            let stored = fetch_blob(&*backend, &blobs, ObjectKind::Chunk, &chunk.0, limit).await?;
-            tokio::task::spawn_blocking(move || {
-                let data = crate::repo::decode_chunk_ref(&keys, &repo_id, max_len, &chunk, stored)?;
-                if is_all_zero(&data) {
-                    if let Ok(mut z) = zero_chunks.lock() {
-                        z.insert(chunk.0);
-                    }
-                    return Ok(Piece::Zeros(chunk.1));
+            // A chunk that fails to authenticate is read once more, as
+            // restore does: a bit flipped on the way is not damage at rest.
+            let data = crate::repo::read_twice(|| {
+                let (backend, blobs, keys) = (backend.clone(), blobs.clone(), keys.clone());
+                async move {
+                    let stored = fetch_blob(&*backend, &blobs, ObjectKind::Chunk, &chunk.0, limit).await?;
+                    tokio::task::spawn_blocking(move || {
+                        crate::repo::decode_chunk_ref(&keys, &repo_id, max_len, &chunk, stored)
+                    })
+                    .await
+                    .map_err(|e| Error::InvalidInput(format!("dump task failed: {e}")))?
                 }
-                Ok(Piece::Data(data, permit))
             })
-            .await
-            .map_err(|e| Error::InvalidInput(format!("dump task failed: {e}")))?
+            .await?;
+            if is_all_zero(&data) {
+                if let Ok(mut z) = zero_chunks.lock() {
+                    z.insert(chunk.0);
+                }
+                return Ok(Piece::Zeros(chunk.1));
+            }
+            Ok(Piece::Data(data, permit))
         })))
     }
 }
