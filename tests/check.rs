@@ -10,7 +10,7 @@ use crate::common::{
 };
 
 /// Runs `check --json` with extra arguments; returns the exit code and report.
-fn check(env: &Env, args: &[&str]) -> (i32, Value) {
+pub(crate) fn check(env: &Env, args: &[&str]) -> (i32, Value) {
     let out = env.coffer().args(["check", "--json"]).args(args).output().unwrap();
     let report = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("check JSON: {e}: {}", String::from_utf8_lossy(&out.stderr)));

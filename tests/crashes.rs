@@ -17,22 +17,23 @@ use coffer_core::crypto::ObjectKind;
 use crate::common::{Backend, Env, contents, open_repo, random_bytes, restored_contents, xorshift};
 use crate::faults::soak;
 
-/// The binary as a plain process, pointed at the environment's repository.
+/// The binary as a plain process, pointed at the environment's repository,
+/// its output out of the way.
 fn process(env: &Env) -> std::process::Command {
-    let mut cmd = match env.backend {
-        Backend::Local => {
-            let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("coffer"));
-            for var in ["COFFER_PASSWORD_FILE", "COFFER_PASSWORD_COMMAND", "COFFER_LOG"] {
-                cmd.env_remove(var);
-            }
-            cmd.env("COFFER_REPOSITORY", &env.repo).env("COFFER_PASSWORD", crate::common::PASSWORD);
-            cmd
-        }
-        Backend::S3 => crate::common::s3::coffer_process(env, &env.location),
-    };
-    cmd.env("COFFER_CACHE_DIR", env.path("cache")).env("COFFER_STATE_DIR", env.path("state"));
+    let mut cmd = env.coffer_process();
     cmd.stdout(Stdio::null()).stderr(Stdio::piped());
     cmd
+}
+
+/// A new repository with small (4 MiB) data packs, so that a backup or
+/// prune of a few MiB spans several packs.
+fn small_pack_env(backend: Backend) -> Env {
+    let env = Env::new_on(backend);
+    env.coffer()
+        .args(["init", "--argon2-memory", "64", "--argon2-iterations", "1", "--pack-size", "4M"])
+        .assert()
+        .success();
+    env
 }
 
 fn kill(child: &mut Child) {
@@ -99,11 +100,7 @@ crate::common::both_backends!(backup_survives_sigkill);
 /// backup had uploaded some.
 fn backup_survives_sigkill(backend: Backend) {
     let started = Instant::now();
-    let env = &Env::new_on(backend);
-    env.coffer()
-        .args(["init", "--argon2-memory", "64", "--argon2-iterations", "1", "--pack-size", "4M"])
-        .assert()
-        .success();
+    let env = &small_pack_env(backend);
     let seed = 0x00c0_ffee_u64 + backend as u64;
     let rounds = if soak() { 60 } else { 20 };
     eprintln!("backup crashes on {backend:?}: seed {seed:#x}, {rounds} rounds");
@@ -186,11 +183,7 @@ const PRUNE_POINTS: [Option<&str>; 5] =
 /// snapshot restores, and a further prune completes.
 fn prune_survives_sigkill(backend: Backend) {
     let started = Instant::now();
-    let env = &Env::new_on(backend);
-    env.coffer()
-        .args(["init", "--argon2-memory", "64", "--argon2-iterations", "1", "--pack-size", "4M"])
-        .assert()
-        .success();
+    let env = &small_pack_env(backend);
     let rounds = if soak() {
         40
     } else if backend == Backend::Local {

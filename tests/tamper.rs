@@ -20,18 +20,11 @@ use coffer_core::crypto::ObjectKind;
 use coffer_core::index::IndexedPack;
 use serde_json::Value;
 
+use crate::check::check;
 use crate::common::{
     Backend, Env, both_backends, dir_state, files_below, open_repo, random_bytes, rewrite_index, snapshot_node,
     stderr_of, stored_blob,
 };
-
-/// `check --json` with extra arguments: exit code and report.
-fn check(env: &Env, args: &[&str]) -> (i32, Value) {
-    let out = env.coffer().args(["check", "--json"]).args(args).output().unwrap();
-    let report = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("check JSON: {e}: {}", String::from_utf8_lossy(&out.stderr)));
-    (out.status.code().unwrap_or(-1), report)
-}
 
 /// The report's damage entries as (kind, id, problem).
 fn damage(report: &Value) -> Vec<(String, String, String)> {
@@ -213,17 +206,13 @@ fn an_index_entry_at_the_wrong_offset_is_named(backend: Backend) {
     let (env, chunks) = two_backups(backend);
     let repo = open_repo(&env);
     // Two of the file's chunks in one pack.
-    let a = chunks[0];
-    let mates = crate::common::pack_mates(&repo, ObjectKind::Chunk, &a);
-    let b = match chunks.iter().find(|c| **c != a && mates.contains(c)) {
-        Some(b) => *b,
-        None => {
-            let a2 = chunks[1];
-            let mates = crate::common::pack_mates(&repo, ObjectKind::Chunk, &a2);
-            *chunks.iter().find(|c| **c != a2 && mates.contains(c)).expect("two chunks share a pack")
-        }
-    };
-    let a = if mates.contains(&b) { a } else { chunks[1] };
+    let set = repo.reload_blob_set().unwrap();
+    let pack_of = |c: &Id| set.get(ObjectKind::Chunk, c).expect("a stored chunk").pack;
+    let (a, b) = chunks
+        .iter()
+        .enumerate()
+        .find_map(|(i, a)| chunks[i + 1..].iter().find(|b| pack_of(b) == pack_of(a)).map(|b| (*a, *b)))
+        .expect("two chunks share a pack");
     rewrite_index(&repo, |packs: &mut Vec<IndexedPack>| {
         let mut swapped = 0;
         for p in packs.iter_mut() {

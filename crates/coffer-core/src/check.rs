@@ -121,6 +121,11 @@ pub(crate) fn problem(e: &Error) -> String {
     }
 }
 
+/// What is wrong with a pack no index names whose header cannot be read.
+pub(crate) fn unreadable_header(e: &Error) -> String {
+    format!("in no index, and its header cannot be read: {}", problem(e))
+}
+
 /// Packs selected for reading.
 fn select(packs: &[PackInfo], read: ReadData) -> Vec<PackInfo> {
     let mut all: Vec<PackInfo> = packs.to_vec();
@@ -183,7 +188,7 @@ pub fn check(repo: &Repository, read: ReadData) -> Result<CheckReport> {
         found.pack(m.kind, m.id, m.problem());
     }
     for (kind, id, e) in &loaded.unreadable_packs {
-        found.pack(*kind, *id, format!("in no index, and its header cannot be read: {}", problem(e)));
+        found.pack(*kind, *id, unreadable_header(e));
     }
     report.unindexed_packs = loaded.recovered.packs.iter().map(|p| p.id).collect();
     report.stale_indexes = loaded.stale.iter().map(|(id, _)| *id).collect();

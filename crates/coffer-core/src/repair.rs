@@ -254,7 +254,7 @@ pub fn repair_packs(repo: &Repository, options: &PackRepairOptions) -> Result<Pa
             damaged.insert(m.id, (m.kind, m.problem()));
         }
         for (kind, id, e) in &loaded.unreadable_packs {
-            damaged.insert(*id, (*kind, format!("in no index, and its header cannot be read: {}", problem(e))));
+            damaged.insert(*id, (*kind, crate::check::unreadable_header(e)));
         }
         outcome.packs_checked = set.packs().len();
         for (pack, problem) in crate::check::damaged_packs(repo, &set) {
