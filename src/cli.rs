@@ -61,7 +61,9 @@ pub struct GlobalArgs {
     /// S3 requests in flight at once
     #[arg(long, global = true, value_name = "N", default_value_t = coffer_core::backend::s3::DEFAULT_CONNECTIONS)]
     pub s3_connections: usize,
-    /// S3 storage class for file chunks only (e.g. STANDARD_IA, INTELLIGENT_TIERING)
+    /// S3 storage class for data packs (file contents) only: STANDARD_IA, INTELLIGENT_TIERING, GLACIER_IR,
+    /// or the archive classes GLACIER and DEEP_ARCHIVE. Given to `init`, the repository records it and
+    /// every later command uses it; given to another command, it applies to that command's uploads
     #[arg(long, env = "COFFER_S3_STORAGE_CLASS", global = true, value_name = "CLASS")]
     pub s3_storage_class: Option<String>,
     /// Attempts per S3 request before giving up
@@ -209,6 +211,10 @@ pub struct RepackArgs {
     /// Repack at most SIZE of packs in this run (e.g. 2G); the rest waits for the next prune
     #[arg(long, value_name = "SIZE", value_parser = size)]
     pub max_repack: Option<u64>,
+    /// Repack packs in an archive storage class (GLACIER, DEEP_ARCHIVE) too: prune asks the store to restore
+    /// them (bulk retrieval, billed) and repacks those whose copies are ready; run it again once the others are
+    #[arg(long)]
+    pub repack_cold: bool,
 }
 
 impl RepackArgs {
@@ -217,6 +223,7 @@ impl RepackArgs {
             dry_run,
             max_unused_percent: self.max_unused,
             max_repack_bytes: self.max_repack,
+            repack_cold: self.repack_cold,
             ..Default::default()
         }
     }
@@ -407,6 +414,30 @@ pub struct RestoreArgs {
     /// Read every restored file back and compare it with the snapshot; exit 1 on any difference
     #[arg(long)]
     pub verify: bool,
+    /// Restore nothing: list the packs the restore would read, their bytes, which are archived, and what
+    /// retrieving those costs per tier
+    #[arg(short = 'n', long, conflicts_with = "warm_up")]
+    pub dry_run: bool,
+    /// Ask the store to restore the archived packs this restore needs (bulk, standard or expedited; default
+    /// bulk, the cheapest), wait until they are readable, then restore. What was asked for is remembered, so
+    /// a run that is stopped (or uses --no-wait) resumes where it left off
+    #[arg(long, value_name = "TIER", num_args = 0..=1, default_missing_value = "bulk", value_parser = tier)]
+    pub warm_up: Option<coffer_core::backend::RetrievalTier>,
+    /// With --warm-up: keep the restored copies this many days (billed as STANDARD storage)
+    #[arg(long, value_name = "DAYS", default_value_t = 7, requires = "warm_up")]
+    pub warm_up_days: u32,
+    /// With --warm-up: exit (code 4) instead of waiting while packs are still being restored; run the same
+    /// command again later to go on
+    #[arg(long, requires = "warm_up")]
+    pub no_wait: bool,
+    /// With --warm-up: how often to ask the store whether the packs are ready
+    #[arg(long, value_name = "SECONDS", default_value_t = 600, env = "COFFER_WARM_UP_POLL", requires = "warm_up")]
+    pub warm_up_poll: u64,
+}
+
+fn tier(text: &str) -> Result<coffer_core::backend::RetrievalTier, String> {
+    coffer_core::backend::RetrievalTier::parse(text)
+        .ok_or_else(|| format!("{text:?} is not a retrieval tier: bulk, standard or expedited"))
 }
 
 /// `restore --overwrite`.
@@ -536,6 +567,13 @@ pub struct StatsArgs {
     /// Snapshots to count (id, unique prefix, or `latest`); all when none is given
     #[arg(value_name = "SNAPSHOT")]
     pub snapshots: Vec<String>,
+    /// Estimate the monthly bill and the cost of reading everything back, per storage class, from the
+    /// repository's objects as the store lists them (AWS us-east-1 list prices unless --prices says others)
+    #[arg(long)]
+    pub cost: bool,
+    /// With --cost: a TOML file of prices that replace the built-in table's (see docs/s3.md, "What it costs")
+    #[arg(long, value_name = "FILE", env = "COFFER_PRICES", requires = "cost")]
+    pub prices: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

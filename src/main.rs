@@ -5,6 +5,7 @@ mod cli;
 mod commands;
 mod output;
 mod password;
+mod prices;
 mod progress;
 mod repository;
 
@@ -18,6 +19,8 @@ pub mod exit {
     pub const FATAL: u8 = 1;
     /// A snapshot was written, but some files could not be read.
     pub const PARTIAL: u8 = 3;
+    /// `restore --warm-up --no-wait`: archived packs are still being restored.
+    pub const WAITING: u8 = 4;
     pub const NO_REPOSITORY: u8 = 10;
     pub const LOCKED: u8 = 11;
     pub const WRONG_PASSWORD: u8 = 12;

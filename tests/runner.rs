@@ -9,6 +9,7 @@ mod backend_wrappers;
 mod backup_options;
 mod check;
 mod cli;
+mod cold;
 mod crashes;
 mod crypto_objects;
 mod dedup;
@@ -25,6 +26,7 @@ mod metadata;
 #[cfg(all(feature = "mount", target_os = "linux"))]
 mod mount;
 mod packs;
+mod permissions;
 mod privacy;
 mod prune;
 mod ranges;

@@ -66,6 +66,20 @@ pub fn run(g: &GlobalArgs, a: &CheckArgs) -> Result<u8> {
                 report.stale_indexes.len()
             );
         }
+        if !g.quiet && report.archived_packs > 0 {
+            println!(
+                "info: {} packs are in an archive storage class: their listing, lengths and index entries were checked, \
+                 not their headers (they cannot be read until restored)",
+                report.archived_packs
+            );
+        }
+        if !report.archived_unread.is_empty() {
+            eprintln!(
+                "warning: {} packs selected for reading are archived and were not read; restore them first \
+                 (`coffer restore --warm-up` for a snapshot's), then check them",
+                report.archived_unread.len()
+            );
+        }
         if report.is_clean() {
             if !g.quiet {
                 println!("no errors were found");

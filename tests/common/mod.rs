@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod s3;
+pub mod weed;
 
 /// Runs each named test (a `fn(Backend)`) on a local folder and on the
 /// in-process S3 server: `name::local` and `name::s3`.

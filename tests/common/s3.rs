@@ -30,6 +30,8 @@ pub struct S3Server {
     addr: SocketAddr,
     running: Option<Running>,
     hook: Option<Hook>,
+    /// Storage classes and restores, when the server simulates them.
+    cold: Option<Arc<Cold>>,
 }
 
 struct Running {
@@ -50,13 +52,26 @@ impl S3Server {
         S3Server::start_with(Some(Arc::new(hook)))
     }
 
+    /// Starts a server that keeps objects in the storage classes they are
+    /// uploaded with, as AWS does: one in GLACIER or DEEP_ARCHIVE refuses
+    /// GETs (403 `InvalidObjectState`) until a RestoreObject request has
+    /// been made and `cold`'s delay has passed.
+    pub fn start_cold() -> (S3Server, Arc<Cold>) {
+        let cold = Arc::new(Cold::default());
+        (S3Server::start_full(None, Some(cold.clone())), cold)
+    }
+
     fn start_with(hook: Option<Hook>) -> S3Server {
+        S3Server::start_full(hook, None)
+    }
+
+    fn start_full(hook: Option<Hook>, cold: Option<Arc<Cold>>) -> S3Server {
         let dir = tempfile::tempdir().expect("server temp dir");
         std::fs::create_dir(dir.path().join("bucket")).expect("create bucket folder");
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local addr");
-        let running = serve(dir.path(), listener, hook.clone());
-        S3Server { dir, addr, running: Some(running), hook }
+        let running = serve(dir.path(), listener, hook.clone(), cold.clone());
+        S3Server { dir, addr, running: Some(running), hook, cold }
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -86,20 +101,13 @@ impl S3Server {
     pub fn restart(&mut self) {
         self.stop();
         let listener = std::net::TcpListener::bind(self.addr).expect("rebind the same port");
-        self.running = Some(serve(self.dir.path(), listener, self.hook.clone()));
+        self.running = Some(serve(self.dir.path(), listener, self.hook.clone(), self.cold.clone()));
     }
 
     /// A library backend for `bucket/prefix` on this server, with the test
     /// credentials (nothing read from the environment).
     pub fn backend(&self, bucket: &str, prefix: &str) -> coffer_core::backend::s3::S3Backend {
-        use coffer_core::backend::s3::{S3Backend, S3Config, StaticCredentials};
-        let mut config = S3Config::new(bucket, prefix);
-        config.endpoint = Some(self.endpoint());
-        config.path_style = true;
-        config.region = Some(REGION.into());
-        config.credentials =
-            Some(StaticCredentials { access_key_id: ACCESS_KEY.into(), secret_access_key: SECRET_KEY.into() });
-        S3Backend::new(config).expect("backend")
+        backend_at(&self.endpoint(), bucket, prefix, ACCESS_KEY, SECRET_KEY)
     }
 
     /// Every object key stored in `bucket` (as relative paths of files),
@@ -115,6 +123,26 @@ impl S3Server {
             .filter(|k| !k.starts_with(".s3s") && !k.contains("/.s3s") && !k.ends_with(".s3s-internal.json"))
             .collect()
     }
+}
+
+/// A library backend for `bucket/prefix` on the S3 server at `endpoint`
+/// (path-style, in [`REGION`]), with these keys and nothing read from the
+/// environment.
+pub fn backend_at(
+    endpoint: &str,
+    bucket: &str,
+    prefix: &str,
+    access_key: &str,
+    secret_key: &str,
+) -> coffer_core::backend::s3::S3Backend {
+    use coffer_core::backend::s3::{S3Backend, S3Config, StaticCredentials};
+    let mut config = S3Config::new(bucket, prefix);
+    config.endpoint = Some(endpoint.to_string());
+    config.path_style = true;
+    config.region = Some(REGION.into());
+    config.credentials =
+        Some(StaticCredentials { access_key_id: access_key.into(), secret_access_key: secret_key.into() });
+    S3Backend::new(config).expect("backend")
 }
 
 impl Drop for S3Server {
@@ -153,7 +181,7 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Hooked {
     }
 }
 
-fn serve(root: &Path, listener: std::net::TcpListener, hook: Option<Hook>) -> Running {
+fn serve(root: &Path, listener: std::net::TcpListener, hook: Option<Hook>, cold: Option<Arc<Cold>>) -> Running {
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use hyper_util::server::conn::auto::Builder as ConnBuilder;
     use s3s::auth::SimpleAuth;
@@ -161,7 +189,10 @@ fn serve(root: &Path, listener: std::net::TcpListener, hook: Option<Hook>) -> Ru
 
     listener.set_nonblocking(true).expect("nonblocking listener");
     let fs = s3s_fs::FileSystem::new(root).expect("s3s-fs root");
-    let mut builder = S3ServiceBuilder::new(fs);
+    let mut builder = match cold {
+        Some(cold) => S3ServiceBuilder::new(ColdStore { fs, cold }),
+        None => S3ServiceBuilder::new(fs),
+    };
     builder.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
     let service = Hooked { service: builder.build(), hook };
     let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
@@ -192,6 +223,205 @@ fn serve(root: &Path, listener: std::net::TcpListener, hook: Option<Hook>) -> Ru
         rt.shutdown_background();
     });
     Running { stop, thread }
+}
+
+/// What a simulated cold store knows of its objects' classes and restores.
+#[derive(Default)]
+pub struct Cold {
+    objects: std::sync::Mutex<std::collections::HashMap<String, ColdObject>>,
+    /// How long a restore request takes to complete.
+    delay: std::sync::Mutex<std::time::Duration>,
+    /// RestoreObject requests accepted, GETs refused, and per tier.
+    pub restores: std::sync::atomic::AtomicUsize,
+    pub refused_gets: std::sync::atomic::AtomicUsize,
+    tiers: std::sync::Mutex<Vec<String>>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct ColdObject {
+    class: Option<String>,
+    /// When a restore requested for it completes.
+    restored_at: Option<std::time::Instant>,
+}
+
+impl ColdObject {
+    fn archived(&self) -> bool {
+        self.class.as_deref().is_some_and(|c| c == "GLACIER" || c == "DEEP_ARCHIVE")
+    }
+
+    fn readable(&self) -> bool {
+        !self.archived() || self.restored_at.is_some_and(|t| t <= std::time::Instant::now())
+    }
+}
+
+impl Cold {
+    /// Restore requests complete this long after they are made.
+    pub fn set_delay(&self, delay: std::time::Duration) {
+        *self.delay.lock().unwrap() = delay;
+    }
+
+    /// The class `bucket/key` was stored in (`None`: STANDARD).
+    pub fn class_of(&self, bucket_and_key: &str) -> Option<String> {
+        self.objects.lock().unwrap().get(bucket_and_key).and_then(|o| o.class.clone())
+    }
+
+    /// Keys (`bucket/key`) stored in an archive class.
+    pub fn archived_keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> =
+            self.objects.lock().unwrap().iter().filter(|(_, o)| o.archived()).map(|(k, _)| k.clone()).collect();
+        keys.sort();
+        keys
+    }
+
+    /// Completes every restore under way at once.
+    pub fn complete_restores(&self) {
+        let now = std::time::Instant::now();
+        for o in self.objects.lock().unwrap().values_mut() {
+            if let Some(t) = o.restored_at.as_mut() {
+                *t = (*t).min(now);
+            }
+        }
+    }
+
+    /// Puts every restored copy away again, as the store does when their days are up.
+    pub fn expire_restores(&self) {
+        for o in self.objects.lock().unwrap().values_mut() {
+            o.restored_at = None;
+        }
+    }
+
+    /// The tiers restore requests asked for, in order.
+    pub fn tiers(&self) -> Vec<String> {
+        self.tiers.lock().unwrap().clone()
+    }
+
+    fn get(&self, bucket: &str, key: &str) -> ColdObject {
+        self.objects.lock().unwrap().get(&format!("{bucket}/{key}")).cloned().unwrap_or_default()
+    }
+}
+
+/// s3s-fs behind storage classes: it stores the bytes, this keeps each
+/// object's class and restore state, and refuses what AWS refuses.
+struct ColdStore {
+    fs: s3s_fs::FileSystem,
+    cold: Arc<Cold>,
+}
+
+#[async_trait::async_trait]
+impl s3s::S3 for ColdStore {
+    async fn create_bucket(
+        &self,
+        req: s3s::S3Request<s3s::dto::CreateBucketInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::CreateBucketOutput>> {
+        self.fs.create_bucket(req).await
+    }
+
+    async fn head_bucket(
+        &self,
+        req: s3s::S3Request<s3s::dto::HeadBucketInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::HeadBucketOutput>> {
+        self.fs.head_bucket(req).await
+    }
+
+    async fn put_object(
+        &self,
+        mut req: s3s::S3Request<s3s::dto::PutObjectInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::PutObjectOutput>> {
+        let class = req.input.storage_class.take().map(|c| c.as_str().to_string()).filter(|c| c != "STANDARD");
+        let name = format!("{}/{}", req.input.bucket, req.input.key);
+        let out = self.fs.put_object(req).await?;
+        self.cold.objects.lock().unwrap().insert(name, ColdObject { class, restored_at: None });
+        Ok(out)
+    }
+
+    async fn get_object(
+        &self,
+        req: s3s::S3Request<s3s::dto::GetObjectInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::GetObjectOutput>> {
+        if !self.cold.get(&req.input.bucket, &req.input.key).readable() {
+            self.cold.refused_gets.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(s3s::s3_error!(
+                InvalidObjectState,
+                "The operation is not valid for the object's storage class"
+            ));
+        }
+        self.fs.get_object(req).await
+    }
+
+    async fn head_object(
+        &self,
+        req: s3s::S3Request<s3s::dto::HeadObjectInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::HeadObjectOutput>> {
+        let object = self.cold.get(&req.input.bucket, &req.input.key);
+        let mut out = self.fs.head_object(req).await?;
+        out.output.storage_class = object.class.clone().map(s3s::dto::StorageClass::from);
+        if object.archived() {
+            out.output.restore = match object.restored_at {
+                None => None,
+                Some(_) if object.readable() => {
+                    Some("ongoing-request=\"false\", expiry-date=\"Fri, 01 Jan 2100 00:00:00 GMT\"".into())
+                }
+                Some(_) => Some("ongoing-request=\"true\"".into()),
+            };
+        }
+        Ok(out)
+    }
+
+    async fn restore_object(
+        &self,
+        req: s3s::S3Request<s3s::dto::RestoreObjectInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::RestoreObjectOutput>> {
+        let name = format!("{}/{}", req.input.bucket, req.input.key);
+        let tier = req
+            .input
+            .restore_request
+            .as_ref()
+            .and_then(|r| r.glacier_job_parameters.as_ref().map(|j| j.tier.as_str().to_string()))
+            .unwrap_or_default();
+        let delay = *self.cold.delay.lock().unwrap();
+        let mut objects = self.cold.objects.lock().unwrap();
+        let Some(object) = objects.get_mut(&name).filter(|o| o.archived()) else {
+            return Err(s3s::s3_error!(
+                InvalidObjectState,
+                "Restore is not allowed for the object's current storage class"
+            ));
+        };
+        match object.restored_at {
+            Some(_) if object.readable() => Ok(s3s::S3Response::new(s3s::dto::RestoreObjectOutput::default())),
+            Some(_) => Err(s3s::s3_error!(RestoreAlreadyInProgress, "Object restore is already in progress")),
+            None => {
+                object.restored_at = Some(std::time::Instant::now() + delay);
+                self.cold.restores.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.cold.tiers.lock().unwrap().push(tier);
+                let mut out = s3s::S3Response::new(s3s::dto::RestoreObjectOutput::default());
+                out.status = Some(http::StatusCode::ACCEPTED);
+                Ok(out)
+            }
+        }
+    }
+
+    async fn list_objects_v2(
+        &self,
+        req: s3s::S3Request<s3s::dto::ListObjectsV2Input>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::ListObjectsV2Output>> {
+        let bucket = req.input.bucket.clone();
+        let mut out = self.fs.list_objects_v2(req).await?;
+        for object in out.output.contents.iter_mut().flatten() {
+            let class = object.key.as_deref().and_then(|k| self.cold.get(&bucket, k).class);
+            object.storage_class = Some(s3s::dto::ObjectStorageClass::from(class.unwrap_or_else(|| "STANDARD".into())));
+        }
+        Ok(out)
+    }
+
+    async fn delete_object(
+        &self,
+        req: s3s::S3Request<s3s::dto::DeleteObjectInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::DeleteObjectOutput>> {
+        let name = format!("{}/{}", req.input.bucket, req.input.key);
+        let out = self.fs.delete_object(req).await?;
+        self.cold.objects.lock().unwrap().remove(&name);
+        Ok(out)
+    }
 }
 
 /// The variables that point the binary at `url` with the test credentials,

@@ -103,6 +103,13 @@ pub struct CheckReport {
     pub stale_indexes: Vec<Id>,
     pub unreferenced_trees: Vec<Id>,
     pub unreferenced_chunks: Vec<Id>,
+    /// Packs in an archive storage class (Glacier, Deep Archive): their
+    /// headers are not read (a read fails until they are restored), so
+    /// only their listing, length and index entries are checked.
+    pub archived_packs: u64,
+    /// Packs `--read-data` selected but could not download because they
+    /// are archived without a restored copy: not checked, not damage.
+    pub archived_unread: Vec<Id>,
 }
 
 impl CheckReport {
@@ -194,6 +201,7 @@ pub fn check(repo: &Repository, read: ReadData) -> Result<CheckReport> {
     report.stale_indexes = loaded.stale.iter().map(|(id, _)| *id).collect();
     let set = repo.set_blob_set(loaded.blobs);
     report.packs = set.packs().len() as u64;
+    let archived = loaded.archived;
 
     // Trees, level by level from the roots, each distinct tree once, with
     // many fetches in flight.
@@ -228,7 +236,9 @@ pub fn check(repo: &Repository, read: ReadData) -> Result<CheckReport> {
     // compared with the index.
     let to_read = select(set.packs(), read);
     let read_ids: HashSet<Id> = to_read.iter().map(|p| p.id).collect();
-    let headers_only: Vec<PackInfo> = set.packs().iter().filter(|p| !read_ids.contains(&p.id)).copied().collect();
+    let headers_only: Vec<PackInfo> =
+        set.packs().iter().filter(|p| !read_ids.contains(&p.id) && !archived.contains_key(&p.id)).copied().collect();
+    report.archived_packs = set.packs().iter().filter(|p| archived.contains_key(&p.id)).count() as u64;
     let mut by_pack: HashMap<Id, Vec<(Id, BlobLocation)>> = HashMap::new();
     for (id, loc) in set.iter() {
         by_pack.entry(loc.pack).or_default().push((id, loc));
@@ -239,6 +249,9 @@ pub fn check(repo: &Repository, read: ReadData) -> Result<CheckReport> {
     report.packs_read = to_read.len() as u64;
     let outcome = read_packs(repo, &to_read, &by_pack, &chunks);
     report.chunks_read = outcome.chunks_read;
+    report.packs_read -= outcome.archived.len() as u64;
+    report.archived_unread = outcome.archived.iter().map(|p| p.id).collect();
+    report.archived_unread.sort();
     for (pack, problem) in outcome.packs {
         found.pack(pack.kind, pack.id, problem);
     }
@@ -377,6 +390,8 @@ struct ReadOutcome {
     chunks_read: u64,
     packs: Vec<(PackInfo, String)>,
     blobs: Vec<(Id, &'static str, Error)>,
+    /// Packs that could not be read because they are archived.
+    archived: Vec<PackInfo>,
 }
 
 /// Downloads packs whole: each must hash to its id and its header agree
@@ -428,6 +443,10 @@ fn read_packs(
                                 out.packs.push((pack, "missing".into()));
                                 return out;
                             }
+                            Err(e) if e.is_archived() => {
+                                out.archived.push(pack);
+                                return out;
+                            }
                             Err(e) => {
                                 out.packs.push((pack, problem(&Error::from(e))));
                                 return out;
@@ -469,6 +488,7 @@ fn read_packs(
         all.chunks_read += r.chunks_read;
         all.packs.extend(r.packs);
         all.blobs.extend(r.blobs);
+        all.archived.extend(r.archived);
     }
     all
 }

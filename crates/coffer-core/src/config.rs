@@ -82,6 +82,11 @@ pub struct ConfigBody {
     pub data_pack_size: u32,
     /// The same for tree packs.
     pub tree_pack_size: u32,
+    /// The storage class data packs are written in (S3), chosen at `init`
+    /// so that every command that writes packs uses it; upper case.
+    /// Absent: the bucket's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_storage_class: Option<String>,
 }
 
 impl ConfigBody {
@@ -93,6 +98,7 @@ impl ConfigBody {
             created: jiff::Timestamp::now().to_string(),
             data_pack_size: DEFAULT_DATA_PACK_SIZE,
             tree_pack_size: DEFAULT_TREE_PACK_SIZE,
+            data_storage_class: None,
         }
     }
 
@@ -104,6 +110,11 @@ impl ConfigBody {
                 NAME,
                 format!("compression level {} out of range", self.compression_level),
             ));
+        }
+        if let Some(class) = &self.data_storage_class
+            && !crate::backend::valid_storage_class(class)
+        {
+            return Err(Error::corrupt("config", NAME, format!("{class:?} is not a storage class")));
         }
         for (what, size) in [("data", self.data_pack_size), ("tree", self.tree_pack_size)] {
             if !PACK_SIZE_RANGE.contains(&size) {

@@ -190,6 +190,10 @@ pub struct Loaded {
     pub stale: Vec<(Id, usize)>,
     /// Every listed pack and its length.
     pub listed: HashMap<Id, (PackKind, u64)>,
+    /// Listed packs in an archive storage class (Glacier, Deep Archive):
+    /// their bytes, headers included, cannot be read until restored.
+    /// The class of each, as listed.
+    pub archived: HashMap<Id, String>,
     /// The index objects themselves, when asked for (prune rewrites them).
     pub objects: Vec<(Id, Index)>,
 }
@@ -258,10 +262,14 @@ pub async fn load_with(repo: &crate::Repository, options: LoadOptions) -> Result
     ids.sort_unstable();
     ids.dedup();
     let mut listed: HashMap<Id, (PackKind, u64)> = HashMap::new();
+    let mut archived = HashMap::new();
     for kind in [PackKind::Data, PackKind::Tree] {
         for e in backend.list(kind.dir()).await? {
             if let Some(id) = crate::pack::parse_pack_key(kind, &e.key) {
                 listed.insert(id, (kind, e.size));
+                if e.is_archived() {
+                    archived.insert(id, e.storage_class.unwrap_or_default());
+                }
             }
         }
     }
@@ -334,14 +342,25 @@ pub async fn load_with(repo: &crate::Repository, options: LoadOptions) -> Result
     loaded.unindexed =
         listed.iter().filter(|(id, _)| !named.contains(*id)).map(|(id, &(kind, size))| (kind, *id, size)).collect();
     loaded.unindexed.sort();
-    if !loaded.unindexed.is_empty() {
-        let (recovered, failed) = index_packs(&**backend, keys, repo_id, &loaded.unindexed, width).await;
+    // An archived pack's header cannot be read (a GET fails until it is
+    // restored): its blobs count as absent without asking.
+    let (cold, readable): (Vec<_>, Vec<_>) =
+        loaded.unindexed.iter().copied().partition(|(_, id, _)| archived.contains_key(id));
+    if !readable.is_empty() {
+        let (recovered, failed) = index_packs(&**backend, keys, repo_id, &readable, width).await;
         for (kind, id, e) in &failed {
             tracing::warn!("{} pack {id} is in no index and its header cannot be read: {e}", kind.name());
         }
         loaded.recovered = recovered;
         loaded.unreadable_packs = failed;
     }
+    for (kind, id, _) in cold {
+        let key = crate::pack::pack_key(kind, &id);
+        tracing::warn!("{} pack {id} is in no index and archived: its header cannot be read", kind.name());
+        let class = archived.get(&id).cloned().unwrap_or_default();
+        loaded.unreadable_packs.push((kind, id, Error::from(crate::backend::BackendError::Archived { key, class })));
+    }
+    loaded.archived = archived;
     let refs: Vec<&Index> = indexes.iter().chain(std::iter::once(&loaded.recovered)).collect();
     loaded.blobs = BlobSet::build(&refs, |kind, id| {
         listed.get(id).is_some_and(|&(k, _)| k == kind) && !mismatched.contains_key(&(kind, *id))

@@ -43,7 +43,8 @@ pub const MAX_HEADER_LEN: usize = 16 << 20;
 pub const MAX_BLOB_BYTES: u64 = u32::MAX as u64 - (MAX_HEADER_LEN + TRAILER_LEN) as u64;
 
 /// Which blobs a pack holds, and so where it is stored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum PackKind {
     Data,
     Tree,

@@ -33,6 +33,7 @@ use std::collections::HashSet;
 
 use futures_util::StreamExt;
 
+use crate::backend::{RestoreStatus, RetrievalTier};
 use crate::crypto::ObjectKind;
 use crate::error::{Error, Result};
 use crate::id::Id;
@@ -54,13 +55,27 @@ pub struct PruneOptions {
     pub max_unused_percent: f64,
     /// At most this many bytes of packs are repacked in one run.
     pub max_repack_bytes: Option<u64>,
+    /// Repack packs in an archive storage class too. They must be restored
+    /// first: prune asks for that (bulk retrieval) and repacks those whose
+    /// copies are ready, the others on a later run.
+    pub repack_cold: bool,
 }
 
 impl Default for PruneOptions {
     fn default() -> Self {
-        PruneOptions { dry_run: false, assume_forgotten: Vec::new(), max_unused_percent: 10.0, max_repack_bytes: None }
+        PruneOptions {
+            dry_run: false,
+            assume_forgotten: Vec::new(),
+            max_unused_percent: 10.0,
+            max_repack_bytes: None,
+            repack_cold: false,
+        }
     }
 }
+
+/// Days a restored copy of an archived pack is kept for `--repack-cold`:
+/// enough for a prune a day later to find it.
+const REPACK_RESTORE_DAYS: u32 = 3;
 
 /// What prune found and did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -95,6 +110,14 @@ pub struct PruneOutcome {
     /// Objects the snapshots reference that are in no stored pack: damage
     /// that prune leaves as it is (`coffer check` reports where).
     pub missing: usize,
+    /// Packs in an archive storage class that hold unused blobs but were
+    /// kept, not repacked (without `--repack-cold`, or not restored yet),
+    /// and the unused bytes they keep.
+    pub cold_packs_not_repacked: usize,
+    pub cold_unused_bytes_kept: u64,
+    /// Archived packs `--repack-cold` asked the store to restore this run:
+    /// a later prune repacks them once their copies are ready.
+    pub cold_restores_requested: usize,
 }
 
 /// What is reachable from a set of snapshots.
@@ -142,7 +165,7 @@ pub fn prune(repo: &Repository, options: &PruneOptions) -> Result<PruneOutcome> 
         repo,
         crate::index::LoadOptions { keep_objects: true, ..Default::default() },
     ))?;
-    let Loaded { blobs, objects, recovered, indexes, .. } = loaded;
+    let Loaded { blobs, objects, recovered, indexes, archived, .. } = loaded;
     let set = repo.set_blob_set(blobs);
     let mut marks = Marks::default();
     mark_snapshots(repo, &s1, &mut marks, Some(&shared))?;
@@ -156,6 +179,7 @@ pub fn prune(repo: &Repository, options: &PruneOptions) -> Result<PruneOutcome> 
     }
 
     let mut packs = plan(&set, objects.iter().map(|(_, i)| i).chain(std::iter::once(&recovered)), &marks, options);
+    cold_packs(repo, &mut packs, &archived, options, &mut outcome)?;
     count(&mut outcome, &marks, &packs);
     if options.dry_run {
         outcome.snapshots = s1.len();
@@ -219,6 +243,47 @@ pub fn prune(repo: &Repository, options: &PruneOptions) -> Result<PruneOutcome> 
     repo.forget_blob_set();
     exclusive.release()?;
     Ok(outcome)
+}
+
+/// Keeps archived packs chosen for repacking (they cannot be read), unless
+/// `--repack-cold` asks for them: then those whose restored copy is ready
+/// are repacked, and a restore is asked for the others. Deleting an
+/// archived pack needs no read, so fully unused ones go as usual.
+fn cold_packs(
+    repo: &Repository,
+    packs: &mut [PackUse],
+    archived: &std::collections::HashMap<Id, String>,
+    options: &PruneOptions,
+    outcome: &mut PruneOutcome,
+) -> Result<()> {
+    let classes = repo.backend().storage_classes();
+    for p in packs.iter_mut().filter(|p| p.fate == Fate::Repack && archived.contains_key(&p.pack.id)) {
+        if options.repack_cold
+            && let Some(classes) = classes
+        {
+            let key = pack_key(p.pack.kind, &p.pack.id);
+            let status = repo.runtime().block_on(classes.restore_status(&key))?;
+            match status {
+                RestoreStatus::Readable { .. } => continue,
+                RestoreStatus::InProgress => {}
+                RestoreStatus::Archived if options.dry_run => {}
+                RestoreStatus::Archived => {
+                    repo.runtime().block_on(classes.request_restore(&key, REPACK_RESTORE_DAYS, RetrievalTier::Bulk))?;
+                    outcome.cold_restores_requested += 1;
+                }
+            }
+        }
+        p.fate = Fate::Keep;
+        outcome.cold_packs_not_repacked += 1;
+        outcome.cold_unused_bytes_kept += blob_bytes(&p.pack).saturating_sub(p.used_bytes);
+    }
+    if outcome.cold_restores_requested > 0 {
+        tracing::info!(
+            "asked the store to restore {} archived packs to repack (bulk retrieval, hours); run prune --repack-cold again once they are",
+            outcome.cold_restores_requested
+        );
+    }
+    Ok(())
 }
 
 /// Decides each pack's fate. Packs that several index objects list count

@@ -128,6 +128,22 @@ pub(crate) fn user_name() -> String {
     crate::metadata::OwnerNames::default().user(nix::unistd::geteuid().as_raw()).unwrap_or_default()
 }
 
+/// Points the backend's data pack uploads at the class the repository
+/// records, unless the command was given one, and says when it was.
+fn apply_recorded_class(backend: &dyn Backend, config: &ConfigBody) {
+    let (Some(classes), Some(recorded)) = (backend.storage_classes(), config.data_storage_class.as_deref()) else {
+        return;
+    };
+    classes.use_recorded_data_class(recorded);
+    if let Some(now) = classes.data_class()
+        && !now.eq_ignore_ascii_case(recorded)
+    {
+        tracing::warn!(
+            "data packs this command writes go to storage class {now}, not the {recorded} the repository records"
+        );
+    }
+}
+
 impl Repository {
     /// Creates a new repository with one key for `password`.
     ///
@@ -168,6 +184,9 @@ impl Repository {
         let mut config = ConfigBody::new(options.chunker.clone());
         config.data_pack_size = options.data_pack_size;
         config.tree_pack_size = options.tree_pack_size;
+        // The class given at init is recorded, so that every later command
+        // writes data packs in it without being told again.
+        config.data_storage_class = backend.storage_classes().and_then(|c| c.data_class());
         config.validate().map_err(|_| {
             Error::InvalidInput(format!(
                 "pack sizes must lie between 4 MiB and 512 MiB (asked for {} and {} bytes)",
@@ -255,6 +274,7 @@ impl Repository {
             match opened {
                 Ok(Some(keys)) => match ConfigBody::decode(&keys, &config_bytes) {
                     Ok((header, config)) => {
+                        apply_recorded_class(&*backend, &config);
                         return Ok(Repository {
                             backend,
                             runtime,

@@ -882,6 +882,48 @@ impl Writer {
     }
 }
 
+/// What a restore of `root` (only `includes`, when given) reads: its
+/// files, their content bytes and the chunks they are made of. Trees only
+/// are read, so this works on a repository whose data packs are archived.
+pub(crate) fn needed_chunks(repo: &Repository, root: &Id, includes: &[PathBuf]) -> Result<(u64, u64, HashSet<Id>)> {
+    let selection =
+        Selection { includes: includes.iter().map(|p| snapshot_components(p)).collect::<Result<Vec<_>>>()? };
+    for path in includes {
+        crate::walk::find(repo, root, path)?;
+    }
+    if includes.is_empty() {
+        repo.warm_tree_cache(root);
+    }
+    fn walk(
+        repo: &Repository,
+        selection: &Selection,
+        tree: &Id,
+        comps: &mut Vec<Vec<u8>>,
+        out: &mut (u64, u64, HashSet<Id>),
+    ) -> Result<()> {
+        for node in repo.load_tree(tree)?.nodes {
+            comps.push(node.name.clone());
+            let (restore, descend) = selection.check(comps);
+            if restore {
+                match (node.kind, node.subtree) {
+                    (NodeKind::Dir, Some(sub)) if descend => walk(repo, selection, &sub, comps, out)?,
+                    (NodeKind::File, _) => {
+                        out.0 += 1;
+                        out.1 += node.size;
+                        out.2.extend(node.content.iter().map(|c| c.0));
+                    }
+                    _ => {}
+                }
+            }
+            comps.pop();
+        }
+        Ok(())
+    }
+    let mut out = (0, 0, HashSet::new());
+    walk(repo, &selection, root, &mut Vec::new(), &mut out)?;
+    Ok(out)
+}
+
 /// Restores the tree `root` (a snapshot's root tree) into `options.target`.
 pub fn restore(
     repo: &Repository,

@@ -310,7 +310,7 @@ fn list_dir(root: &Path, prefix: &str, out: &mut Vec<Entry>) -> std::io::Result<
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e),
             };
-            out.push(Entry { key, size });
+            out.push(Entry { key, size, storage_class: None });
         }
     }
     Ok(())
@@ -512,7 +512,7 @@ mod tests {
             // A leftover temporary file is not listed.
             std::fs::write(dir.path().join("repo/data/ab/abce.tmp-1234"), b"partial").unwrap();
             let list = b.list("data/").await.unwrap();
-            assert_eq!(list, vec![Entry { key: "data/ab/abcd".into(), size: 4 }]);
+            assert_eq!(list, vec![Entry { key: "data/ab/abcd".into(), size: 4, storage_class: None }]);
             b.delete("data/ab/abcd").await.unwrap();
             b.delete("data/ab/abcd").await.unwrap();
             assert!(b.list("data/").await.unwrap().is_empty());

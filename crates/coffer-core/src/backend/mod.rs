@@ -25,6 +25,96 @@ pub struct Entry {
     /// The full key, e.g. `data/ab/ab12…`.
     pub key: String,
     pub size: u64,
+    /// The storage class the store reports (S3: `STANDARD`, `GLACIER`, …);
+    /// `None` where a store has none (a local folder).
+    pub storage_class: Option<String>,
+}
+
+impl Entry {
+    /// Whether the object sits in an archive class, unreadable until a
+    /// restore request completes (see [`StorageClasses`]).
+    pub fn is_archived(&self) -> bool {
+        self.storage_class.as_deref().is_some_and(is_archive_class)
+    }
+}
+
+/// Storage classes whose objects cannot be read until a restore request
+/// makes a temporary copy (minutes to two days, and a fee): AWS's Glacier
+/// Flexible Retrieval and Deep Archive. `GLACIER_IR` is read at once.
+pub const ARCHIVE_CLASSES: [&str; 2] = ["GLACIER", "DEEP_ARCHIVE"];
+
+/// A storage class name as S3 spells them (`STANDARD_IA`, `DEEP_ARCHIVE`),
+/// in any case: the store itself says which it accepts.
+pub fn valid_storage_class(class: &str) -> bool {
+    !class.is_empty() && class.len() <= 64 && class.bytes().all(|b| b.is_ascii_alphabetic() || b == b'_')
+}
+
+/// Whether objects of `class` must be restored before they can be read.
+pub fn is_archive_class(class: &str) -> bool {
+    ARCHIVE_CLASSES.iter().any(|c| c.eq_ignore_ascii_case(class))
+}
+
+/// How fast (and at what price) an archived object is brought back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RetrievalTier {
+    /// The cheapest: 5-12 hours from Glacier, up to 48 from Deep Archive.
+    Bulk,
+    /// 3-5 hours from Glacier, up to 12 from Deep Archive.
+    Standard,
+    /// 1-5 minutes, Glacier only (Deep Archive refuses it).
+    Expedited,
+}
+
+impl RetrievalTier {
+    pub const ALL: [RetrievalTier; 3] = [RetrievalTier::Bulk, RetrievalTier::Standard, RetrievalTier::Expedited];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RetrievalTier::Bulk => "bulk",
+            RetrievalTier::Standard => "standard",
+            RetrievalTier::Expedited => "expedited",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RetrievalTier> {
+        RetrievalTier::ALL.into_iter().find(|t| t.name().eq_ignore_ascii_case(s))
+    }
+}
+
+/// Whether an object can be read now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RestoreStatus {
+    /// In a class that is read at once, or archived with a restored copy
+    /// (until `expires`, when the store says).
+    Readable { expires: Option<String> },
+    /// Archived, and no restore was asked for (or its copy expired).
+    Archived,
+    /// Archived, and a restore request is under way.
+    InProgress,
+}
+
+/// What a store with storage classes can do beyond reads and writes: S3.
+/// A backend offers it through [`Backend::storage_classes`], which every
+/// wrapper forwards, so that these calls need no forwarding of their own.
+#[async_trait]
+pub trait StorageClasses: Send + Sync {
+    /// The class new data packs go to, if any.
+    fn data_class(&self) -> Option<String>;
+
+    /// Makes `class` the class of new data packs, unless this backend was
+    /// given one of its own (a flag for this command): the class a
+    /// repository records is used by every command that writes.
+    fn use_recorded_data_class(&self, class: &str);
+
+    /// Asks the store whether `key` can be read now (one HEAD request).
+    async fn restore_status(&self, key: &str) -> BackendResult<RestoreStatus>;
+
+    /// Asks for a temporary readable copy of an archived object, kept for
+    /// `days` days. Answers the status after the request: `InProgress`
+    /// when it was accepted or already under way, `Readable` when a copy
+    /// is there already.
+    async fn request_restore(&self, key: &str, days: u32, tier: RetrievalTier) -> BackendResult<RestoreStatus>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,11 +137,24 @@ pub enum BackendError {
     /// cannot exhaust a client's memory with one huge object.
     #[error("object {key} holds {size} bytes, more than the {limit} an object of its kind can have: refused unread")]
     TooLarge { key: String, size: u64, limit: u64 },
+    /// The object is in an archive storage class (Glacier, Deep Archive)
+    /// and has no restored copy: it cannot be read until a restore request
+    /// completes. Never retried: asking again changes nothing for hours.
+    #[error(
+        "object {key} is archived ({class}) and cannot be read until it is restored: \
+         `coffer restore --dry-run` shows what a restore needs, `coffer restore --warm-up` asks for it"
+    )]
+    Archived { key: String, class: String },
 }
 
 impl BackendError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, BackendError::NotFound { .. })
+    }
+
+    /// Whether the object is in an archive class without a restored copy.
+    pub fn is_archived(&self) -> bool {
+        matches!(self, BackendError::Archived { .. })
     }
 
     /// Whether making the request again may succeed (see [`retry`]).
@@ -269,5 +372,11 @@ pub trait Backend: Send + Sync + 'static {
     /// does not wrap it in a second retrying layer.
     fn retries(&self) -> bool {
         false
+    }
+
+    /// Storage classes and restores from archive classes, for a store that
+    /// has them (S3); `None` for the others. Wrappers forward it.
+    fn storage_classes(&self) -> Option<&dyn StorageClasses> {
+        None
     }
 }

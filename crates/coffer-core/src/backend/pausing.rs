@@ -251,6 +251,10 @@ impl Backend for PausingBackend {
         self.inner.sync().await
     }
 
+    fn storage_classes(&self) -> Option<&dyn super::StorageClasses> {
+        self.inner.storage_classes()
+    }
+
     fn adopt(&self, keys: &[String]) {
         self.inner.adopt(keys)
     }

@@ -226,6 +226,10 @@ impl Backend for RetryBackend {
         self.run("SYNC", "", || self.inner.sync(), Ok).await
     }
 
+    fn storage_classes(&self) -> Option<&dyn super::StorageClasses> {
+        self.inner.storage_classes()
+    }
+
     fn adopt(&self, keys: &[String]) {
         self.inner.adopt(keys)
     }

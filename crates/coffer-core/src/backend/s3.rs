@@ -25,7 +25,10 @@ use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, ByteStreamError};
 use aws_sdk_s3::types::StorageClass;
 
-use super::{Backend, BackendError, BackendResult, Bytes, Entry, WireCounters, WireStats};
+use super::{
+    Backend, BackendError, BackendResult, Bytes, Entry, RestoreStatus, RetrievalTier, StorageClasses, WireCounters,
+    WireStats,
+};
 
 /// Requests in flight by default: enough that a link with 20-50 ms per
 /// request still moves data at full speed. The bytes in flight are capped by
@@ -36,10 +39,8 @@ pub const DEFAULT_CONNECTIONS: usize = 32;
 /// exponential backoff and jitter between them.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 6;
 
-/// Storage classes that cannot be read without first restoring the object
-/// (hours, and a fee). A repository is read by every backup (trees), restore,
-/// check and prune, so chunks there would make it unusable.
-const ARCHIVE_CLASSES: [&str; 2] = ["GLACIER", "DEEP_ARCHIVE"];
+/// How an archived object's class is named when the store does not say.
+const ARCHIVE: &str = "an archive storage class";
 
 /// Where and how to reach the bucket.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,7 +58,9 @@ pub struct S3Config {
     /// Requests worth having in flight at once.
     pub connections: usize,
     /// Storage class for `data/` packs only: everything else must stay
-    /// readable at once, and is small.
+    /// readable at once, and is small. `None` takes the class the
+    /// repository records (see [`StorageClasses::use_recorded_data_class`]),
+    /// or the bucket's default.
     pub storage_class: Option<String>,
     /// Attempts per request before giving up.
     pub max_attempts: u32,
@@ -123,18 +126,10 @@ impl S3Config {
         {
             return Err(bad(format!("the endpoint {endpoint:?} must start with http:// or https://")));
         }
-        if let Some(class) = &self.storage_class {
-            let upper = class.to_ascii_uppercase();
-            if ARCHIVE_CLASSES.contains(&upper.as_str()) {
-                return Err(bad(format!(
-                    "storage class {upper} archives objects: they cannot be read without a restore request \
-                     that takes hours, but backup, restore, check and prune read chunks. Use STANDARD, \
-                     STANDARD_IA, INTELLIGENT_TIERING or GLACIER_IR"
-                )));
-            }
-            if upper.is_empty() || !upper.bytes().all(|b| b.is_ascii_uppercase() || b == b'_') {
-                return Err(bad(format!("{class:?} is not a storage class")));
-            }
+        if let Some(class) = &self.storage_class
+            && !super::valid_storage_class(class)
+        {
+            return Err(bad(format!("{class:?} is not a storage class")));
         }
         Ok(())
     }
@@ -169,6 +164,9 @@ pub struct S3Backend {
     wire: WireCounters,
     /// Whether data pack uploads still send `If-None-Match: *` (see [`S3Backend::put`]).
     conditional: std::sync::atomic::AtomicBool,
+    /// The class the repository records for data packs, used when the
+    /// config names none.
+    recorded_class: std::sync::OnceLock<String>,
 }
 
 impl S3Backend {
@@ -191,6 +189,16 @@ impl S3Backend {
                     // 416: the range starts at or past the object's end.
                     if let (Some((offset, len)), Some(416)) = (range, status(&e)) {
                         return Err(super::short_range(key, offset, len, 0));
+                    }
+                    if code(&e) == Some("InvalidObjectState") {
+                        // An archived object without a restored copy (S3 says 403).
+                        let class = match e.as_service_error() {
+                            Some(s) if s.is_invalid_object_state() => {
+                                self.class_of_invalid_state(s).unwrap_or_else(|| ARCHIVE.into())
+                            }
+                            _ => ARCHIVE.into(),
+                        };
+                        return Err(BackendError::Archived { key: key.to_string(), class });
                     }
                     let not_found = e.as_service_error().is_some_and(|s| s.is_no_such_key())
                         || (status(&e) == Some(404) && code(&e) != Some("NoSuchBucket"));
@@ -236,11 +244,28 @@ impl S3Backend {
             client: tokio::sync::OnceCell::new(),
             wire: WireCounters::default(),
             conditional: std::sync::atomic::AtomicBool::new(true),
+            recorded_class: std::sync::OnceLock::new(),
         })
     }
 
     pub fn config(&self) -> &S3Config {
         &self.config
+    }
+
+    /// The storage class an `InvalidObjectState` answer names.
+    fn class_of_invalid_state(&self, e: &aws_sdk_s3::operation::get_object::GetObjectError) -> Option<String> {
+        match e {
+            aws_sdk_s3::operation::get_object::GetObjectError::InvalidObjectState(s) => {
+                s.storage_class().map(|c| c.as_str().to_string())
+            }
+            _ => None,
+        }
+    }
+
+    /// The class data packs are written in: this backend's own, or the
+    /// one the repository records.
+    fn data_pack_class(&self) -> Option<&str> {
+        self.config.storage_class.as_deref().or_else(|| self.recorded_class.get().map(String::as_str))
     }
 
     /// The object key in the bucket.
@@ -395,6 +420,12 @@ impl S3Backend {
                     ("InvalidAccessKeyId", _) => {
                         format!("{what}: access denied: the access key id is not known to the store{detail}")
                     }
+                    ("AccessDenied", _) | (_, Some(403)) if op == "DELETE" => format!(
+                        "{what}: access denied: these credentials may not delete objects (backup-only \
+                         credentials?). Backup, restore and the listing commands need no deletes; forget, \
+                         prune, repair and key removal do: run them with credentials that may delete \
+                         (see docs/s3.md, \"Backup-only (append-only) policy\"){detail}"
+                    ),
                     ("AccessDenied", _) | (_, Some(403)) => format!(
                         "{what}: access denied / signature does not match: the credentials are wrong or \
                          not allowed this operation{detail}"
@@ -455,7 +486,8 @@ impl S3Backend {
                 continue;
             };
             let size = obj.size().and_then(|s| u64::try_from(s).ok()).unwrap_or(0);
-            out.push(Entry { key: key.to_string(), size });
+            let storage_class = obj.storage_class().map(|c| c.as_str().to_string());
+            out.push(Entry { key: key.to_string(), size, storage_class });
         }
     }
 
@@ -593,7 +625,7 @@ impl Backend for S3Backend {
         let body = data;
         let request = |if_none_match: bool| {
             let mut req = client.put_object().bucket(&self.config.bucket).key(self.full_key(key));
-            if let Some(class) = &self.config.storage_class
+            if let Some(class) = self.data_pack_class()
                 && data_pack
             {
                 req = req.storage_class(StorageClass::from(class.to_ascii_uppercase().as_str()));
@@ -681,6 +713,88 @@ impl Backend for S3Backend {
         // S3 has no folders to make; connecting checks (or creates) the bucket.
         self.client().await.map(|_| ())
     }
+
+    fn storage_classes(&self) -> Option<&dyn StorageClasses> {
+        Some(self)
+    }
+}
+
+/// Parses the `x-amz-restore` header of a HEAD answer:
+/// `ongoing-request="true"`, or `ongoing-request="false", expiry-date="…"`.
+fn parse_restore_header(header: &str) -> RestoreStatus {
+    let ongoing = header.split(',').map(str::trim).find_map(|part| part.strip_prefix("ongoing-request="));
+    if ongoing.map(|v| v.trim_matches('"')) == Some("true") {
+        return RestoreStatus::InProgress;
+    }
+    let expires = header
+        .split(',')
+        .map(str::trim)
+        .find_map(|part| part.strip_prefix("expiry-date="))
+        .map(|v| v.trim_matches('"').to_string());
+    RestoreStatus::Readable { expires }
+}
+
+#[async_trait]
+impl StorageClasses for S3Backend {
+    fn data_class(&self) -> Option<String> {
+        self.data_pack_class().map(|c| c.to_ascii_uppercase())
+    }
+
+    fn use_recorded_data_class(&self, class: &str) {
+        let _ = self.recorded_class.set(class.to_ascii_uppercase());
+    }
+
+    async fn restore_status(&self, key: &str) -> BackendResult<RestoreStatus> {
+        let client = self.client().await?;
+        self.wire.head();
+        let head = match client.head_object().bucket(&self.config.bucket).key(self.full_key(key)).send().await {
+            Ok(head) => head,
+            Err(e) if status(&e) == Some(404) => return Err(BackendError::NotFound { key: key.to_string() }),
+            Err(e) => return Err(self.error("HEAD", key, e)),
+        };
+        let archived = head.storage_class().is_some_and(|c| super::is_archive_class(c.as_str()));
+        match head.restore() {
+            Some(header) => Ok(parse_restore_header(header)),
+            None if archived => Ok(RestoreStatus::Archived),
+            None => Ok(RestoreStatus::Readable { expires: None }),
+        }
+    }
+
+    async fn request_restore(&self, key: &str, days: u32, tier: RetrievalTier) -> BackendResult<RestoreStatus> {
+        use aws_sdk_s3::types::{GlacierJobParameters, RestoreRequest, Tier};
+        let client = self.client().await?;
+        let tier = match tier {
+            RetrievalTier::Bulk => Tier::Bulk,
+            RetrievalTier::Standard => Tier::Standard,
+            RetrievalTier::Expedited => Tier::Expedited,
+        };
+        let job = GlacierJobParameters::builder()
+            .tier(tier)
+            .build()
+            .map_err(|e| self.unavailable(format!("RestoreObject {key}: {e}")))?;
+        let request = RestoreRequest::builder().days(days.max(1) as i32).glacier_job_parameters(job).build();
+        // Billed as a PUT-class request.
+        self.wire.put(0);
+        let sent = client
+            .restore_object()
+            .bucket(&self.config.bucket)
+            .key(self.full_key(key))
+            .restore_request(request)
+            .send()
+            .await;
+        match sent {
+            // 200: a restored copy is there already; 202: accepted.
+            Ok(_) => match self.restore_status(key).await? {
+                RestoreStatus::Archived => Ok(RestoreStatus::InProgress),
+                other => Ok(other),
+            },
+            Err(e) if code(&e) == Some("RestoreAlreadyInProgress") || status(&e) == Some(409) => {
+                Ok(RestoreStatus::InProgress)
+            }
+            Err(e) if status(&e) == Some(404) => Err(BackendError::NotFound { key: key.to_string() }),
+            Err(e) => Err(self.error("RestoreObject", key, e)),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -701,6 +815,15 @@ mod tests {
     }
 
     #[test]
+    fn restore_headers() {
+        assert_eq!(parse_restore_header("ongoing-request=\"true\""), RestoreStatus::InProgress);
+        assert_eq!(
+            parse_restore_header("ongoing-request=\"false\", expiry-date=\"Fri, 21 Dec 2012 00:00:00 GMT\""),
+            RestoreStatus::Readable { expires: Some("Fri, 21 Dec 2012 00:00:00 GMT".into()) }
+        );
+    }
+
+    #[test]
     fn well_formed_shards() {
         assert_eq!(shard_of("data/ab/ab12", "data/"), Some("ab"));
         assert_eq!(shard_of("trees/00/x", "trees/"), Some("00"));
@@ -717,11 +840,15 @@ mod tests {
             assert!(S3Config::new(bad, "").validate().is_err(), "{bad}");
         }
         let mut c = ok.clone();
-        c.storage_class = Some("deep_archive".into());
-        let err = c.validate().unwrap_err().to_string();
-        assert!(err.contains("DEEP_ARCHIVE") && err.contains("restore"), "{err}");
-        c.storage_class = Some("STANDARD_IA".into());
-        assert!(c.validate().is_ok());
+        for class in ["deep_archive", "GLACIER", "STANDARD_IA", "GLACIER_IR"] {
+            c.storage_class = Some(class.into());
+            assert!(c.validate().is_ok(), "{class}");
+        }
+        for bad in ["", "STANDARD IA", "x-y", "GLACIER;"] {
+            c.storage_class = Some(bad.into());
+            assert!(c.validate().is_err(), "{bad:?}");
+        }
+        c.storage_class = None;
         c.connections = 0;
         assert!(c.validate().is_err());
         let mut c = ok;

@@ -102,6 +102,10 @@ impl Backend for LatencyBackend {
         self.inner.sync().await
     }
 
+    fn storage_classes(&self) -> Option<&dyn super::StorageClasses> {
+        self.inner.storage_classes()
+    }
+
     fn adopt(&self, keys: &[String]) {
         self.inner.adopt(keys)
     }
@@ -462,6 +466,10 @@ impl Backend for FaultBackend {
 
     async fn sync(&self) -> BackendResult<()> {
         self.inner.sync().await
+    }
+
+    fn storage_classes(&self) -> Option<&dyn super::StorageClasses> {
+        self.inner.storage_classes()
     }
 
     fn adopt(&self, keys: &[String]) {
