@@ -318,9 +318,25 @@ pub struct InitArgs {
     /// Target size of tree packs, 4M to 512M (default 4M)
     #[arg(long, hide = true, value_name = "SIZE")]
     pub tree_pack_size: Option<String>,
-    /// Create the S3 bucket if it does not exist
+    /// Create the S3 bucket if it does not exist (with Object Lock enabled, given --object-lock)
     #[arg(long)]
     pub create_bucket: bool,
+    /// S3 Object Lock: write every object (but locks) retained for DAYS days, so that no key, not even a
+    /// stolen one that may delete, can remove or overwrite a backup before then; each backup extends what
+    /// its snapshot uses. The bucket must have Object Lock enabled. See docs/s3.md, "Object Lock"
+    #[arg(long, value_name = "DAYS", value_parser = clap::value_parser!(u32).range(1..=36500))]
+    pub object_lock: Option<u32>,
+    /// With --object-lock: governance (credentials with s3:BypassGovernanceRetention can still shorten it)
+    /// or compliance (nobody can, the account's root included, until it ends)
+    #[arg(long, value_enum, default_value_t = LockModeArg::Governance, requires = "object_lock", value_name = "MODE")]
+    pub object_lock_mode: LockModeArg,
+}
+
+/// `init --object-lock-mode`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockModeArg {
+    Governance,
+    Compliance,
 }
 
 #[derive(Args, Debug)]

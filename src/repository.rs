@@ -11,12 +11,13 @@ use coffer_core::backend::s3::{S3Backend, S3Config};
 use crate::cli::GlobalArgs;
 
 pub fn backend(global: &GlobalArgs) -> Result<Arc<dyn Backend>> {
-    backend_for(global, false)
+    backend_for(global, false, false)
 }
 
 /// The backend for the location; `create_bucket` lets an S3 backend create
-/// its bucket (only `init --create-bucket` asks for that).
-pub fn backend_for(global: &GlobalArgs, create_bucket: bool) -> Result<Arc<dyn Backend>> {
+/// its bucket (only `init --create-bucket` asks for that), with Object Lock
+/// enabled when `object_lock` says so.
+pub fn backend_for(global: &GlobalArgs, create_bucket: bool, object_lock: bool) -> Result<Arc<dyn Backend>> {
     let Some(location) = global.repo.as_deref() else {
         bail!("no repository given: use --repo LOCATION or set COFFER_REPOSITORY");
     };
@@ -37,6 +38,7 @@ pub fn backend_for(global: &GlobalArgs, create_bucket: bool) -> Result<Arc<dyn B
         config.storage_class = global.s3_storage_class.clone();
         config.max_attempts = global.s3_max_attempts;
         config.create_bucket = create_bucket;
+        config.create_with_object_lock = object_lock;
         return Ok(with_test_hook(Arc::new(S3Backend::new(config)?)));
     }
     Ok(with_test_hook(Arc::new(LocalBackend::new(location))))

@@ -1,8 +1,9 @@
 //! `coffer mount`: a real FUSE mount of real repositories (a local folder and
 //! the in-process S3 server), walked with `std::fs` and compared with the
 //! backed-up source: the folder layout, every file's bytes and metadata,
-//! reads at any offset, refused writes, damaged chunks, and the binary's
-//! clean unmount on SIGTERM and `fusermount3 -u`.
+//! reads at any offset, refused writes, damaged chunks, content in an
+//! archive storage class, and the binary's clean unmount on SIGTERM and
+//! `fusermount3 -u`.
 //!
 //! Mounting needs `/dev/fuse` and root (or `fusermount3`); CI has both.
 //! Without `/dev/fuse` each test says so and does nothing. Mounts are
@@ -549,6 +550,116 @@ fn mount_over_s3() {
     assert!(buf == big[9_000_000..10_400_000]);
 }
 
+/// Reads `path` whole on a thread of its own: how long the read took and
+/// what it gave, or a failure naming `what` if it has not ended within
+/// `limit` (a read that hangs fails the test instead of blocking it; the
+/// thread is left behind, and ends when the mount goes).
+fn read_within(path: &Path, limit: Duration, what: &str) -> (Duration, std::io::Result<Vec<u8>>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = path.to_path_buf();
+    let start = Instant::now();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::fs::read(&path));
+    });
+    match rx.recv_timeout(limit) {
+        Ok(result) => (start.elapsed(), result),
+        Err(_) => panic!("{what}: the read had not ended after {limit:?}"),
+    }
+}
+
+#[test]
+fn archived_content_fails_its_reads_with_eio_until_restored() {
+    use std::sync::atomic::Ordering;
+    if !fuse_available() {
+        return;
+    }
+    // A repository whose data packs are in DEEP_ARCHIVE, on a store that
+    // refuses GETs of archived objects until a restore completes.
+    let (server, cold) = S3Server::start_cold();
+    let url = server.url("bucket/cold");
+    let env = Env::new();
+    let photo = random_bytes(300 << 10, 51);
+    let raw = random_bytes(3 << 20, 52);
+    // a.jpg is one chunk (under the smallest chunk size) and the last file
+    // of its folder, so a read of it asks for that chunk and nothing more:
+    // the mount prefetches the chunks after a file's, then the next files'.
+    env.write("photos/2024/a.jpg", &photo);
+    env.write("photos/raw/b.raw", &raw);
+    env.write("notes/todo.txt", b"buy milk");
+    let init = ["init", "--argon2-memory", "64", "--argon2-iterations", "1", "--s3-storage-class", "DEEP_ARCHIVE"];
+    s3::coffer(&env, &url).args(init).assert().success();
+    let out = s3::coffer(&env, &url).arg("backup").arg(&env.src).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let archived = cold.archived_keys();
+    assert!(!archived.is_empty(), "no data pack is archived");
+    assert!(archived.iter().all(|k| k.starts_with("bucket/cold/data/")), "{archived:?}");
+    let repo = Repository::open(Arc::new(s3::library_backend(&server, "cold")), crate::common::PASSWORD.as_bytes());
+    let node = snapshot_node(&repo.unwrap(), "latest", &env.src.join("photos/2024/a.jpg"));
+    assert_eq!(node.content.len(), 1, "a.jpg is one chunk");
+    let chunk = node.content[0].0.to_hex();
+    let refused = || cold.refused_gets.load(Ordering::Relaxed);
+    assert_eq!(refused(), 0, "the backup read no archived pack");
+
+    // Folders list and files stat: trees are hot.
+    let at = mount_point(&env, "cold-mnt");
+    let running = Running::spawn(s3::coffer_process(&env, &url), &at, &[]);
+    let dir = inside(&at.join("snapshots/latest"), &env.src);
+    assert_eq!(names(&dir), ["notes", "photos"]);
+    assert_eq!(names(&dir.join("photos")), ["2024", "raw"]);
+    assert_eq!(names(&dir.join("photos/2024")), ["a.jpg"]);
+    assert_eq!(names(&dir.join("photos/raw")), ["b.raw"]);
+    assert_eq!(names(&dir.join("notes")), ["todo.txt"]);
+    for (name, len) in [("photos/2024/a.jpg", photo.len()), ("photos/raw/b.raw", raw.len()), ("notes/todo.txt", 8)] {
+        let meta = std::fs::metadata(dir.join(name)).unwrap();
+        assert!(meta.is_file(), "{name}");
+        assert_eq!(meta.len(), len as u64, "{name}");
+    }
+    assert_eq!(refused(), 0, "listing and stat asked for no archived pack");
+
+    // Its content cannot be read: EIO at once, not a hang or retries. One
+    // GET, refused (with reads through the page cache, before Linux 6.6,
+    // the kernel asks once more after its failed read-ahead).
+    let (took, read) = read_within(&dir.join("photos/2024/a.jpg"), Duration::from_secs(60), "an archived file");
+    let err = read.expect_err("an archived file read");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    eprintln!("a read of archived content failed after {took:?}, {} GETs refused", refused());
+    assert!(took < Duration::from_secs(10), "EIO came after {took:?}");
+    let most = if kernel_maps_direct_io_files() { 1 } else { 2 };
+    assert!((1..=most).contains(&refused()), "{} GETs were refused, not 1 to {most}", refused());
+    let (status, stderr) = running.stop();
+    assert!(status.success(), "{status:?}: {stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("ERROR") && l.contains(&chunk))
+        .unwrap_or_else(|| panic!("no error line names chunk {chunk}: {stderr}"));
+    assert!(line.contains("photos/2024/a.jpg") && line.contains("archived"), "{line}");
+
+    // Restored (a warm-up asks for the packs; the store completes them),
+    // a fresh mount reads every file.
+    cold.set_delay(Duration::from_secs(3600));
+    let target = env.path("restored");
+    let out = s3::coffer(&env, &url)
+        .args(["restore", "latest", "--warm-up", "--no-wait", "--target"])
+        .arg(&target)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(cold.restores.load(Ordering::Relaxed), archived.len(), "one request per archived pack");
+    cold.complete_restores();
+    let before = refused();
+    let running = Running::spawn(s3::coffer_process(&env, &url), &at, &[]);
+    for (name, want) in [("photos/2024/a.jpg", &photo), ("photos/raw/b.raw", &raw)] {
+        let (_, read) = read_within(&dir.join(name), Duration::from_secs(60), name);
+        assert!(read.unwrap() == *want, "{name} differs from the source");
+    }
+    let (_, read) = read_within(&dir.join("notes/todo.txt"), Duration::from_secs(60), "notes/todo.txt");
+    assert_eq!(read.unwrap(), b"buy milk");
+    assert_eq!(refused(), before, "no GET was refused once restored");
+    let (status, stderr) = running.stop();
+    assert!(status.success(), "{status:?}: {stderr}");
+    assert!(!stderr.contains("ERROR"), "{stderr}");
+}
+
 /// Runs `cat FILE` as the user `nobody`: its output, or its error message.
 fn cat_as_nobody(file: &Path) -> Result<Vec<u8>, String> {
     use std::os::unix::process::CommandExt;
@@ -610,10 +721,16 @@ impl Running {
 
     /// `coffer mount` with these options after the mount point.
     fn start_with(env: &Env, at: &Path, options: &[&str]) -> Running {
-        std::fs::create_dir_all(at).unwrap();
         let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("coffer"));
         cmd.env("COFFER_REPOSITORY", &env.repo).env("COFFER_PASSWORD", crate::common::PASSWORD);
         cmd.env_remove("COFFER_PASSWORD_FILE").env_remove("COFFER_PASSWORD_COMMAND");
+        Running::spawn(cmd, at, options)
+    }
+
+    /// `cmd` (the binary, pointed at a repository) made to `mount` on `at`
+    /// with these options.
+    fn spawn(mut cmd: std::process::Command, at: &Path, options: &[&str]) -> Running {
+        std::fs::create_dir_all(at).unwrap();
         let child = cmd.arg("mount").arg(at).args(options).stderr(std::process::Stdio::piped()).spawn().unwrap();
         let running = Running { child, at: at.to_path_buf() };
         let deadline = Instant::now() + Duration::from_secs(60);

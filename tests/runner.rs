@@ -25,6 +25,7 @@ mod locks;
 mod metadata;
 #[cfg(all(feature = "mount", target_os = "linux"))]
 mod mount;
+mod object_lock;
 mod packs;
 mod permissions;
 mod privacy;

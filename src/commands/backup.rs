@@ -21,6 +21,9 @@ struct Report<'a> {
     summary: &'a coffer_core::snapshot::Summary,
     /// Requests and bytes this command cost, from opening the repository on.
     wire: coffer_core::backend::WireStats,
+    /// Object Lock: how the retention of what the snapshot uses was extended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retention: Option<coffer_core::retention::Extended>,
 }
 
 pub fn run(g: &GlobalArgs, a: &BackupArgs) -> Result<u8> {
@@ -69,6 +72,22 @@ pub fn run(g: &GlobalArgs, a: &BackupArgs) -> Result<u8> {
     bar.finish();
     let outcome = result?;
     crate::repository::report_state(&outcome.state);
+    // Object Lock: the new snapshot and everything it uses stay retained
+    // for the repository's days from now.
+    let mut retention_failed = None;
+    let retention = match (outcome.snapshot_id, coffer_core::state::default_base()) {
+        (Some(id), Some(base)) if repo.config().object_lock.is_some() => {
+            let mut record = coffer_core::retention::RetentionRecord::load(&base, repo.repo_id());
+            match coffer_core::retention::extend_for_snapshot(&repo, &id, &mut record) {
+                Ok(extended) => extended,
+                Err(e) => {
+                    retention_failed = Some(e);
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
     let s = &outcome.snapshot.summary;
     let wire = repo.backend().wire_stats();
     if g.json {
@@ -78,6 +97,7 @@ pub fn run(g: &GlobalArgs, a: &BackupArgs) -> Result<u8> {
             dry_run: a.dry_run,
             summary: s,
             wire,
+            retention: retention.clone(),
         })?;
     } else if !g.quiet {
         if let Some(p) = outcome.parent {
@@ -97,6 +117,14 @@ pub fn run(g: &GlobalArgs, a: &BackupArgs) -> Result<u8> {
         println!("Total size:  {}", bytes(s.bytes_total));
         println!("Duration:    {}", duration_ms(s.duration_ms));
         println!("Requests:    {}", crate::output::wire(&wire));
+        if let Some(r) = &retention {
+            println!(
+                "Retention:   {} objects retained until at least {} ({} extended)",
+                r.objects,
+                coffer_core::retention::date(r.retained_until),
+                r.extended
+            );
+        }
         match outcome.snapshot_id {
             Some(id) => println!("snapshot {} saved", id.short()),
             None => println!("dry run: no snapshot saved"),
@@ -107,6 +135,13 @@ pub fn run(g: &GlobalArgs, a: &BackupArgs) -> Result<u8> {
             "warning: {} files changed while they were read; they are stored as read (see the warnings above) and the next backup reads them again",
             s.files_changed_while_read
         );
+    }
+    if let Some(e) = retention_failed {
+        eprintln!(
+            "error: the snapshot is saved, but the Object Lock retention of what it uses could not be extended: {e}; \
+             the next backup tries again"
+        );
+        return Ok(exit::FATAL);
     }
     if s.errors > 0 {
         eprintln!("warning: {} entries could not be read and are missing from the snapshot", s.errors);

@@ -40,6 +40,10 @@ struct Report<'a> {
     groups: Vec<Group<'a>>,
     /// Ids removed (or, in a dry run, that would be).
     removed: Vec<String>,
+    /// Snapshots the policy removes that Object Lock still retains: kept,
+    /// with the time (seconds since the epoch) their retention ends.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    retained: Vec<(String, i64)>,
 }
 
 pub fn run(g: &GlobalArgs, a: &ForgetArgs) -> Result<u8> {
@@ -75,7 +79,7 @@ pub fn run(g: &GlobalArgs, a: &ForgetArgs) -> Result<u8> {
     // (exclusive) then never runs while snapshots are being removed.
     let lock = if a.dry_run { None } else { Some(repo.lock_shared(coffer_core::lock::FORGET)?) };
 
-    let (removed, groups, all) = if a.snapshots.is_empty() {
+    let (mut removed, groups, all) = if a.snapshots.is_empty() {
         let mut all = repo.snapshots()?;
         all.retain(|(_, s)| filter.matches(s));
         let (removed, groups) = plan(&policy, &all, group_by)?;
@@ -139,6 +143,30 @@ pub fn run(g: &GlobalArgs, a: &ForgetArgs) -> Result<u8> {
         }
     }
 
+    // Object Lock: what is still retained cannot be removed yet.
+    let keys: Vec<String> =
+        removed.iter().map(|id| coffer_core::repo::object_key(coffer_core::crypto::ObjectKind::Snapshot, id)).collect();
+    let held = coffer_core::retention::still_retained(&repo, &keys)?;
+    let mut retained: Vec<(String, i64)> = Vec::new();
+    removed.retain(|id| {
+        let key = coffer_core::repo::object_key(coffer_core::crypto::ObjectKind::Snapshot, id);
+        match held.get(&key) {
+            Some(&until) => {
+                retained.push((id.to_hex(), until));
+                false
+            }
+            None => true,
+        }
+    });
+    if !g.json && !g.quiet {
+        for (id, until) in &retained {
+            println!(
+                "kept snapshot {}: Object Lock retains it until {}; forget it again after then",
+                &id[..8],
+                coffer_core::retention::date(*until)
+            );
+        }
+    }
     for id in &removed {
         if let Some(lock) = &lock {
             lock.alive()?;
@@ -161,6 +189,7 @@ pub fn run(g: &GlobalArgs, a: &ForgetArgs) -> Result<u8> {
             policy: (!policy.is_empty()).then(|| policy.to_string()),
             groups: report_groups,
             removed: removed.iter().map(Id::to_hex).collect(),
+            retained,
         })?;
     } else if !g.quiet && removed.is_empty() {
         println!("no snapshot removed");

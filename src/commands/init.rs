@@ -14,7 +14,7 @@ struct Created {
 }
 
 pub fn run(g: &GlobalArgs, a: &InitArgs) -> Result<u8> {
-    let backend = crate::repository::backend_for(g, a.create_bucket)?;
+    let backend = crate::repository::backend_for(g, a.create_bucket, a.object_lock.is_some())?;
     let location = backend.location();
     // A local folder must be new or empty: never mix a repository into
     // someone's files.
@@ -44,7 +44,14 @@ pub fn run(g: &GlobalArgs, a: &InitArgs) -> Result<u8> {
         chunker.min_size = avg / 2;
         chunker.max_size = avg.saturating_mul(8);
     }
-    let mut options = InitOptions { kdf, chunker, ..InitOptions::default() };
+    let object_lock = a.object_lock.map(|days| coffer_core::backend::ObjectLock {
+        days,
+        mode: match a.object_lock_mode {
+            crate::cli::LockModeArg::Governance => coffer_core::backend::LockMode::Governance,
+            crate::cli::LockModeArg::Compliance => coffer_core::backend::LockMode::Compliance,
+        },
+    });
+    let mut options = InitOptions { kdf, chunker, object_lock, ..InitOptions::default() };
     for (arg, field, name) in [
         (&a.pack_size, &mut options.data_pack_size, "--pack-size"),
         (&a.tree_pack_size, &mut options.tree_pack_size, "--tree-pack-size"),

@@ -42,6 +42,36 @@ pub fn report(g: &GlobalArgs, outcome: &prune::PruneOutcome, dry_run: bool) -> R
             outcome.packs_kept,
             bytes(outcome.unused_bytes_kept)
         );
+        if outcome.cold_packs_not_repacked > 0 {
+            println!(
+                "{} archived packs with {} unused were kept, not repacked ({})",
+                outcome.cold_packs_not_repacked,
+                bytes(outcome.cold_unused_bytes_kept),
+                if outcome.cold_restores_requested > 0 {
+                    format!(
+                        "asked the store to restore {}; run prune --repack-cold again once it has",
+                        outcome.cold_restores_requested
+                    )
+                } else {
+                    "--repack-cold repacks them after a restore".to_string()
+                }
+            );
+        }
+        if outcome.locked_packs_kept > 0 {
+            println!(
+                "{} packs ({}) are unused or to repack but Object Lock still retains them: kept",
+                outcome.locked_packs_kept,
+                bytes(outcome.locked_bytes_kept)
+            );
+            for r in &outcome.reclaimable {
+                println!(
+                    "  {} in {} packs can be reclaimed by a prune after {}",
+                    bytes(r.bytes),
+                    r.packs,
+                    coffer_core::retention::date(r.until)
+                );
+            }
+        }
     }
     if outcome.missing > 0 {
         eprintln!(

@@ -354,6 +354,41 @@ impl Bucket {
         assert!((200..300).contains(&status), "{method} {path}: HTTP {status}: {answer}");
     }
 
+    /// A request to the bucket signed as `who` (`path_and_query` follows
+    /// the bucket's name, e.g. `/repo/config?versionId=…`): its HTTP status
+    /// and body.
+    pub fn request_as(
+        &self,
+        who: &Identity,
+        method: &str,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, String) {
+        request(self.endpoint, who, method, &format!("/{}{path_and_query}", self.name), headers, None)
+    }
+
+    /// Every stored version below `prefix` (delete markers left out), as
+    /// (key, version id), from ListObjectVersions.
+    pub fn versions(&self, prefix: &str) -> Vec<(String, String)> {
+        // curl signs the query as written: sorted, and `/` escaped.
+        let query = format!("?prefix={}&versions=", prefix.replace('/', "%2F"));
+        let (status, xml) = self.request_as(&ADMIN, "GET", &query, &[]);
+        assert_eq!(status, 200, "ListObjectVersions: {xml}");
+        let field = |block: &str, name: &str| {
+            let open = format!("<{name}>");
+            let start = block.find(&open)? + open.len();
+            let end = block[start..].find(&format!("</{name}>"))? + start;
+            Some(block[start..end].to_string())
+        };
+        xml.split("<Version>")
+            .skip(1)
+            .filter_map(|block| {
+                let block = block.split("</Version>").next()?;
+                Some((field(block, "Key")?, field(block, "VersionId")?))
+            })
+            .collect()
+    }
+
     /// A library backend for `prefix` in this bucket, with `who`'s keys.
     pub fn backend(&self, prefix: &str, who: &Identity) -> coffer_core::backend::s3::S3Backend {
         super::s3::backend_at(self.endpoint, &self.name, prefix, who.access_key, who.secret_key)

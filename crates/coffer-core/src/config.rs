@@ -87,6 +87,11 @@ pub struct ConfigBody {
     /// Absent: the bucket's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_storage_class: Option<String>,
+    /// S3 Object Lock, chosen at `init`: every object but locks is written
+    /// retained this many days, and each backup extends what its snapshot
+    /// uses. Absent: no retention.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_lock: Option<crate::backend::ObjectLock>,
 }
 
 impl ConfigBody {
@@ -99,6 +104,7 @@ impl ConfigBody {
             data_pack_size: DEFAULT_DATA_PACK_SIZE,
             tree_pack_size: DEFAULT_TREE_PACK_SIZE,
             data_storage_class: None,
+            object_lock: None,
         }
     }
 

@@ -34,6 +34,7 @@ pub mod prune;
 pub mod repair;
 pub mod repo;
 pub mod restorer;
+pub mod retention;
 pub mod retrieval;
 pub mod rewrite;
 pub mod siv;

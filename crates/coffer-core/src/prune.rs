@@ -118,6 +118,22 @@ pub struct PruneOutcome {
     /// Archived packs `--repack-cold` asked the store to restore this run:
     /// a later prune repacks them once their copies are ready.
     pub cold_restores_requested: usize,
+    /// Packs prune would delete or repack that Object Lock still retains:
+    /// kept, and when a later prune can reclaim them, by day.
+    pub locked_packs_kept: usize,
+    pub locked_bytes_kept: u64,
+    pub reclaimable: Vec<Reclaimable>,
+}
+
+/// Bytes Object Lock keeps until a date.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Reclaimable {
+    /// The day retention ends (UTC), and the time (seconds since the epoch)
+    /// the last of them is released.
+    pub date: String,
+    pub until: i64,
+    pub packs: usize,
+    pub bytes: u64,
 }
 
 /// What is reachable from a set of snapshots.
@@ -180,6 +196,7 @@ pub fn prune(repo: &Repository, options: &PruneOptions) -> Result<PruneOutcome> 
 
     let mut packs = plan(&set, objects.iter().map(|(_, i)| i).chain(std::iter::once(&recovered)), &marks, options);
     cold_packs(repo, &mut packs, &archived, options, &mut outcome)?;
+    locked_packs(repo, &mut packs, &mut outcome)?;
     count(&mut outcome, &marks, &packs);
     if options.dry_run {
         outcome.snapshots = s1.len();
@@ -283,6 +300,32 @@ fn cold_packs(
             outcome.cold_restores_requested
         );
     }
+    Ok(())
+}
+
+/// Keeps the packs Object Lock still retains that prune would delete or
+/// repack (deleting one would fail, or, in a versioned bucket, hide it
+/// while it stays billed), and notes when they can go.
+fn locked_packs(repo: &Repository, packs: &mut [PackUse], outcome: &mut PruneOutcome) -> Result<()> {
+    let doomed: Vec<String> =
+        packs.iter().filter(|p| p.fate != Fate::Keep).map(|p| pack_key(p.pack.kind, &p.pack.id)).collect();
+    let retained = crate::retention::still_retained(repo, &doomed)?;
+    if retained.is_empty() {
+        return Ok(());
+    }
+    let mut by_day: std::collections::BTreeMap<String, Reclaimable> = std::collections::BTreeMap::new();
+    for p in packs.iter_mut().filter(|p| p.fate != Fate::Keep) {
+        let Some(&until) = retained.get(&pack_key(p.pack.kind, &p.pack.id)) else { continue };
+        p.fate = Fate::Keep;
+        outcome.locked_packs_kept += 1;
+        outcome.locked_bytes_kept += p.pack.length;
+        let date = crate::retention::date(until).get(..10).unwrap_or_default().to_string();
+        let day = by_day.entry(date.clone()).or_insert_with(|| Reclaimable { date, ..Default::default() });
+        day.until = day.until.max(until);
+        day.packs += 1;
+        day.bytes += p.pack.length;
+    }
+    outcome.reclaimable = by_day.into_values().collect();
     Ok(())
 }
 
@@ -546,6 +589,13 @@ pub(crate) fn mark_snapshots(
 /// Deletes objects, checking before each that the exclusive lock is still
 /// ours; durable when this returns.
 pub(crate) fn delete(repo: &Repository, keys: &[String], lock: &LockGuard) -> Result<()> {
+    // What Object Lock still retains stays (superseded index objects: the
+    // new ones name the same packs, and a later prune removes them).
+    let retained = crate::retention::still_retained(repo, keys)?;
+    if !retained.is_empty() {
+        tracing::info!("{} objects are retained by Object Lock and stay until a later prune", retained.len());
+    }
+    let keys: Vec<&String> = keys.iter().filter(|k| !retained.contains_key(*k)).collect();
     let backend = repo.backend();
     let width = backend.concurrency().max(1);
     repo.runtime().block_on(async {

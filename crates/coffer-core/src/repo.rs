@@ -32,6 +32,9 @@ pub struct InitOptions {
     pub data_pack_size: u32,
     /// Target size of tree packs.
     pub tree_pack_size: u32,
+    /// S3 Object Lock: every object retained this long (the bucket must
+    /// have Object Lock enabled).
+    pub object_lock: Option<crate::backend::ObjectLock>,
 }
 
 impl Default for InitOptions {
@@ -41,6 +44,7 @@ impl Default for InitOptions {
             chunker: ChunkerParams::default(),
             data_pack_size: config::DEFAULT_DATA_PACK_SIZE,
             tree_pack_size: config::DEFAULT_TREE_PACK_SIZE,
+            object_lock: None,
         }
     }
 }
@@ -131,6 +135,16 @@ pub(crate) fn user_name() -> String {
 /// Points the backend's data pack uploads at the class the repository
 /// records, unless the command was given one, and says when it was.
 fn apply_recorded_class(backend: &dyn Backend, config: &ConfigBody) {
+    if let Some(lock) = config.object_lock {
+        match backend.retention() {
+            Some(retention) => retention.use_object_lock(lock),
+            None => tracing::warn!(
+                "the repository records an Object Lock of {} days, but {} has none: objects are written unretained",
+                lock.days,
+                backend.location()
+            ),
+        }
+    }
     let (Some(classes), Some(recorded)) = (backend.storage_classes(), config.data_storage_class.as_deref()) else {
         return;
     };
@@ -176,6 +190,24 @@ impl Repository {
             Ok(())
         })?;
         options.chunker.validate()?;
+        if let Some(lock) = options.object_lock {
+            let Some(retention) = backend.retention() else {
+                return Err(Error::InvalidInput(format!(
+                    "{location} has no Object Lock: only an S3 bucket with Object Lock enabled can have it"
+                )));
+            };
+            if lock.days == 0 {
+                return Err(Error::InvalidInput("--object-lock takes a number of days, at least 1".into()));
+            }
+            if !runtime.block_on(retention.bucket_has_object_lock())? {
+                return Err(Error::InvalidInput(format!(
+                    "the bucket of {location} does not have Object Lock enabled (it can only be turned on when a \
+                     bucket is created, with versioning): create one with Object Lock, or let `coffer init \
+                     --create-bucket --object-lock DAYS` create it"
+                )));
+            }
+            retention.use_object_lock(lock);
+        }
 
         let keys = Keys::generate();
         let mut repo_id = [0u8; 32];
@@ -187,6 +219,7 @@ impl Repository {
         // The class given at init is recorded, so that every later command
         // writes data packs in it without being told again.
         config.data_storage_class = backend.storage_classes().and_then(|c| c.data_class());
+        config.object_lock = options.object_lock;
         config.validate().map_err(|_| {
             Error::InvalidInput(format!(
                 "pack sizes must lie between 4 MiB and 512 MiB (asked for {} and {} bytes)",

@@ -94,6 +94,61 @@ pub enum RestoreStatus {
     InProgress,
 }
 
+/// How S3 Object Lock protects a repository's objects (`init --object-lock`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LockMode {
+    /// Nobody can shorten or remove the retention, the root account
+    /// included, until it ends.
+    Compliance,
+    /// Credentials with `s3:BypassGovernanceRetention` can shorten or
+    /// remove it; nobody else can.
+    Governance,
+}
+
+impl LockMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            LockMode::Compliance => "compliance",
+            LockMode::Governance => "governance",
+        }
+    }
+}
+
+/// A repository's Object Lock: every object is written retained for
+/// `days` days, and backups extend what their snapshot uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ObjectLock {
+    pub days: u32,
+    pub mode: LockMode,
+}
+
+/// Whether an object written under `key` gets a retention: all but lock
+/// objects, which must go when their holder is done (and protect nothing).
+pub fn retained_kind(key: &str) -> bool {
+    !key.starts_with("locks/")
+}
+
+/// Object Lock retention, for a store that has it (S3). A backend offers
+/// it through [`Backend::retention`], which every wrapper forwards.
+#[async_trait]
+pub trait Retention: Send + Sync {
+    /// From now on, every object written (but locks) is retained for
+    /// `lock.days` days from its upload, in `lock.mode`.
+    fn use_object_lock(&self, lock: ObjectLock);
+
+    /// Whether the bucket has Object Lock (and so versioning) enabled.
+    async fn bucket_has_object_lock(&self) -> BackendResult<bool>;
+
+    /// Until when (seconds since the epoch) `key` is retained; `None` when
+    /// it has no retention. One HEAD request.
+    async fn retained_until(&self, key: &str) -> BackendResult<Option<i64>>;
+
+    /// Sets the retention of `key` to end at `until` (seconds since the
+    /// epoch), which the store refuses if it would shorten it.
+    async fn extend_retention(&self, key: &str, until: i64, mode: LockMode) -> BackendResult<()>;
+}
+
 /// What a store with storage classes can do beyond reads and writes: S3.
 /// A backend offers it through [`Backend::storage_classes`], which every
 /// wrapper forwards, so that these calls need no forwarding of their own.
@@ -377,6 +432,12 @@ pub trait Backend: Send + Sync + 'static {
     /// Storage classes and restores from archive classes, for a store that
     /// has them (S3); `None` for the others. Wrappers forward it.
     fn storage_classes(&self) -> Option<&dyn StorageClasses> {
+        None
+    }
+
+    /// Object Lock retention, for a store that has it (S3); `None` for
+    /// the others. Wrappers forward it.
+    fn retention(&self) -> Option<&dyn Retention> {
         None
     }
 }

@@ -255,6 +255,10 @@ impl Backend for PausingBackend {
         self.inner.storage_classes()
     }
 
+    fn retention(&self) -> Option<&dyn super::Retention> {
+        self.inner.retention()
+    }
+
     fn adopt(&self, keys: &[String]) {
         self.inner.adopt(keys)
     }

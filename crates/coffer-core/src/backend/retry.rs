@@ -230,6 +230,10 @@ impl Backend for RetryBackend {
         self.inner.storage_classes()
     }
 
+    fn retention(&self) -> Option<&dyn super::Retention> {
+        self.inner.retention()
+    }
+
     fn adopt(&self, keys: &[String]) {
         self.inner.adopt(keys)
     }

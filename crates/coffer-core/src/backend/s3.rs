@@ -26,8 +26,8 @@ use aws_sdk_s3::primitives::{ByteStream, ByteStreamError};
 use aws_sdk_s3::types::StorageClass;
 
 use super::{
-    Backend, BackendError, BackendResult, Bytes, Entry, RestoreStatus, RetrievalTier, StorageClasses, WireCounters,
-    WireStats,
+    Backend, BackendError, BackendResult, Bytes, Entry, LockMode, ObjectLock, RestoreStatus, Retention, RetrievalTier,
+    StorageClasses, WireCounters, WireStats,
 };
 
 /// Requests in flight by default: enough that a link with 20-50 ms per
@@ -68,6 +68,8 @@ pub struct S3Config {
     pub initial_backoff: Duration,
     /// Create the bucket on first use if it does not exist (`init --create-bucket`).
     pub create_bucket: bool,
+    /// Create it with Object Lock enabled (`init --create-bucket --object-lock`).
+    pub create_with_object_lock: bool,
     /// Fixed credentials in place of the AWS chain: for tests and programs
     /// that embed the library. The command line never sets them, so a
     /// secret is never typed on a command line or stored by coffer.
@@ -101,6 +103,7 @@ impl S3Config {
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             initial_backoff: Duration::from_millis(500),
             create_bucket: false,
+            create_with_object_lock: false,
             credentials: None,
         }
     }
@@ -167,6 +170,9 @@ pub struct S3Backend {
     /// The class the repository records for data packs, used when the
     /// config names none.
     recorded_class: std::sync::OnceLock<String>,
+    /// The repository's Object Lock, once known: every upload but locks
+    /// carries a retention.
+    object_lock: std::sync::OnceLock<ObjectLock>,
 }
 
 impl S3Backend {
@@ -245,6 +251,7 @@ impl S3Backend {
             wire: WireCounters::default(),
             conditional: std::sync::atomic::AtomicBool::new(true),
             recorded_class: std::sync::OnceLock::new(),
+            object_lock: std::sync::OnceLock::new(),
         })
     }
 
@@ -362,6 +369,9 @@ impl S3Backend {
         use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
         let bucket = &self.config.bucket;
         let mut req = client.create_bucket().bucket(bucket);
+        if self.config.create_with_object_lock {
+            req = req.object_lock_enabled_for_bucket(true);
+        }
         // AWS wants the region named, except for us-east-1 where naming it is an error.
         if self.config.endpoint.is_none()
             && let Some(region) = client.config().region().map(|r| r.as_ref().to_string())
@@ -633,6 +643,16 @@ impl Backend for S3Backend {
             if if_none_match {
                 req = req.if_none_match("*");
             }
+            if let Some(lock) = self.object_lock.get()
+                && super::retained_kind(key)
+            {
+                let until = jiff::Timestamp::now().as_second() + i64::from(lock.days) * 86_400;
+                // S3 wants a checksum of every upload that sets a retention.
+                req = req
+                    .object_lock_mode(lock_mode(lock.mode))
+                    .object_lock_retain_until_date(aws_sdk_s3::primitives::DateTime::from_secs(until))
+                    .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Crc32);
+            }
             // The body is in memory, so the SDK can resend it on a retry;
             // a clone of `Bytes` shares it.
             req.body(ByteStream::from(body.clone()))
@@ -716,6 +736,71 @@ impl Backend for S3Backend {
 
     fn storage_classes(&self) -> Option<&dyn StorageClasses> {
         Some(self)
+    }
+
+    fn retention(&self) -> Option<&dyn Retention> {
+        Some(self)
+    }
+}
+
+fn lock_mode(mode: LockMode) -> aws_sdk_s3::types::ObjectLockMode {
+    match mode {
+        LockMode::Compliance => aws_sdk_s3::types::ObjectLockMode::Compliance,
+        LockMode::Governance => aws_sdk_s3::types::ObjectLockMode::Governance,
+    }
+}
+
+#[async_trait]
+impl Retention for S3Backend {
+    fn use_object_lock(&self, lock: ObjectLock) {
+        let _ = self.object_lock.set(lock);
+    }
+
+    async fn bucket_has_object_lock(&self) -> BackendResult<bool> {
+        let client = self.client().await?;
+        self.wire.get();
+        match client.get_object_lock_configuration().bucket(&self.config.bucket).send().await {
+            Ok(out) => Ok(out
+                .object_lock_configuration()
+                .and_then(|c| c.object_lock_enabled())
+                .is_some_and(|e| *e == aws_sdk_s3::types::ObjectLockEnabled::Enabled)),
+            Err(e) if code(&e) == Some("ObjectLockConfigurationNotFoundError") || status(&e) == Some(404) => Ok(false),
+            Err(e) => Err(self.error("GET object lock configuration of", &self.config.bucket, e)),
+        }
+    }
+
+    async fn retained_until(&self, key: &str) -> BackendResult<Option<i64>> {
+        let client = self.client().await?;
+        self.wire.head();
+        match client.head_object().bucket(&self.config.bucket).key(self.full_key(key)).send().await {
+            Ok(head) => Ok(head.object_lock_retain_until_date().map(|d| d.secs())),
+            Err(e) if status(&e) == Some(404) => Err(BackendError::NotFound { key: key.to_string() }),
+            Err(e) => Err(self.error("HEAD", key, e)),
+        }
+    }
+
+    async fn extend_retention(&self, key: &str, until: i64, mode: LockMode) -> BackendResult<()> {
+        use aws_sdk_s3::types::{ObjectLockRetention, ObjectLockRetentionMode};
+        let client = self.client().await?;
+        let mode = match mode {
+            LockMode::Compliance => ObjectLockRetentionMode::Compliance,
+            LockMode::Governance => ObjectLockRetentionMode::Governance,
+        };
+        let retention = ObjectLockRetention::builder()
+            .mode(mode)
+            .retain_until_date(aws_sdk_s3::primitives::DateTime::from_secs(until))
+            .build();
+        self.wire.put(0);
+        client
+            .put_object_retention()
+            .bucket(&self.config.bucket)
+            .key(self.full_key(key))
+            .retention(retention)
+            .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Crc32)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| self.error("PUT retention of", key, e))
     }
 }
 

@@ -106,6 +106,10 @@ impl Backend for LatencyBackend {
         self.inner.storage_classes()
     }
 
+    fn retention(&self) -> Option<&dyn super::Retention> {
+        self.inner.retention()
+    }
+
     fn adopt(&self, keys: &[String]) {
         self.inner.adopt(keys)
     }
@@ -470,6 +474,10 @@ impl Backend for FaultBackend {
 
     fn storage_classes(&self) -> Option<&dyn super::StorageClasses> {
         self.inner.storage_classes()
+    }
+
+    fn retention(&self) -> Option<&dyn super::Retention> {
+        self.inner.retention()
     }
 
     fn adopt(&self, keys: &[String]) {
