@@ -437,7 +437,8 @@ pub struct RestoreArgs {
     /// Ask the store to restore the archived packs this restore needs (bulk, standard or expedited; default
     /// bulk, the cheapest), wait until they are readable, then restore. What was asked for is remembered, so
     /// a run that is stopped (or uses --no-wait) resumes where it left off
-    #[arg(long, value_name = "TIER", num_args = 0..=1, default_missing_value = "bulk", value_parser = tier)]
+    #[arg(long, value_name = "TIER", num_args = 0..=1, require_equals = true, default_missing_value = "bulk",
+          value_parser = tier)]
     pub warm_up: Option<coffer_core::backend::RetrievalTier>,
     /// With --warm-up: keep the restored copies this many days (billed as STANDARD storage)
     #[arg(long, value_name = "DAYS", default_value_t = 7, requires = "warm_up")]
@@ -446,8 +447,11 @@ pub struct RestoreArgs {
     /// command again later to go on
     #[arg(long, requires = "warm_up")]
     pub no_wait: bool,
+    /// With --dry-run: a TOML file of prices that replace the built-in table's (as `stats --cost --prices`)
+    #[arg(long, value_name = "FILE", env = "COFFER_PRICES")]
+    pub prices: Option<PathBuf>,
     /// With --warm-up: how often to ask the store whether the packs are ready
-    #[arg(long, value_name = "SECONDS", default_value_t = 600, env = "COFFER_WARM_UP_POLL", requires = "warm_up")]
+    #[arg(long, value_name = "SECONDS", default_value_t = 600, env = "COFFER_WARM_UP_POLL")]
     pub warm_up_poll: u64,
 }
 
@@ -588,7 +592,7 @@ pub struct StatsArgs {
     #[arg(long)]
     pub cost: bool,
     /// With --cost: a TOML file of prices that replace the built-in table's (see docs/s3.md, "What it costs")
-    #[arg(long, value_name = "FILE", env = "COFFER_PRICES", requires = "cost")]
+    #[arg(long, value_name = "FILE", env = "COFFER_PRICES")]
     pub prices: Option<PathBuf>,
 }
 

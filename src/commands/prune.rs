@@ -53,7 +53,7 @@ pub fn report(g: &GlobalArgs, outcome: &prune::PruneOutcome, dry_run: bool) -> R
                         outcome.cold_restores_requested
                     )
                 } else {
-                    "--repack-cold repacks them after a restore".to_string()
+                    "--repack-cold asks for their restore and repacks them once restored".to_string()
                 }
             );
         }

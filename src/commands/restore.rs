@@ -233,7 +233,7 @@ fn dry_run(
 ) -> Result<u8> {
     use coffer_core::backend::RetrievalTier;
     let plan = coffer_core::retrieval::plan(repo, &snap.tree, &a.includes)?;
-    let table = crate::prices::load(None)?;
+    let table = crate::prices::load(a.prices.as_deref())?;
     let archived: Vec<_> = plan.archived().collect();
     let archived_bytes: u64 = archived.iter().map(|p| p.length).sum();
     // Each archived pack is priced in its own class.

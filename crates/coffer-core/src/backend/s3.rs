@@ -811,11 +811,11 @@ fn parse_restore_header(header: &str) -> RestoreStatus {
     if ongoing.map(|v| v.trim_matches('"')) == Some("true") {
         return RestoreStatus::InProgress;
     }
+    // The date itself holds a comma ("Fri, 21 Dec 2012 …"): take it up to its closing quote.
     let expires = header
-        .split(',')
-        .map(str::trim)
-        .find_map(|part| part.strip_prefix("expiry-date="))
-        .map(|v| v.trim_matches('"').to_string());
+        .split_once("expiry-date=\"")
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .map(|(date, _)| date.to_string());
     RestoreStatus::Readable { expires }
 }
 
