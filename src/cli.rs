@@ -75,49 +75,118 @@ pub struct GlobalArgs {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Create a new repository
+    #[command(
+        after_help = "Examples:\n  coffer -r ~/coffer-repo init\n  coffer -r s3:my-photos-backup/laptop init --create-bucket --s3-storage-class DEEP_ARCHIVE\n  coffer -r s3:my-photos-backup/laptop init --create-bucket --object-lock 30"
+    )]
     Init(InitArgs),
     /// Back up files and directories into a new snapshot
+    #[command(
+        after_help = "Examples:\n  coffer backup ~/Pictures\n  coffer backup ~/Pictures ~/Documents --exclude '*.tmp' --tag nightly\n  coffer backup --dry-run -v ~/Pictures"
+    )]
     Backup(BackupArgs),
     /// List snapshots
+    #[command(after_help = "Examples:\n  coffer snapshots\n  coffer snapshots --host laptop --tag nightly --json")]
     Snapshots(SnapshotsArgs),
     /// List the files in a snapshot
+    #[command(after_help = "Examples:\n  coffer ls latest\n  coffer ls latest /home/me/Pictures/2024 --long")]
     Ls(LsArgs),
     /// Restore a snapshot into a folder
+    #[command(
+        after_help = "Examples:\n  coffer restore latest --target /tmp/restored\n  coffer restore 3f2a9c1e --target /tmp/r --include /home/me/Pictures/2024\n  coffer restore latest --target /tmp/r --dry-run      # packs, archived ones, retrieval cost\n  coffer restore latest --target /tmp/r --warm-up=bulk --no-wait"
+    )]
     Restore(RestoreArgs),
     /// Write a file of a snapshot to standard output, or a folder as a tar archive
+    #[command(
+        after_help = "Examples:\n  coffer dump latest /home/me/Pictures/2024/06/IMG_0042.jpg > IMG_0042.jpg\n  coffer dump latest /home/me/Pictures/2024 > 2024.tar"
+    )]
     Dump(DumpArgs),
     /// Remove snapshots, named or by a retention policy (their data stays until a prune)
+    #[command(
+        after_help = "Examples:\n  coffer forget --keep-daily 7 --keep-weekly 5 --keep-monthly 12 --dry-run\n  coffer forget --keep-last 10 --prune\n  coffer forget 3f2a9c1e"
+    )]
     Forget(ForgetArgs),
     /// Manage the repository's keys (passwords)
     #[command(subcommand)]
+    #[command(after_help = "Examples:\n  coffer key list\n  coffer key add\n  coffer key passwd")]
     Key(KeyCommand),
     /// Sizes: as restored, distinct data, and stored; for some snapshots or all
+    #[command(
+        after_help = "Examples:\n  coffer stats\n  coffer stats latest --json\n  coffer stats --cost                   # monthly bill and read-back cost per storage class"
+    )]
     Stats(StatsArgs),
     /// Show what changed between two snapshots
+    #[command(after_help = "Examples:\n  coffer diff 3f2a9c1e latest\n  coffer diff 3f2a9c1e latest --metadata")]
     Diff(DiffArgs),
     /// Verify the repository: snapshots, index, pack headers, trees, chunks; with --read-data, every pack's bytes
+    #[command(
+        after_help = "Examples:\n  coffer check\n  coffer check --read-data-subset 1/7   # a seventh of the data each day: all of it in a week\n  coffer check --read-data"
+    )]
     Check(CheckArgs),
     /// Browse the snapshots as a read-only folder (FUSE), until unmounted or interrupted
     #[cfg(all(feature = "mount", target_os = "linux"))]
+    #[command(
+        after_help = "Examples:\n  coffer mount ~/snapshots            # then: ls ~/snapshots/snapshots/latest\n  coffer mount ~/snapshots --allow-other"
+    )]
     Mount(MountArgs),
     /// Delete the packs that hold nothing a snapshot references, and repack mostly-unused ones
+    #[command(
+        after_help = "Examples:\n  coffer prune --dry-run\n  coffer prune --max-unused 20 --max-repack 2G\n  coffer prune --repack-cold"
+    )]
     Prune(PruneArgs),
     /// Repair a damaged repository: rebuild the index, salvage damaged packs, repair snapshots
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  coffer repair index --dry-run\n  coffer repair packs\n  coffer repair snapshots --forget"
+    )]
     Repair(RepairCommand),
     /// Remove paths from existing snapshots, writing new snapshots (the originals stay unless --forget)
+    #[command(
+        after_help = "Examples:\n  coffer rewrite --exclude '/home/me/Pictures/private' --dry-run\n  coffer rewrite --exclude '*.key' --forget && coffer prune"
+    )]
     Rewrite(RewriteArgs),
     /// Remove stale locks (left by processes that are gone)
+    #[command(after_help = "Examples:\n  coffer unlock\n  coffer unlock --remove-all")]
     Unlock(UnlockArgs),
+    /// Print a completion script for a shell (bash, zsh, fish, elvish, powershell)
+    #[command(
+        after_help = "Examples:\n  coffer completions bash > ~/.local/share/bash-completion/completions/coffer\n  coffer completions zsh > ~/.zfunc/_coffer\n  coffer completions fish > ~/.config/fish/completions/coffer.fish"
+    )]
+    Completions(CompletionsArgs),
+    /// Write the manual pages (roff), generated from the same definitions as --help
+    #[command(after_help = "Examples:\n  coffer man | man -l -\n  coffer man --dir ~/.local/share/man/man1")]
+    Man(ManArgs),
+    /// Print coffer's version, the repository format it writes and the features it was built with
+    #[command(after_help = "Examples:\n  coffer version\n  coffer version --json")]
+    Version,
+}
+
+#[derive(Args, Debug)]
+pub struct CompletionsArgs {
+    /// The shell to complete for
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Args, Debug)]
+pub struct ManArgs {
+    /// Write coffer.1 and one page per command (coffer-backup.1, …) into this folder, instead of
+    /// printing coffer.1
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum RepairCommand {
     /// Rebuild the index from the headers of every stored pack
+    #[command(after_help = "Examples:\n  coffer repair index --dry-run\n  coffer repair index")]
     Index(RepairIndexArgs),
     /// Copy what still authenticates out of damaged packs, then delete them
+    #[command(
+        after_help = "Examples:\n  coffer check --read-data          # names the damaged packs\n  coffer repair packs --dry-run\n  coffer repair packs"
+    )]
     Packs(RepairPacksArgs),
     /// Write repaired copies of snapshots whose files lost data (removing those files)
+    #[command(after_help = "Examples:\n  coffer repair snapshots --dry-run\n  coffer repair snapshots --forget")]
     Snapshots(RepairSnapshotsArgs),
 }
 
@@ -296,6 +365,49 @@ mod tests {
         for bad in ["", "m", "5x", "1.5h", "-3s"] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
+    }
+
+    /// The words of an example line, as a shell would split it: up to a
+    /// comment, a pipe, a redirection or `&&`, with quotes removed.
+    fn example_words(line: &str) -> Vec<String> {
+        let line = line.split("  #").next().unwrap_or_default();
+        let mut words = Vec::new();
+        for word in line.split_whitespace() {
+            if matches!(word, "|" | ">" | "&&") {
+                break;
+            }
+            words.push(word.trim_matches('\'').to_string());
+        }
+        words
+    }
+
+    /// Every command and subcommand has examples in its --help, and every
+    /// example parses with the very definitions it documents.
+    #[test]
+    fn every_command_has_examples_that_parse() {
+        use clap::{CommandFactory, Parser};
+        fn visit(cmd: &clap::Command, path: &str, checked: &mut usize) {
+            for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+                let name = format!("{path} {}", sub.get_name());
+                if sub.has_subcommands() {
+                    visit(sub, &name, checked);
+                    continue;
+                }
+                let help = sub.get_after_help().map(|h| h.to_string()).unwrap_or_default();
+                assert!(help.starts_with("Examples:"), "{name} has no examples in its --help");
+                for line in help.lines().skip(1) {
+                    let words = example_words(line);
+                    assert_eq!(words.first().map(String::as_str), Some("coffer"), "{name}: {line:?}");
+                    if let Err(e) = super::Cli::try_parse_from(&words) {
+                        panic!("{name}: the example {line:?} does not parse: {e}");
+                    }
+                    *checked += 1;
+                }
+            }
+        }
+        let mut checked = 0;
+        visit(&super::Cli::command(), "coffer", &mut checked);
+        assert!(checked > 40, "only {checked} examples");
     }
 }
 
@@ -556,16 +668,22 @@ pub struct ForgetArgs {
 #[derive(Subcommand, Debug)]
 pub enum KeyCommand {
     /// Add a key: a new password for the same repository
+    #[command(
+        after_help = "Examples:\n  coffer key add\n  coffer key add --new-password-file ~/.config/coffer/second-password"
+    )]
     Add(NewKeyArgs),
     /// List the keys; `*` marks the one the password given opens
+    #[command(after_help = "Examples:\n  coffer key list\n  coffer key list --json")]
     List,
     /// Remove a key (not the one in use, and never the last)
+    #[command(after_help = "Examples:\n  coffer key list\n  coffer key remove 5c1e0a9b")]
     Remove {
         /// Key id, or a unique prefix of it
         #[arg(value_name = "ID")]
         id: String,
     },
     /// Change the password: add a key for the new password, then remove the one in use
+    #[command(after_help = "Examples:\n  coffer key passwd")]
     Passwd(NewKeyArgs),
 }
 

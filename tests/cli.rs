@@ -784,3 +784,68 @@ fn restore_never_follows_symlinks_in_the_target() {
     assert!(std::fs::symlink_metadata(restored.join("file.txt")).unwrap().is_file());
     assert_eq!(std::fs::read(restored.join("file.txt")).unwrap(), b"file");
 }
+
+/// The binary with no repository and nothing of the caller's settings.
+fn bare() -> assert_cmd::Command {
+    let mut cmd = assert_cmd::Command::cargo_bin("coffer").expect("coffer binary");
+    cmd.env_remove("COFFER_REPOSITORY");
+    cmd
+}
+
+#[test]
+fn completions_are_generated_for_every_shell_and_bash_accepts_its_script() {
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let script = ok(bare().args(["completions", shell]));
+        for word in ["restore", "snapshots", "warm-up", "object-lock", "repack-cold"] {
+            assert!(script.contains(word), "{shell} completion lacks {word}");
+        }
+    }
+    let env = Env::new();
+    let path = env.write("coffer.bash", ok(bare().args(["completions", "bash"])).as_bytes());
+    // The script loads in bash, and completes subcommands and options.
+    let probe = format!(
+        "source {}; COMP_WORDS=(coffer res); COMP_CWORD=1; _coffer coffer res coffer; echo \"${{COMPREPLY[@]}}\"; \
+         COMP_WORDS=(coffer restore --warm); COMP_CWORD=2; _coffer coffer --warm restore; echo \"${{COMPREPLY[@]}}\"",
+        path.display()
+    );
+    let out = std::process::Command::new("bash").args(["-c", &probe]).output().expect("run bash");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.first().is_some_and(|l| l.split(' ').any(|w| w == "restore")), "{text}");
+    assert!(lines.get(1).is_some_and(|l| l.contains("--warm-up")), "{text}");
+    assert!(!bare().args(["completions", "tcsh"]).output().unwrap().status.success());
+}
+
+#[test]
+fn manual_pages_come_from_the_same_definitions_as_help() {
+    let page = ok(bare().arg("man"));
+    assert!(page.contains(".TH coffer 1"), "{}", &page[..page.len().min(300)]);
+    assert!(page.contains("restore") && page.contains("Encrypted, deduplicated backups"));
+    let env = Env::new();
+    let dir = env.path("man1");
+    ok(bare().args(["man", "--dir"]).arg(&dir));
+    let names: std::collections::BTreeSet<String> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    for name in ["coffer.1", "coffer-backup.1", "coffer-restore.1", "coffer-key-add.1", "coffer-repair-index.1"] {
+        assert!(names.contains(name), "{name} missing: {names:?}");
+    }
+    let restore = std::fs::read_to_string(dir.join("coffer-restore.1")).unwrap();
+    assert!(restore.contains(".TH coffer-restore 1"), "{restore}");
+    // The page holds the options and the examples --help shows.
+    let help = ok(bare().args(["restore", "--help"]));
+    assert!(help.contains("Examples:") && restore.contains("warm\\-up"), "{restore}");
+    assert!(restore.contains("coffer restore latest \\-\\-target /tmp/restored"), "{restore}");
+}
+
+#[test]
+fn version_names_the_format_and_features() {
+    let text = ok(bare().arg("version"));
+    assert!(text.starts_with(&format!("coffer {}\n", env!("CARGO_PKG_VERSION"))), "{text}");
+    assert!(text.contains("repository format 2"), "{text}");
+    let v: Value = serde_json::from_str(&ok(bare().args(["version", "--json"]))).unwrap();
+    assert_eq!(v["format"], 2);
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    assert!(v["features"].as_array().unwrap().iter().any(|f| f == "s3"), "{v}");
+    assert_eq!(ok(bare().arg("--version")).trim(), format!("coffer {}", env!("CARGO_PKG_VERSION")));
+}

@@ -3,6 +3,7 @@
 mod backup;
 mod check;
 mod diff;
+mod docs;
 mod dump;
 mod forget;
 mod init;
@@ -42,6 +43,9 @@ pub fn run(args: Cli) -> Result<u8> {
         Command::Repair(c) => repair::run(g, c),
         Command::Rewrite(a) => rewrite::run(g, a),
         Command::Unlock(a) => unlock::run(g, a),
+        Command::Completions(a) => docs::completions(a),
+        Command::Man(a) => docs::man(a),
+        Command::Version => docs::version(g),
     }
 }
 
