@@ -30,6 +30,10 @@ pub struct GlobalArgs {
     /// Run this shell command and use the first line it prints as the password
     #[arg(long, env = "COFFER_PASSWORD_COMMAND", global = true, value_name = "COMMAND")]
     pub password_command: Option<String>,
+    /// Take defaults from this profile of ~/.config/coffer/profiles.toml (the `default` profile, if the file
+    /// has one, is used without this option); the environment and flags override it
+    #[arg(long, env = "COFFER_PROFILE", global = true, value_name = "NAME")]
+    pub profile: Option<String>,
     /// Print machine-readable JSON instead of text
     #[arg(long, global = true)]
     pub json: bool,
@@ -59,7 +63,8 @@ pub struct GlobalArgs {
     #[arg(long, global = true)]
     pub s3_path_style: bool,
     /// S3 requests in flight at once
-    #[arg(long, global = true, value_name = "N", default_value_t = coffer_core::backend::s3::DEFAULT_CONNECTIONS)]
+    #[arg(long, env = "COFFER_S3_CONNECTIONS", global = true, value_name = "N",
+          default_value_t = coffer_core::backend::s3::DEFAULT_CONNECTIONS)]
     pub s3_connections: usize,
     /// S3 storage class for data packs (file contents) only: STANDARD_IA, INTELLIGENT_TIERING, GLACIER_IR,
     /// or the archive classes GLACIER and DEEP_ARCHIVE. Given to `init`, the repository records it and
@@ -147,6 +152,21 @@ pub enum Command {
     /// Remove stale locks (left by processes that are gone)
     #[command(after_help = "Examples:\n  coffer unlock\n  coffer unlock --remove-all")]
     Unlock(UnlockArgs),
+    /// Find files and folders whose name (or, with a `/` in the pattern, whole path) matches, in every snapshot
+    #[command(
+        after_help = "Examples:\n  coffer find '*.jpg'\n  coffer find -i 'img_00*' --snapshot latest\n  coffer find '/home/*/Pictures/2024/**/*.raw' --json"
+    )]
+    Find(FindArgs),
+    /// Add, remove or replace the tags of snapshots (each is written anew; the old one is removed)
+    #[command(
+        after_help = "Examples:\n  coffer tag --add keep-forever 3f2a9c1e\n  coffer tag --remove nightly --add weekly latest\n  coffer tag --set photos --dry-run"
+    )]
+    Tag(TagArgs),
+    /// Print one repository object, decrypted, for debugging (JSON; a blob as raw bytes)
+    #[command(
+        after_help = "Examples:\n  coffer cat config\n  coffer cat snapshot latest\n  coffer cat tree 5e0c7a1b\n  coffer cat index 9a1c3f00\n  coffer cat pack 41d2e8aa\n  coffer cat blob 77aa0c1d > chunk.bin"
+    )]
+    Cat(CatArgs),
     /// Print a completion script for a shell (bash, zsh, fish, elvish, powershell)
     #[command(
         after_help = "Examples:\n  coffer completions bash > ~/.local/share/bash-completion/completions/coffer\n  coffer completions zsh > ~/.zfunc/_coffer\n  coffer completions fish > ~/.config/fish/completions/coffer.fish"
@@ -158,6 +178,63 @@ pub enum Command {
     /// Print coffer's version, the repository format it writes and the features it was built with
     #[command(after_help = "Examples:\n  coffer version\n  coffer version --json")]
     Version,
+}
+
+#[derive(Args, Debug)]
+pub struct FindArgs {
+    /// A glob: `*`, `?`, `[abc]`, and `**` across folders. Without a `/` it is matched against names
+    pub pattern: String,
+    /// Match without regard to case
+    #[arg(short = 'i', long)]
+    pub ignore_case: bool,
+    /// Search only this snapshot (id, unique prefix, or `latest`; repeatable); all by default
+    #[arg(short = 's', long = "snapshot", value_name = "SNAPSHOT")]
+    pub snapshots: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct TagArgs {
+    /// Snapshots to change (id, unique prefix, or `latest`); all when none is given
+    #[arg(value_name = "SNAPSHOT")]
+    pub snapshots: Vec<String>,
+    /// Add this tag (repeatable, or comma-separated)
+    #[arg(long, value_delimiter = ',', value_name = "TAG")]
+    pub add: Vec<String>,
+    /// Remove this tag (repeatable, or comma-separated)
+    #[arg(long, value_delimiter = ',', value_name = "TAG")]
+    pub remove: Vec<String>,
+    /// Replace all tags by these (repeatable, or comma-separated; `--set ''` removes every tag)
+    #[arg(long, value_delimiter = ',', value_name = "TAG", conflicts_with_all = ["add", "remove"])]
+    pub set: Option<Vec<String>>,
+    /// Say what would change, change nothing
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CatArgs {
+    /// What to print
+    #[arg(value_enum)]
+    pub what: CatWhat,
+    /// Its id (or a unique prefix; a snapshot may be `latest`); not for config
+    pub id: Option<String>,
+}
+
+/// `coffer cat WHAT`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CatWhat {
+    /// The config's settings
+    Config,
+    /// A snapshot
+    Snapshot,
+    /// A tree (a folder listing)
+    Tree,
+    /// An index object
+    Index,
+    /// A pack's header: its blobs, offsets and lengths
+    Pack,
+    /// A chunk's plaintext, raw, on standard output
+    Blob,
 }
 
 #[derive(Args, Debug)]
@@ -498,6 +575,19 @@ pub struct BackupArgs {
     /// Record this time instead of now: `YYYY-MM-DD HH:MM:SS` (local time) or RFC 3339; not in the future
     #[arg(long, value_name = "TIME")]
     pub time: Option<String>,
+    /// Back up standard input, read to its end, as one file at the snapshot's root (no paths)
+    #[arg(long)]
+    pub stdin: bool,
+    /// Name of the file that --stdin or --stdin-from-command stores, at the snapshot's root [default: stdin]
+    #[arg(long, value_name = "NAME")]
+    pub stdin_filename: Option<String>,
+    /// Back up the standard output of the COMMAND given after `--` (run without a shell) as one file;
+    /// if it exits non-zero, no snapshot is written
+    #[arg(long)]
+    pub stdin_from_command: bool,
+    /// The command of --stdin-from-command and its arguments (without that option, paths after `--`)
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<std::ffi::OsString>,
 }
 
 #[derive(Args, Debug)]

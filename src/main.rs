@@ -6,6 +6,7 @@ mod commands;
 mod output;
 mod password;
 mod prices;
+mod profile;
 mod progress;
 mod repository;
 
@@ -55,7 +56,14 @@ fn limit_malloc_arenas() {
 
 fn main() -> ExitCode {
     limit_malloc_arenas();
-    let args = cli::Cli::parse();
+    let argv = match profile::apply(std::env::args_os().collect()) {
+        Ok(argv) => argv,
+        Err(err) => {
+            eprintln!("coffer: {err:#}");
+            return ExitCode::from(exit::FATAL);
+        }
+    };
+    let args = cli::Cli::parse_from(argv);
     let filter = match args.global.verbose {
         0 => "coffer=warn,coffer_core=warn",
         1 => "coffer=info,coffer_core=info",

@@ -1,13 +1,14 @@
 //! Backup of awkward file-system content (hard links, sparse files, extended
 //! attributes, special files), change detection for awkward sources, and
-//! the exclude family.
+//! the exclude family, and backups of a stream (`--stdin`,
+//! `--stdin-from-command`).
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use serde_json::Value;
 
-use crate::common::{Env, open_repo, random_bytes, snapshot_node};
+use crate::common::{Env, open_repo, random_bytes, snapshot_node, snapshots_json, stderr_of};
 
 fn n(report: &Value, field: &str) -> u64 {
     report[field].as_u64().unwrap_or_else(|| panic!("{field} missing from {report}"))
@@ -285,4 +286,127 @@ fn one_file_system_keeps_mount_points_empty() {
     assert!(!has(&l, &mnt.join("other-fs.txt")));
     env.backup_json(&[]);
     assert!(has(&listed(&env), &mnt.join("other-fs.txt")), "without the option the mount is crossed");
+}
+
+/// `coffer backup --json ARGS` with `input` on standard input, parsed.
+fn stdin_backup(env: &Env, args: &[&str], input: &[u8]) -> Value {
+    let out = env.coffer().args(["backup", "--json"]).args(args).write_stdin(input).output().unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn dumped(env: &Env, path: &str) -> Vec<u8> {
+    let out = env.coffer().args(["dump", "latest", path]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    out.stdout
+}
+
+#[test]
+fn stdin_round_trips_and_dedups() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::init();
+    let data = random_bytes(5_000_000, 21);
+    let first = stdin_backup(&env, &["--stdin"], &data);
+    assert_eq!((n(&first, "files_new"), n(&first, "bytes_read")), (1, data.len() as u64), "{first}");
+    assert!(n(&first, "chunks_added") > 0);
+    let snaps = snapshots_json(&env);
+    assert_eq!(snaps.len(), 1);
+    assert_eq!(snaps[0]["paths"], serde_json::json!(["/stdin"]));
+    assert_eq!(listed(&env), ["/stdin"], "one file at the snapshot's root");
+    assert!(dumped(&env, "/stdin") == data, "dump gives the bytes back");
+    let target = env.path("out");
+    env.coffer().args(["restore", "latest", "--target"]).arg(&target).assert().success();
+    let restored = target.join("stdin");
+    assert!(std::fs::read(&restored).unwrap() == data, "restore gives the bytes back");
+    assert_eq!(std::fs::metadata(&restored).unwrap().permissions().mode() & 0o7777, 0o644);
+
+    // The same bytes again: every chunk is in the repository already, and
+    // the first snapshot (same host, same name) is the parent.
+    let second = stdin_backup(&env, &["--stdin"], &data);
+    assert_eq!(n(&second, "chunks_added"), 0, "{second}");
+    assert_eq!(n(&second, "bytes_read"), data.len() as u64, "a stream is always read");
+    assert_eq!(second["parent"], first["snapshot_id"]);
+    assert!(dumped(&env, "/stdin") == data);
+}
+
+#[test]
+fn stdin_filename_names_the_file() {
+    let env = Env::init();
+    stdin_backup(&env, &["--stdin", "--stdin-filename", "db.sql"], b"CREATE TABLE t (x int);\n");
+    assert_eq!(listed(&env), ["/db.sql"]);
+    assert_eq!(snapshots_json(&env)[0]["paths"], serde_json::json!(["/db.sql"]));
+    assert_eq!(dumped(&env, "/db.sql"), b"CREATE TABLE t (x int);\n");
+    // Another name is another series: no parent.
+    let other = stdin_backup(&env, &["--stdin", "--stdin-filename", "other.sql"], b"x");
+    assert!(other["parent"].is_null(), "{other}");
+}
+
+#[test]
+fn stdin_from_command_backs_up_its_output() {
+    let env = Env::init();
+    let out = env.coffer().args(["backup", "--json", "--stdin-from-command", "--", "printf", "data"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(listed(&env), ["/stdin"]);
+    assert_eq!(dumped(&env, "/stdin"), b"data");
+    // The command's standard error passes through.
+    let out = env
+        .coffer()
+        .args(["backup", "--stdin-from-command", "--stdin-filename", "two.txt", "--"])
+        .args(["sh", "-c", "echo a-note-on-stderr >&2; printf more"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(stderr_of(&out).contains("a-note-on-stderr"), "{}", stderr_of(&out));
+    assert_eq!(dumped(&env, "/two.txt"), b"more");
+}
+
+#[test]
+fn failing_command_writes_no_snapshot() {
+    let env = Env::init();
+    stdin_backup(&env, &["--stdin"], b"before");
+    let before = snapshots_json(&env);
+    let out = env
+        .coffer()
+        .args(["backup", "--stdin-from-command", "--", "sh", "-c", "printf hello; exit 3"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    let err = stderr_of(&out);
+    assert!(err.contains("failed") && err.contains("exit status 3"), "{err}");
+    assert_eq!(snapshots_json(&env), before, "no new snapshot");
+    // A command that cannot be started: no snapshot either.
+    let out = env.coffer().args(["backup", "--stdin-from-command", "--", "/no/such/command"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr_of(&out).contains("/no/such/command"), "{}", stderr_of(&out));
+    assert_eq!(snapshots_json(&env), before);
+}
+
+#[test]
+fn stream_sources_refuse_other_sources() {
+    let env = Env::init();
+    env.write("photo.jpg", b"photo");
+    let list = env.path("list.txt");
+    std::fs::write(&list, format!("{}\n", env.src.display())).unwrap();
+    let src = env.src.to_str().unwrap();
+    let list = list.to_str().unwrap();
+    for (args, says) in [
+        (vec!["--stdin", src], "cannot be combined with paths"),
+        (vec!["--stdin", "--", src], "cannot be combined with paths"),
+        (vec!["--stdin", "--files-from", list], "cannot be combined with --files-from"),
+        (vec!["--stdin", "--stdin-from-command", "--", "true"], "cannot be combined"),
+        (vec!["--stdin-from-command", src, "--", "true"], "cannot be combined with paths"),
+        (vec!["--stdin-from-command", "--files-from", list, "--", "true"], "cannot be combined with --files-from"),
+        (vec!["--stdin-from-command"], "needs the command"),
+        (vec!["--stdin-filename", "x", src], "--stdin-filename"),
+        (vec!["--stdin", "--stdin-filename", "a/b"], "one path component"),
+    ] {
+        let out = env.coffer().arg("backup").args(&args).write_stdin("piped").output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr_of(&out));
+        assert!(stderr_of(&out).contains(says), "{args:?}: {}", stderr_of(&out));
+    }
+    assert!(snapshots_json(&env).is_empty());
+    // Without the stream options, what follows `--` is still paths.
+    let out = env.coffer().args(["backup", "--json", "--", src]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(has(&listed(&env), &env.src.join("photo.jpg")));
 }

@@ -849,3 +849,124 @@ fn version_names_the_format_and_features() {
     assert!(v["features"].as_array().unwrap().iter().any(|f| f == "s3"), "{v}");
     assert_eq!(ok(bare().arg("--version")).trim(), format!("coffer {}", env!("CARGO_PKG_VERSION")));
 }
+
+/// `coffer find --json` as (short snapshot id, path relative to `src`).
+fn found(env: &Env, args: &[&str]) -> Vec<(String, String)> {
+    let out = ok(env.coffer().arg("find").args(args).arg("--json"));
+    let list: Vec<Value> = serde_json::from_str(&out).unwrap();
+    let root = src_str(env);
+    list.iter()
+        .map(|f| {
+            let path = f["path"].as_str().unwrap();
+            (f["snapshot"].as_str().unwrap()[..8].to_string(), path.strip_prefix(&root).unwrap_or(path).to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn find_returns_the_matching_paths_of_each_snapshot() {
+    let env = Env::init();
+    env.write("photos/2024/a.jpg", b"a");
+    env.write("photos/2024/b.JPG", b"b");
+    env.write("photos/2023/old.jpg", b"o");
+    env.write("docs/a.jpg.txt", b"not a photo");
+    let first = env.backup_json(&[])["snapshot_id"].as_str().unwrap()[..8].to_string();
+    std::fs::remove_file(env.src.join("photos/2024/b.JPG")).unwrap();
+    env.write("photos/2024/c.jpg", b"c");
+    let second = env.backup_json(&[])["snapshot_id"].as_str().unwrap()[..8].to_string();
+
+    let pair = |s: &str, p: &str| (s.to_string(), p.to_string());
+    assert_eq!(
+        found(&env, &["*.jpg"]),
+        vec![
+            pair(&first, "/photos/2023/old.jpg"),
+            pair(&first, "/photos/2024/a.jpg"),
+            pair(&second, "/photos/2023/old.jpg"),
+            pair(&second, "/photos/2024/a.jpg"),
+            pair(&second, "/photos/2024/c.jpg"),
+        ]
+    );
+    assert_eq!(found(&env, &["-i", "B.jpg"]), vec![pair(&first, "/photos/2024/b.JPG")]);
+    assert_eq!(
+        found(&env, &["**/photos/2024/*", "--snapshot", "latest"]),
+        vec![pair(&second, "/photos/2024/a.jpg"), pair(&second, "/photos/2024/c.jpg")]
+    );
+    // A folder matches too.
+    assert_eq!(found(&env, &["2023", "-s", &first]), vec![pair(&first, "/photos/2023")]);
+    assert!(found(&env, &["*.png"]).is_empty());
+    let text = ok(env.coffer().args(["find", "c.jpg"]));
+    assert!(text.contains(&format!("snapshot {second}")) && text.contains("/photos/2024/c.jpg"), "{text}");
+    assert!(fails(env.coffer().args(["find", "["])).contains("not a pattern"));
+}
+
+#[test]
+fn tag_adds_removes_and_sets_tags_keeping_the_data() {
+    let env = Env::init();
+    env.write("a.txt", b"alpha");
+    env.backup_json(&["--tag", "nightly"]);
+    let before = snapshots_json(&env);
+    let old = before[0]["id"].as_str().unwrap().to_string();
+
+    let dry = ok(env.coffer().args(["tag", "--add", "keep", "--dry-run", "latest"]));
+    assert!(dry.contains("would give"), "{dry}");
+    assert_eq!(snapshots_json(&env)[0]["id"], before[0]["id"], "a dry run changes nothing");
+
+    ok(env.coffer().args(["tag", "--add", "keep,forever", "--remove", "nightly", "latest"]));
+    let after = snapshots_json(&env);
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0]["tags"], serde_json::json!(["keep", "forever"]));
+    assert_ne!(after[0]["id"], before[0]["id"], "a changed snapshot is written anew");
+    assert_eq!(after[0]["original"].as_str(), Some(old.as_str()));
+    assert_eq!(after[0]["tree"], before[0]["tree"]);
+    assert_eq!(after[0]["time"], before[0]["time"]);
+
+    let set: Vec<Value> = serde_json::from_str(&ok(env.coffer().args(["tag", "--set", "photos", "--json"]))).unwrap();
+    assert_eq!(set.len(), 1, "{set:?}");
+    assert_eq!(snapshots_json(&env)[0]["tags"], serde_json::json!(["photos"]));
+    assert_eq!(snapshots_json(&env)[0]["original"].as_str(), Some(old.as_str()), "the first original stays named");
+    let unchanged = ok(env.coffer().args(["tag", "--add", "photos"]));
+    assert!(unchanged.contains("no snapshot changed"), "{unchanged}");
+    assert!(fails(env.coffer().arg("tag")).contains("nothing to do"));
+
+    let target = env.path("restored");
+    ok(env.coffer().args(["restore", "latest", "--target"]).arg(&target));
+    assert_eq!(std::fs::read(env.restored_src(&target).join("a.txt")).unwrap(), b"alpha");
+    ok(env.coffer().arg("check"));
+}
+
+#[test]
+fn cat_prints_each_kind_of_object_decrypted() {
+    let env = Env::init();
+    env.write("note.txt", b"a small note");
+    env.backup_json(&[]);
+    let json = |args: &[&str]| -> Value { serde_json::from_str(&ok(env.coffer().arg("cat").args(args))).unwrap() };
+    assert_eq!(json(&["config"])["data_pack_size"], 32 << 20);
+    let snap = json(&["snapshot", "latest"]);
+    let mut tree_id = snap["tree"].as_str().unwrap().to_string();
+    // Walk down to the folder that holds note.txt.
+    let chunk = loop {
+        let tree = json(&["tree", &tree_id[..10]]);
+        let nodes = tree["nodes"].as_array().unwrap();
+        if let Some(note) = nodes.iter().find(|n| n["name"] == serde_json::json!(b"note.txt".to_vec())) {
+            break note["content"][0][0].clone();
+        }
+        assert_eq!(nodes.len(), 1, "{tree}");
+        tree_id = nodes[0]["subtree"].as_str().unwrap().to_string();
+    };
+    let chunk: String = match chunk {
+        Value::String(s) => s,
+        other => panic!("chunk id {other}"),
+    };
+    let out = env.coffer().args(["cat", "blob", &chunk[..12]]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(out.stdout, b"a small note");
+
+    let index_dir = env.repo.join("index");
+    let index_id = std::fs::read_dir(&index_dir).unwrap().next().unwrap().unwrap().file_name();
+    let index = json(&["index", &index_id.to_string_lossy()[..8]]);
+    let pack = index["packs"][0]["id"].as_str().unwrap().to_string();
+    let header = json(&["pack", &pack[..8]]);
+    assert_eq!(header["blobs"], index["packs"][0]["blobs"], "the pack's header agrees with its index");
+    assert!(fails(env.coffer().args(["cat", "tree", "ffffffffffff"])).contains("no tree has an id"));
+    assert!(fails(env.coffer().args(["cat", "snapshot"])).contains("needs an id"));
+}

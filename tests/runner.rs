@@ -29,6 +29,7 @@ mod object_lock;
 mod packs;
 mod permissions;
 mod privacy;
+mod profiles;
 mod prune;
 mod ranges;
 mod repair;

@@ -1,9 +1,12 @@
+use std::ffi::OsString;
+use std::io::{IsTerminal, Read};
+use std::process::{Child, ChildStdout, ExitStatus, Stdio};
 use std::time::Instant;
 
 use anyhow::Result;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use coffer_core::archiver::{self, BackupOptions, ChangeDetection, ParentChoice};
 use serde::Serialize;
 
@@ -27,12 +30,17 @@ struct Report<'a> {
 }
 
 pub fn run(g: &GlobalArgs, a: &BackupArgs) -> Result<u8> {
+    let stream = stream_source(a)?;
     let mut paths = a.paths.clone();
-    for list in &a.files_from {
-        paths.extend(read_path_list(list)?);
+    if stream.is_none() {
+        // Without --stdin-from-command, what follows `--` are paths too.
+        paths.extend(a.command.iter().map(PathBuf::from));
+        for list in &a.files_from {
+            paths.extend(read_path_list(list)?);
+        }
+        // Check the sources before touching the repository.
+        archiver::resolve_paths(&paths)?;
     }
-    // Check the sources before touching the repository.
-    archiver::resolve_paths(&paths)?;
     let mut excludes = a.patterns.excludes()?;
     if a.exclude_caches {
         excludes = excludes.caches();
@@ -67,8 +75,23 @@ pub fn run(g: &GlobalArgs, a: &BackupArgs) -> Result<u8> {
         ..BackupOptions::default()
     };
     let start = Instant::now();
+    // The command starts only now that the repository is open: a wrong
+    // password or a missing repository does not run it.
+    let command = match &stream {
+        Some(Stream::Command { argv, .. }) => Some(CommandReader::spawn(argv)?),
+        _ => None,
+    };
     let bar = Bar::new(!g.quiet && !g.json, "backup");
-    let result = archiver::backup(&repo, &options, &bar);
+    let result = match (&stream, command) {
+        (Some(Stream::Command { name, .. }), Some(mut reader)) => {
+            let result = archiver::backup_stream(&repo, &options, name, &mut reader, &bar);
+            reader.finish(result)
+        }
+        (Some(Stream::Stdin { name }), _) => {
+            archiver::backup_stream(&repo, &options, name, &mut std::io::stdin().lock(), &bar).map_err(Into::into)
+        }
+        _ => archiver::backup(&repo, &options, &bar).map_err(Into::into),
+    };
     bar.finish();
     let outcome = result?;
     crate::repository::report_state(&outcome.state);
@@ -148,6 +171,143 @@ pub fn run(g: &GlobalArgs, a: &BackupArgs) -> Result<u8> {
         return Ok(exit::PARTIAL);
     }
     Ok(exit::OK)
+}
+
+/// What a backup of one stream reads (`--stdin`, `--stdin-from-command`).
+enum Stream {
+    Stdin { name: String },
+    Command { name: String, argv: Vec<OsString> },
+}
+
+/// The stream to back up, if `--stdin` or `--stdin-from-command` asks for
+/// one; refuses combinations that make no sense before anything is read.
+fn stream_source(a: &BackupArgs) -> Result<Option<Stream>> {
+    let name = a.stdin_filename.clone().unwrap_or_else(|| "stdin".to_string());
+    if a.stdin && a.stdin_from_command {
+        bail!("--stdin and --stdin-from-command cannot be combined: give one source");
+    }
+    let flag = if a.stdin {
+        "--stdin"
+    } else if a.stdin_from_command {
+        "--stdin-from-command"
+    } else {
+        if a.stdin_filename.is_some() {
+            bail!("--stdin-filename names the file of --stdin or --stdin-from-command; give one of them");
+        }
+        return Ok(None);
+    };
+    if !a.paths.is_empty() || (a.stdin && !a.command.is_empty()) {
+        bail!("{flag} backs up one stream as one file: it cannot be combined with paths");
+    }
+    if !a.files_from.is_empty() {
+        bail!("{flag} backs up one stream as one file: it cannot be combined with --files-from");
+    }
+    archiver::stream_name(&name)?;
+    if a.stdin {
+        if std::io::stdin().is_terminal() {
+            bail!(
+                "--stdin: nothing piped in (standard input is a terminal); for example `pg_dump db | coffer backup --stdin --stdin-filename db.sql`"
+            );
+        }
+        return Ok(Some(Stream::Stdin { name }));
+    }
+    if a.command.is_empty() {
+        bail!(
+            "--stdin-from-command needs the command after `--`: coffer backup --stdin-from-command -- COMMAND [ARGS...]"
+        );
+    }
+    Ok(Some(Stream::Command { name, argv: a.command.clone() }))
+}
+
+/// The standard output of a `--stdin-from-command` command, which runs
+/// without a shell, with coffer's standard input and standard error. At the
+/// end of its output the command is waited for, and an exit other than 0 is
+/// a read error: the backup fails and writes no snapshot (as restic's).
+struct CommandReader {
+    child: Child,
+    stdout: ChildStdout,
+    /// The command line, for messages.
+    shown: String,
+    /// How the command exited, once its output ended.
+    status: Option<ExitStatus>,
+}
+
+impl CommandReader {
+    fn spawn(argv: &[OsString]) -> Result<CommandReader> {
+        let shown = shell_words(argv);
+        let mut child = std::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot run the command {shown}"))?;
+        let stdout = child.stdout.take().context("the command's output is not piped")?;
+        Ok(CommandReader { child, stdout, shown, status: None })
+    }
+
+    /// The backup's result, made to name the command when that failed.
+    fn finish<T>(mut self, result: coffer_core::Result<T>) -> Result<T> {
+        match self.status {
+            Some(status) if !status.success() => {
+                bail!("the command {} failed with {}: no snapshot was written", self.shown, describe(status))
+            }
+            Some(_) => Ok(result?),
+            None => {
+                // The backup stopped before the command's output ended.
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                Ok(result?)
+            }
+        }
+    }
+}
+
+impl Read for CommandReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if let Some(status) = self.status {
+            return if status.success() { Ok(0) } else { Err(self.failure(status)) };
+        }
+        let n = self.stdout.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            let status = self.child.wait()?;
+            self.status = Some(status);
+            if !status.success() {
+                return Err(self.failure(status));
+            }
+        }
+        Ok(n)
+    }
+}
+
+impl CommandReader {
+    fn failure(&self, status: ExitStatus) -> std::io::Error {
+        std::io::Error::other(format!("the command {} failed with {}", self.shown, describe(status)))
+    }
+}
+
+/// "exit status 3", or the signal that ended a process.
+fn describe(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(signal)) => format!("signal {signal}"),
+        (None, None) => status.to_string(),
+    }
+}
+
+/// A command line as a shell would take it back, for messages.
+fn shell_words(argv: &[OsString]) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c);
+    argv.iter()
+        .map(|a| {
+            let a = a.to_string_lossy();
+            if !a.is_empty() && a.chars().all(safe) {
+                a.into_owned()
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Parses `--time`: RFC 3339 (its offset is kept), or restic's

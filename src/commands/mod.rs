@@ -1,10 +1,12 @@
 //! One module per subcommand.
 
 mod backup;
+mod cat;
 mod check;
 mod diff;
 mod docs;
 mod dump;
+mod find;
 mod forget;
 mod init;
 mod key;
@@ -17,6 +19,7 @@ mod restore;
 mod rewrite;
 mod snapshots;
 mod stats;
+mod tag;
 mod unlock;
 
 use anyhow::Result;
@@ -43,10 +46,32 @@ pub fn run(args: Cli) -> Result<u8> {
         Command::Repair(c) => repair::run(g, c),
         Command::Rewrite(a) => rewrite::run(g, a),
         Command::Unlock(a) => unlock::run(g, a),
+        Command::Find(a) => find::run(g, a),
+        Command::Tag(a) => tag::run(g, a),
+        Command::Cat(a) => cat::run(g, a),
         Command::Completions(a) => docs::completions(a),
         Command::Man(a) => docs::man(a),
         Command::Version => docs::version(g),
     }
+}
+
+/// The snapshots `specs` name (ids, prefixes, `latest`), each once, in the
+/// order given; every snapshot when `specs` is empty.
+pub fn chosen_snapshots(
+    repo: &coffer_core::Repository,
+    specs: &[String],
+) -> Result<Vec<(coffer_core::Id, coffer_core::snapshot::Snapshot)>> {
+    if specs.is_empty() {
+        return Ok(repo.snapshots()?);
+    }
+    let mut chosen: Vec<(coffer_core::Id, coffer_core::snapshot::Snapshot)> = Vec::new();
+    for spec in specs {
+        let found = repo.find_snapshot(spec)?;
+        if !chosen.iter().any(|(id, _)| *id == found.0) {
+            chosen.push(found);
+        }
+    }
+    Ok(chosen)
 }
 
 /// Prints a value as pretty JSON on stdout.

@@ -19,18 +19,7 @@ pub fn run(g: &GlobalArgs, a: &StatsArgs) -> Result<u8> {
     if a.cost {
         return cost(g, a, &repo);
     }
-    let snapshots = if a.snapshots.is_empty() {
-        repo.snapshots()?
-    } else {
-        let mut chosen = Vec::new();
-        for spec in &a.snapshots {
-            let found = repo.find_snapshot(spec)?;
-            if !chosen.iter().any(|(id, _)| *id == found.0) {
-                chosen.push(found);
-            }
-        }
-        chosen
-    };
+    let snapshots = super::chosen_snapshots(&repo, &a.snapshots)?;
     let s = coffer_core::stats::stats(&repo, &snapshots)?;
     if g.json {
         super::print_json(&Report { stats: &s, dedup_ratio: s.dedup_ratio() })?;

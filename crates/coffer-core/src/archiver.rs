@@ -508,12 +508,7 @@ impl Walker<'_> {
             match stream.next_chunk_into(Plaintext::copy_of) {
                 Ok(Some(chunk)) => {
                     let len = chunk.len();
-                    let id = if is_zero(chunk.as_slice()) {
-                        let keys = self.repo.keys();
-                        *self.zero_ids.entry(len).or_insert_with(|| keys.id(chunk.as_slice()))
-                    } else {
-                        self.repo.keys().id(chunk.as_slice())
-                    };
+                    let id = chunk_id(self.repo.keys(), &mut self.zero_ids, &chunk);
                     content.push(ChunkRef(id, len as u32));
                     size += len as u64;
                     self.up.store(ObjectKind::Chunk, id, chunk);
@@ -548,6 +543,86 @@ impl Walker<'_> {
         }
         self.progress.file_done();
         Ok(Some(node))
+    }
+}
+
+impl Walker<'_> {
+    /// Archives a stream (`backup --stdin`) as the one file of the
+    /// snapshot's root, read to its end. Unlike a file's, a read error
+    /// fails the backup: there is no source to read again, so a snapshot
+    /// without it, or with only part of it, would be a silent loss.
+    fn archive_stream(
+        &mut self,
+        name: &[u8],
+        reader: &mut dyn std::io::Read,
+        parent: Option<&Tree>,
+        time: Timestamp,
+    ) -> Result<Id> {
+        let path = Path::new("/").join(OsStr::from_bytes(name));
+        let uid = nix::unistd::geteuid().as_raw();
+        let gid = nix::unistd::getegid().as_raw();
+        let mut node = Node::new(name.to_vec(), NodeKind::File);
+        node.mode = 0o644;
+        node.uid = uid;
+        node.gid = gid;
+        node.user = self.owners.user(uid);
+        node.group = self.owners.group(gid);
+        node.mtime = time;
+        node.ctime = time;
+        node.links = 1;
+        self.progress.file_started(&path);
+        let buffer = std::mem::take(&mut self.buffer);
+        let mut stream = StreamChunker::with_buffer(&self.chunker, reader, buffer, usize::MAX);
+        let mut content = Vec::new();
+        let mut size = 0u64;
+        loop {
+            // A stream may be long: stop early, not at its end, when an
+            // upload failed or the lock was lost.
+            if self.up.inflight.failed() {
+                return Err(self
+                    .up
+                    .inflight
+                    .wait()
+                    .err()
+                    .unwrap_or_else(|| Error::InvalidInput("upload failed".into())));
+            }
+            if let Some(lock) = self.lock {
+                lock.alive()?;
+            }
+            match stream.next_chunk_into(Plaintext::copy_of) {
+                Ok(Some(chunk)) => {
+                    let len = chunk.len();
+                    let id = chunk_id(self.repo.keys(), &mut self.zero_ids, &chunk);
+                    content.push(ChunkRef(id, len as u32));
+                    size += len as u64;
+                    self.up.store(ObjectKind::Chunk, id, chunk);
+                    self.progress.bytes_done(len as u64);
+                }
+                Ok(None) => break,
+                Err(e) => return Err(Error::io(&path, e)),
+            }
+        }
+        self.buffer = stream.into_buffer();
+        node.content = content;
+        node.size = size;
+        self.summary.bytes_read += size;
+        self.summary.bytes_total += size;
+        match parent.and_then(|t| t.find(name)) {
+            Some(p) if p.kind == NodeKind::File => self.summary.files_changed += 1,
+            _ => self.summary.files_new += 1,
+        }
+        self.progress.file_done();
+        self.store_tree(&Tree::new(vec![node]), Path::new("/"))
+    }
+}
+
+/// A chunk's id; an all-zero chunk's is computed once per length, in
+/// `zero_ids`, so the holes of a sparse file are not hashed again.
+fn chunk_id(keys: &Keys, zero_ids: &mut HashMap<usize, Id>, chunk: &Plaintext) -> Id {
+    if is_zero(chunk.as_slice()) {
+        *zero_ids.entry(chunk.len()).or_insert_with(|| keys.id(chunk.as_slice()))
+    } else {
+        keys.id(chunk.as_slice())
     }
 }
 
@@ -624,8 +699,61 @@ pub fn resolve_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// Runs a backup and, unless it is a dry run, writes the snapshot.
+/// What a backup reads.
+enum Source<'a> {
+    /// The files and directories of [`BackupOptions::paths`].
+    Paths,
+    /// One stream, stored as the file `/NAME` (a single path component).
+    Stream { name: Vec<u8>, reader: &'a mut dyn std::io::Read },
+}
+
+/// Runs a backup of [`BackupOptions::paths`] and, unless it is a dry run,
+/// writes the snapshot.
 pub fn backup(repo: &Repository, options: &BackupOptions, progress: &dyn Progress) -> Result<BackupOutcome> {
+    run_backup(repo, options, Source::Paths, progress)
+}
+
+/// Backs up what `reader` gives, to its end, as one file named `name` at the
+/// snapshot's root (`/NAME`; the snapshot's paths are `["/NAME"]`), as
+/// restic's `backup --stdin` does. `options.paths` must be empty; excludes
+/// and the change-detection options do not apply: the stream is always read,
+/// and its chunks dedup with what the repository already has. The file gets
+/// mode 0644, this process's user and group, and the snapshot's time as its
+/// modification time. A read error fails the backup and writes no
+/// snapshot: a reader can report a failed producer (a command that exited
+/// non-zero) by an error at its end.
+pub fn backup_stream(
+    repo: &Repository,
+    options: &BackupOptions,
+    name: &str,
+    reader: &mut dyn std::io::Read,
+    progress: &dyn Progress,
+) -> Result<BackupOutcome> {
+    if !options.paths.is_empty() {
+        return Err(Error::InvalidInput("a backup of a stream takes no paths".into()));
+    }
+    let name = stream_name(name)?;
+    run_backup(repo, options, Source::Stream { name, reader }, progress)
+}
+
+/// The file name of a stream (see [`backup_stream`]), checked: one path
+/// component, a leading `/` allowed (and dropped).
+pub fn stream_name(name: &str) -> Result<Vec<u8>> {
+    let bare = name.trim_start_matches('/');
+    if !crate::tree::valid_name(bare.as_bytes()) {
+        return Err(Error::InvalidInput(format!(
+            "{name:?} cannot name the file at the snapshot's root: it must be one path component (not empty, `.` or `..`, and without `/`)"
+        )));
+    }
+    Ok(bare.as_bytes().to_vec())
+}
+
+fn run_backup(
+    repo: &Repository,
+    options: &BackupOptions,
+    source: Source<'_>,
+    progress: &dyn Progress,
+) -> Result<BackupOutcome> {
     let start = Instant::now();
     // The snapshot's time is when the backup started: every file was read
     // after it, which is what the next backup's racy-timestamp check needs.
@@ -635,8 +763,17 @@ pub fn backup(repo: &Repository, options: &BackupOptions, progress: &dyn Progres
     {
         return Err(Error::InvalidInput(format!("the snapshot time {t} is in the future")));
     }
-    let paths = resolve_paths(&options.paths)?;
-    let path_strings: Vec<String> = paths.iter().map(|p| p.to_string_lossy().into_owned()).collect();
+    let now = options.time.clone().unwrap_or(started_at);
+    let (paths, path_strings) = match &source {
+        Source::Paths => {
+            let paths = resolve_paths(&options.paths)?;
+            let strings = paths.iter().map(|p| p.to_string_lossy().into_owned()).collect();
+            (paths, strings)
+        }
+        // A stream's parent (by default) is the latest snapshot of the same
+        // host and stream name, found as for paths.
+        Source::Stream { name, .. } => (Vec::new(), vec![format!("/{}", String::from_utf8_lossy(name))]),
+    };
     let host = options.host.clone().unwrap_or_else(crate::repo::host_name);
 
     // Invariant 6: the shared lock is held from before the first look at the
@@ -693,8 +830,11 @@ pub fn backup(repo: &Repository, options: &BackupOptions, progress: &dyn Progres
                 nsec: t.subsec_nanosecond().max(0) as u32,
             });
             // The walk reads the parent's trees one directory at a time;
-            // any the cache lacks are fetched first, many at once.
-            repo.warm_tree_cache(&snap.tree);
+            // any the cache lacks are fetched first, many at once. A
+            // stream's backup reads only the root.
+            if matches!(source, Source::Paths) {
+                repo.warm_tree_cache(&snap.tree);
+            }
             (Some(repo.load_tree(&snap.tree)?), since)
         }
         None => (None, None),
@@ -738,16 +878,25 @@ pub fn backup(repo: &Repository, options: &BackupOptions, progress: &dyn Progres
         lock: lock.as_ref(),
     };
 
-    let mut trie = PathTrie::default();
-    for p in &paths {
-        trie.insert(p);
-    }
-    let walked = if trie.target {
-        // `/` itself was named: the root tree is the file system's root.
-        walker.device = std::fs::symlink_metadata("/").map(|m| m.dev()).unwrap_or(0);
-        walker.archive_dir(Path::new("/"), parent_tree.as_ref())
-    } else {
-        walker.archive_trie(&trie, Path::new("/"), parent_tree.as_ref())
+    let walked = match source {
+        Source::Stream { name, reader } => {
+            let ts = now.timestamp();
+            let time = Timestamp { sec: ts.as_second(), nsec: ts.subsec_nanosecond().max(0) as u32 };
+            walker.archive_stream(&name, reader, parent_tree.as_ref(), time)
+        }
+        Source::Paths => {
+            let mut trie = PathTrie::default();
+            for p in &paths {
+                trie.insert(p);
+            }
+            if trie.target {
+                // `/` itself was named: the root tree is the file system's root.
+                walker.device = std::fs::symlink_metadata("/").map(|m| m.dev()).unwrap_or(0);
+                walker.archive_dir(Path::new("/"), parent_tree.as_ref())
+            } else {
+                walker.archive_trie(&trie, Path::new("/"), parent_tree.as_ref())
+            }
+        }
     };
     // Wait for the uploads even when the walk failed, so no task outlives us.
     let uploaded = up.inflight.wait();
@@ -774,7 +923,6 @@ pub fn backup(repo: &Repository, options: &BackupOptions, progress: &dyn Progres
     summary.trees_added = up.trees_added.load(Ordering::Relaxed);
     summary.duration_ms = start.elapsed().as_millis() as u64;
 
-    let now = options.time.clone().unwrap_or(started_at);
     let euid = nix::unistd::geteuid();
     let snapshot = Snapshot {
         version: SNAPSHOT_VERSION,
@@ -932,6 +1080,67 @@ mod tests {
         assert_eq!(got, vec![root.join("a"), root.join("link")], "the symlink itself, not its target");
         assert!(matches!(resolve_paths(&[dir.path().join("missing")]), Err(Error::Io { .. })));
         assert!(resolve_paths(&[]).is_err());
+    }
+
+    fn test_repo(dir: &Path) -> Repository {
+        let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new(dir.join("repo")));
+        let options =
+            InitOptions { kdf: KdfParams { memory_kib: 64, iterations: 1, parallelism: 1 }, ..Default::default() };
+        Repository::init(backend, b"pw", &options).unwrap()
+    }
+
+    #[test]
+    fn stream_is_one_file_at_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = test_repo(dir.path());
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let out =
+            backup_stream(&repo, &BackupOptions::default(), "/db.sql", &mut data.as_slice(), &NoProgress).unwrap();
+        assert_eq!(out.snapshot.paths, ["/db.sql"]);
+        assert_eq!((out.snapshot.summary.files_new, out.snapshot.summary.bytes_read), (1, data.len() as u64));
+        let root = repo.load_tree(&out.snapshot.tree).unwrap();
+        assert_eq!(root.nodes.len(), 1);
+        let node = &root.nodes[0];
+        assert_eq!(
+            (node.name.as_slice(), node.kind, node.mode, node.size),
+            (b"db.sql".as_slice(), NodeKind::File, 0o644, data.len() as u64)
+        );
+        assert_eq!(node.uid, nix::unistd::geteuid().as_raw());
+        let back: Vec<u8> = node.content.iter().flat_map(|c| repo.load_chunk(&c.0).unwrap().to_vec()).collect();
+        assert_eq!(back, data);
+        // The same bytes again: the previous snapshot is the parent, and no
+        // chunk is new.
+        let again =
+            backup_stream(&repo, &BackupOptions::default(), "db.sql", &mut data.as_slice(), &NoProgress).unwrap();
+        assert_eq!(again.parent, out.snapshot_id);
+        assert_eq!((again.snapshot.summary.chunks_added, again.snapshot.summary.files_changed), (0, 1));
+    }
+
+    #[test]
+    fn stream_read_error_leaves_no_snapshot() {
+        struct Failing(usize);
+        impl std::io::Read for Failing {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                if self.0 == 0 {
+                    return Err(std::io::Error::other("the producer failed"));
+                }
+                let n = buf.len().min(self.0);
+                buf[..n].fill(7);
+                self.0 -= n;
+                Ok(n)
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let repo = test_repo(dir.path());
+        let err =
+            backup_stream(&repo, &BackupOptions::default(), "stdin", &mut Failing(100_000), &NoProgress).unwrap_err();
+        assert!(err.to_string().contains("the producer failed"), "{err}");
+        assert!(repo.list_ids(ObjectKind::Snapshot).unwrap().is_empty());
+        for bad in ["", "/", "a/b", "..", "."] {
+            assert!(stream_name(bad).is_err(), "{bad:?}");
+        }
+        let options = BackupOptions { paths: vec![dir.path().to_path_buf()], ..Default::default() };
+        assert!(backup_stream(&repo, &options, "stdin", &mut [].as_slice(), &NoProgress).is_err());
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod diff;
 pub mod dump;
 pub mod error;
 pub mod exclude;
+pub mod find;
 pub mod generation;
 pub mod id;
 pub mod index;
