@@ -30,6 +30,14 @@ pub struct GlobalArgs {
     /// Run this shell command and use the first line it prints as the password
     #[arg(long, env = "COFFER_PASSWORD_COMMAND", global = true, value_name = "COMMAND")]
     pub password_command: Option<String>,
+    /// Upload at most this many KiB per second (object bodies; as restic)
+    #[arg(long, env = "COFFER_LIMIT_UPLOAD", global = true, value_name = "KIB/S",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit_upload: Option<u64>,
+    /// Download at most this many KiB per second
+    #[arg(long, env = "COFFER_LIMIT_DOWNLOAD", global = true, value_name = "KIB/S",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit_download: Option<u64>,
     /// Take defaults from this profile of ~/.config/coffer/profiles.toml (the `default` profile, if the file
     /// has one, is used without this option); the environment and flags override it
     #[arg(long, env = "COFFER_PROFILE", global = true, value_name = "NAME")]
@@ -97,7 +105,7 @@ pub enum Command {
     Ls(LsArgs),
     /// Restore a snapshot into a folder
     #[command(
-        after_help = "Examples:\n  coffer restore latest --target /tmp/restored\n  coffer restore 3f2a9c1e --target /tmp/r --include /home/me/Pictures/2024\n  coffer restore latest --target /tmp/r --dry-run      # packs, archived ones, retrieval cost\n  coffer restore latest --target /tmp/r --warm-up=bulk --no-wait"
+        after_help = "Examples:\n  coffer restore latest --target /tmp/restored\n  coffer restore 3f2a9c1e --target /tmp/r --include /home/me/Pictures/2024\n  coffer restore latest --target /tmp/r --dry-run      # packs, archived ones, retrieval cost\n  coffer restore latest --target /tmp/r --warm-up=bulk --no-wait\n  coffer restore latest --target ~/Pictures --include /home/me/Pictures --overwrite if-changed --delete"
     )]
     Restore(RestoreArgs),
     /// Write a file of a snapshot to standard output, or a folder as a tar archive
@@ -632,6 +640,10 @@ pub struct RestoreArgs {
     /// Read every restored file back and compare it with the snapshot; exit 1 on any difference
     #[arg(long)]
     pub verify: bool,
+    /// Then delete what the target holds that the snapshot does not (within the included paths, if any), so
+    /// that the target mirrors the snapshot
+    #[arg(long)]
+    pub delete: bool,
     /// Restore nothing: list the packs the restore would read, their bytes, which are archived, and what
     /// retrieving those costs per tier
     #[arg(short = 'n', long, conflicts_with = "warm_up")]

@@ -14,6 +14,19 @@ pub fn backend(global: &GlobalArgs) -> Result<Arc<dyn Backend>> {
     backend_for(global, false, false)
 }
 
+/// `--limit-upload` and `--limit-download` around `backend`.
+fn limited(global: &GlobalArgs, backend: Arc<dyn Backend>) -> Arc<dyn Backend> {
+    if global.limit_upload.is_none() && global.limit_download.is_none() {
+        return backend;
+    }
+    let kib = |v: Option<u64>| v.map(|k| k.saturating_mul(1024));
+    Arc::new(coffer_core::backend::limit::LimitBackend::new(
+        backend,
+        kib(global.limit_upload),
+        kib(global.limit_download),
+    ))
+}
+
 /// The backend for the location; `create_bucket` lets an S3 backend create
 /// its bucket (only `init --create-bucket` asks for that), with Object Lock
 /// enabled when `object_lock` says so.
@@ -25,7 +38,7 @@ pub fn backend_for(global: &GlobalArgs, create_bucket: bool, object_lock: bool) 
         bail!("the repository location is empty");
     }
     if let Some(rest) = location.strip_prefix("local:") {
-        return Ok(with_test_hook(Arc::new(LocalBackend::new(rest))));
+        return Ok(limited(global, with_test_hook(Arc::new(LocalBackend::new(rest)))));
     }
     if let Some(rest) = location.strip_prefix("s3:") {
         let parsed = parse_s3(rest)?;
@@ -39,9 +52,9 @@ pub fn backend_for(global: &GlobalArgs, create_bucket: bool, object_lock: bool) 
         config.max_attempts = global.s3_max_attempts;
         config.create_bucket = create_bucket;
         config.create_with_object_lock = object_lock;
-        return Ok(with_test_hook(Arc::new(S3Backend::new(config)?)));
+        return Ok(limited(global, with_test_hook(Arc::new(S3Backend::new(config)?))));
     }
-    Ok(with_test_hook(Arc::new(LocalBackend::new(location))))
+    Ok(limited(global, with_test_hook(Arc::new(LocalBackend::new(location)))))
 }
 
 /// For the tests of locks only: `COFFER_TEST_STOP_AFTER=OP:PREFIX` (e.g.

@@ -410,3 +410,34 @@ fn stream_sources_refuse_other_sources() {
     assert!(out.status.success(), "{}", stderr_of(&out));
     assert!(has(&listed(&env), &env.src.join("photo.jpg")));
 }
+
+/// `--limit-upload` paces uploads. The bound below is a floor that a
+/// working limit makes certain (the bytes cannot pass faster than the rate
+/// allows), not a speed measurement: it can only fail if the limit is not
+/// applied.
+#[test]
+fn limit_upload_paces_the_bytes_sent_and_limit_download_the_bytes_read() {
+    let env = crate::common::Env::init();
+    env.write("big.bin", &crate::common::random_bytes(400 << 10, 5));
+    let start = std::time::Instant::now();
+    let out = env.coffer().args(["--limit-upload", "200", "backup", "--json"]).arg(&env.src).output().unwrap();
+    assert!(out.status.success(), "{}", crate::common::stderr_of(&out));
+    // 400 KiB of data pack at 200 KiB/s: what follows it waits about 2 s.
+    assert!(start.elapsed() >= std::time::Duration::from_millis(1500), "{:?}", start.elapsed());
+    let target = env.path("restored");
+    let start = std::time::Instant::now();
+    let out = env
+        .coffer()
+        .args(["--limit-download", "200", "--no-cache", "restore", "latest", "--target"])
+        .arg(&target)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", crate::common::stderr_of(&out));
+    assert!(start.elapsed() >= std::time::Duration::from_millis(1500), "{:?}", start.elapsed());
+    assert_eq!(
+        std::fs::read(env.restored_src(&target).join("big.bin")).unwrap(),
+        crate::common::random_bytes(400 << 10, 5)
+    );
+    let bad = env.coffer().args(["--limit-upload", "0", "snapshots"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(2), "0 is refused");
+}

@@ -403,3 +403,54 @@ fn a_chunk_that_fails_to_decode_leaves_the_previous_copy_intact() {
     assert_eq!(std::fs::read(back.join("other.txt")).unwrap(), b"other");
     assert_eq!(temp_files(&back), Vec::<String>::new(), "temporary files are removed");
 }
+
+#[test]
+fn restore_delete_makes_the_target_mirror_the_snapshot_within_the_included_paths() {
+    let env = Env::init();
+    env.write("photos/a.jpg", b"a");
+    env.write("photos/2024/b.jpg", b"b");
+    env.write("notes/n.txt", b"n");
+    env.backup_json(&[]);
+    let target = env.path("target");
+    let run = |extra: &[&str]| {
+        let out =
+            env.coffer().args(["restore", "latest", "--json", "--target"]).arg(&target).args(extra).output().unwrap();
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    run(&[]);
+    let back = restored(&env, &target);
+    // Things the snapshot lacks, inside and outside what is restored.
+    std::fs::write(back.join("photos/extra.jpg"), b"x").unwrap();
+    std::fs::create_dir_all(back.join("photos/2024/new/deeper")).unwrap();
+    std::fs::write(back.join("photos/2024/new/deeper/y"), b"y").unwrap();
+    std::os::unix::fs::symlink("/etc", back.join("photos/link-to-etc")).unwrap();
+    std::fs::write(back.join("notes/keep-me.txt"), b"k").unwrap();
+    std::fs::write(target.join("beside.txt"), b"beside").unwrap();
+
+    // Without --delete nothing goes.
+    run(&[]);
+    assert!(back.join("photos/extra.jpg").exists());
+
+    // With --delete and an include, only what is inside the include goes.
+    let photos = std::fs::canonicalize(&env.src).unwrap().join("photos");
+    let report = run(&["--delete", "--include", photos.to_str().unwrap()]);
+    assert_eq!(report["deleted"], 3, "{report}");
+    assert!(!back.join("photos/extra.jpg").exists());
+    assert!(!back.join("photos/2024/new").exists());
+    assert!(std::fs::symlink_metadata(back.join("photos/link-to-etc")).is_err(), "the link is removed");
+    assert!(Path::new("/etc").is_dir(), "never followed");
+    assert!(back.join("notes/keep-me.txt").exists(), "outside the include");
+    assert!(target.join("beside.txt").exists(), "outside the include");
+    assert_eq!(std::fs::read(back.join("photos/2024/b.jpg")).unwrap(), b"b");
+
+    // Without an include, the whole target mirrors the snapshot.
+    let report = run(&["--delete"]);
+    assert_eq!(report["deleted"], 2, "{report}");
+    assert!(!back.join("notes/keep-me.txt").exists() && !target.join("beside.txt").exists());
+    let mut left = crate::common::files_below(&target);
+    left.sort();
+    let src = std::fs::canonicalize(&env.src).unwrap();
+    let rel = src.strip_prefix("/").unwrap();
+    assert_eq!(left, vec![rel.join("notes/n.txt"), rel.join("photos/2024/b.jpg"), rel.join("photos/a.jpg")]);
+}

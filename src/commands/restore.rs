@@ -17,6 +17,9 @@ struct Report {
     bytes: u64,
     skipped: u64,
     skipped_bytes: u64,
+    /// Entries deleted from the target because the snapshot lacks them (`--delete`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deleted: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     verified_files: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -52,6 +55,7 @@ pub fn run(g: &GlobalArgs, a: &RestoreArgs) -> Result<u8> {
         includes: a.includes.clone(),
         overwrite,
         verify: a.verify,
+        delete: a.delete,
         ..RestoreOptions::default()
     };
     let bar = Bar::new(!g.quiet && !g.json, "restore");
@@ -69,6 +73,7 @@ pub fn run(g: &GlobalArgs, a: &RestoreArgs) -> Result<u8> {
             bytes: outcome.bytes,
             skipped: outcome.skipped,
             skipped_bytes: outcome.skipped_bytes,
+            deleted: a.delete.then_some(outcome.deleted),
             verified_files: a.verify.then_some(outcome.verified_files),
             verified_bytes: a.verify.then_some(outcome.verified_bytes),
             verify_failures: a.verify.then_some(outcome.verify_failures),
@@ -90,6 +95,9 @@ pub fn run(g: &GlobalArgs, a: &RestoreArgs) -> Result<u8> {
         line.push_str(&format!(", {} in {:.1} s", bytes(outcome.bytes), start.elapsed().as_secs_f64()));
         println!("{line}");
         println!("requests: {}", crate::output::wire(&repo.backend().wire_stats()));
+        if a.delete {
+            println!("deleted {} entries of the target that the snapshot does not have", outcome.deleted);
+        }
         if outcome.skipped > 0 {
             println!(
                 "left {} existing entries as they were ({} of unchanged files)",

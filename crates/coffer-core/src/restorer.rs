@@ -89,6 +89,10 @@ pub struct RestoreOptions {
     /// is a problem of that file. Entries left alone by `overwrite` are not
     /// read (with `IfChanged` their content was compared already).
     pub verify: bool,
+    /// After restoring, delete what the target holds that the snapshot does
+    /// not, within what was restored (the whole snapshot, or the included
+    /// paths): the target then mirrors the snapshot.
+    pub delete: bool,
 }
 
 /// One entry that could not be restored.
@@ -118,6 +122,9 @@ pub struct RestoreOutcome {
     pub verified_bytes: u64,
     /// Files that did not read back as in the snapshot (each is also a problem).
     pub verify_failures: u64,
+    /// Entries of the target the snapshot does not have, deleted
+    /// (`delete`), each counted once (a folder with what is in it).
+    pub deleted: u64,
     /// The most plaintext bytes of chunks that were in flight at once.
     pub peak_bytes_in_flight: u64,
     pub problems: Vec<RestoreProblem>,
@@ -212,6 +219,50 @@ impl Selection {
     }
 }
 
+/// Deletes what `dir` (a folder of the target) holds that the snapshot
+/// does not (`seen`), within the selection: an entry outside the included
+/// paths is left alone, as is everything in a folder the restore only
+/// passes through. Symbolic links are removed, never followed.
+fn delete_extra(
+    dir: &Path,
+    selection: &Selection,
+    seen: &HashSet<PathBuf>,
+    comps: &mut Vec<Vec<u8>>,
+    outcome: &mut RestoreOutcome,
+    progress: &dyn Progress,
+) {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            progress.warning(dir, &format!("cannot list it to delete what the snapshot lacks: {e}"));
+            outcome.problems.push(RestoreProblem { path: dir.to_path_buf(), message: e.to_string() });
+            return;
+        }
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        comps.push(entry.file_name().as_bytes().to_vec());
+        let inside = selection.includes.is_empty() || selection.includes.iter().any(|inc| comps.starts_with(inc));
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        if seen.contains(&path) {
+            if is_dir {
+                delete_extra(&path, selection, seen, comps, outcome, progress);
+            }
+        } else if inside {
+            let removed = if is_dir { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+            match removed {
+                Ok(()) => outcome.deleted += 1,
+                Err(e) => {
+                    let message = format!("cannot delete it (not in the snapshot): {e}");
+                    progress.warning(&path, &message);
+                    outcome.problems.push(RestoreProblem { path: path.clone(), message });
+                }
+            }
+        }
+        comps.pop();
+    }
+}
+
 /// The key that identifies the file behind several hard-linked names, if
 /// the node is one of them.
 pub(crate) fn link_key(node: &Node) -> Option<(u64, u64)> {
@@ -228,6 +279,8 @@ struct Planner<'a> {
     plan: Plan,
     /// The file written for each hard-linked (device, inode) seen so far.
     link_sources: HashMap<(u64, u64), usize>,
+    /// Every path of the snapshot that the restore covers (for `delete`).
+    seen: HashSet<PathBuf>,
     outcome: RestoreOutcome,
     progress: &'a dyn Progress,
 }
@@ -257,6 +310,7 @@ impl Planner<'_> {
             let (restore, descend) = self.selection.check(comps);
             if restore {
                 let path = dir.join(OsStr::from_bytes(&node.name));
+                self.seen.insert(path.clone());
                 self.plan_node(&path, node, descend, comps)?;
             }
             comps.pop();
@@ -946,6 +1000,7 @@ pub fn restore(
         overwrite: options.overwrite,
         plan: Plan { files: Vec::new(), states: Vec::new(), links: Vec::new(), others: Vec::new() },
         link_sources: HashMap::new(),
+        seen: HashSet::new(),
         outcome: RestoreOutcome::default(),
         progress,
     };
@@ -956,7 +1011,7 @@ pub fn restore(
         repo.warm_tree_cache(root);
     }
     planner.plan_tree(root, &options.target, &mut Vec::new())?;
-    let Planner { plan, mut outcome, .. } = planner;
+    let Planner { plan, mut outcome, seen, selection, .. } = planner;
     let Plan { files, mut states, links, others } = plan;
     let keys = repo.keys().clone();
     let zero_ids = ZeroIds::default();
@@ -1192,6 +1247,9 @@ pub fn restore(
                 problem(&mut outcome, &link.path, msg);
             }
         }
+    }
+    if options.delete {
+        delete_extra(&options.target, &selection, &seen, &mut Vec::new(), &mut outcome, progress);
     }
     Ok(outcome)
 }

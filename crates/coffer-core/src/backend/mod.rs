@@ -4,7 +4,47 @@
 //! The trait is small on purpose, so that a new store (or a test wrapper that
 //! injects failures) is easy to write and hard to get wrong.
 
+/// The methods of [`Backend`] that a wrapper passes to the backend it
+/// wraps (a field `inner`) unchanged, by name: `forward!(location,
+/// concurrency, wire_stats, storage_classes, retention, adopt);` inside the
+/// wrapper's `impl Backend`. (The async methods cannot be generated here:
+/// `async_trait` rewrites the impl before this expands.)
+macro_rules! forward {
+    ($($method:ident),* $(,)?) => { $( forward!(@ $method); )* };
+    (@ location) => {
+        fn location(&self) -> String {
+            self.inner.location()
+        }
+    };
+    (@ concurrency) => {
+        fn concurrency(&self) -> usize {
+            self.inner.concurrency()
+        }
+    };
+    (@ wire_stats) => {
+        fn wire_stats(&self) -> $crate::backend::WireStats {
+            self.inner.wire_stats()
+        }
+    };
+    (@ storage_classes) => {
+        fn storage_classes(&self) -> Option<&dyn $crate::backend::StorageClasses> {
+            self.inner.storage_classes()
+        }
+    };
+    (@ retention) => {
+        fn retention(&self) -> Option<&dyn $crate::backend::Retention> {
+            self.inner.retention()
+        }
+    };
+    (@ adopt) => {
+        fn adopt(&self, keys: &[String]) {
+            self.inner.adopt(keys)
+        }
+    };
+}
+
 mod direct;
+pub mod limit;
 pub mod local;
 pub mod pausing;
 pub mod retry;

@@ -13,7 +13,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use async_trait::async_trait;
 
-use super::{Backend, BackendError, BackendResult, Bytes, Entry, WireStats};
+use super::{Backend, BackendError, BackendResult, Bytes, Entry};
 
 pub use super::rule::Op;
 use super::rule::{KeyMatch, Selector, Turn};
@@ -215,17 +215,7 @@ impl PausingBackend {
 
 #[async_trait]
 impl Backend for PausingBackend {
-    fn location(&self) -> String {
-        self.inner.location()
-    }
-
-    fn concurrency(&self) -> usize {
-        self.inner.concurrency()
-    }
-
-    fn wire_stats(&self) -> WireStats {
-        self.inner.wire_stats()
-    }
+    forward!(location, concurrency, wire_stats, storage_classes, retention, adopt);
 
     async fn put(&self, key: &str, data: Bytes) -> BackendResult<()> {
         self.run(Op::Put, key, self.inner.put(key, data)).await
@@ -249,18 +239,6 @@ impl Backend for PausingBackend {
 
     async fn sync(&self) -> BackendResult<()> {
         self.inner.sync().await
-    }
-
-    fn storage_classes(&self) -> Option<&dyn super::StorageClasses> {
-        self.inner.storage_classes()
-    }
-
-    fn retention(&self) -> Option<&dyn super::Retention> {
-        self.inner.retention()
-    }
-
-    fn adopt(&self, keys: &[String]) {
-        self.inner.adopt(keys)
     }
 
     async fn create(&self) -> BackendResult<()> {

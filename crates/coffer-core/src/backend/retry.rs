@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Backend, BackendError, BackendResult, BlockingRead, Bytes, Entry, WireStats};
+use super::{Backend, BackendError, BackendResult, BlockingRead, Bytes, Entry};
 
 /// The environment variable that sets [`RetryPolicy::timeout`], in seconds
 /// (fractions allowed): for tests, and for links where a 32 MiB upload
@@ -174,17 +174,7 @@ fn full_range(location: &str, key: &str, len: u64, data: Vec<u8>) -> BackendResu
 
 #[async_trait]
 impl Backend for RetryBackend {
-    fn location(&self) -> String {
-        self.inner.location()
-    }
-
-    fn concurrency(&self) -> usize {
-        self.inner.concurrency()
-    }
-
-    fn wire_stats(&self) -> WireStats {
-        self.inner.wire_stats()
-    }
+    forward!(location, concurrency, wire_stats, storage_classes, retention, adopt);
 
     async fn put(&self, key: &str, data: Bytes) -> BackendResult<()> {
         self.run("PUT", key, || self.inner.put(key, data.clone()), Ok).await
@@ -224,18 +214,6 @@ impl Backend for RetryBackend {
 
     async fn sync(&self) -> BackendResult<()> {
         self.run("SYNC", "", || self.inner.sync(), Ok).await
-    }
-
-    fn storage_classes(&self) -> Option<&dyn super::StorageClasses> {
-        self.inner.storage_classes()
-    }
-
-    fn retention(&self) -> Option<&dyn super::Retention> {
-        self.inner.retention()
-    }
-
-    fn adopt(&self, keys: &[String]) {
-        self.inner.adopt(keys)
     }
 
     async fn create(&self) -> BackendResult<()> {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Backend, BackendError, BackendResult, Bytes, Entry, WireStats};
+use super::{Backend, BackendError, BackendResult, Bytes, Entry};
 
 /// Adds a fixed delay to every request, as a link with that round-trip time
 /// would, and records how many requests were in flight at most. A pipeline
@@ -61,17 +61,7 @@ impl LatencyBackend {
 
 #[async_trait]
 impl Backend for LatencyBackend {
-    fn location(&self) -> String {
-        self.inner.location()
-    }
-
-    fn concurrency(&self) -> usize {
-        self.inner.concurrency()
-    }
-
-    fn wire_stats(&self) -> WireStats {
-        self.inner.wire_stats()
-    }
+    forward!(location, concurrency, wire_stats, storage_classes, retention, adopt);
 
     async fn put(&self, key: &str, data: Bytes) -> BackendResult<()> {
         let _g = self.enter().await;
@@ -100,18 +90,6 @@ impl Backend for LatencyBackend {
 
     async fn sync(&self) -> BackendResult<()> {
         self.inner.sync().await
-    }
-
-    fn storage_classes(&self) -> Option<&dyn super::StorageClasses> {
-        self.inner.storage_classes()
-    }
-
-    fn retention(&self) -> Option<&dyn super::Retention> {
-        self.inner.retention()
-    }
-
-    fn adopt(&self, keys: &[String]) {
-        self.inner.adopt(keys)
     }
 
     async fn create(&self) -> BackendResult<()> {
@@ -436,17 +414,7 @@ fn damage(mut data: Vec<u8>, strike: &Strike) -> Vec<u8> {
 
 #[async_trait]
 impl Backend for FaultBackend {
-    fn location(&self) -> String {
-        self.inner.location()
-    }
-
-    fn concurrency(&self) -> usize {
-        self.inner.concurrency()
-    }
-
-    fn wire_stats(&self) -> WireStats {
-        self.inner.wire_stats()
-    }
+    forward!(location, concurrency, wire_stats, storage_classes, retention, adopt);
 
     async fn put(&self, key: &str, data: Bytes) -> BackendResult<()> {
         self.run(Op::Put, key, self.inner.put(key, data), |v, _| v).await
@@ -470,18 +438,6 @@ impl Backend for FaultBackend {
 
     async fn sync(&self) -> BackendResult<()> {
         self.inner.sync().await
-    }
-
-    fn storage_classes(&self) -> Option<&dyn super::StorageClasses> {
-        self.inner.storage_classes()
-    }
-
-    fn retention(&self) -> Option<&dyn super::Retention> {
-        self.inner.retention()
-    }
-
-    fn adopt(&self, keys: &[String]) {
-        self.inner.adopt(keys)
     }
 
     async fn create(&self) -> BackendResult<()> {
