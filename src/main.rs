@@ -54,19 +54,7 @@ fn limit_malloc_arenas() {
     }
 }
 
-/// A reader that goes away (`coffer find … | head -1`) ends coffer quietly,
-/// as it ends `ls` or `grep`: Rust ignores SIGPIPE, which turns every later
-/// `println!` into a panic.
-fn die_quietly_on_a_closed_pipe() {
-    // SAFETY: restores the default disposition of one signal, before any
-    // other thread exists.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
-}
-
 fn main() -> ExitCode {
-    die_quietly_on_a_closed_pipe();
     limit_malloc_arenas();
     let argv = match profile::apply(std::env::args_os().collect()) {
         Ok(argv) => argv,
