@@ -507,12 +507,8 @@ impl Walker<'_> {
         loop {
             match stream.next_chunk_into(Plaintext::copy_of) {
                 Ok(Some(chunk)) => {
-                    let len = chunk.len();
-                    let id = chunk_id(self.repo.keys(), &mut self.zero_ids, &chunk);
-                    content.push(ChunkRef(id, len as u32));
-                    size += len as u64;
-                    self.up.store(ObjectKind::Chunk, id, chunk);
-                    self.progress.bytes_done(len as u64);
+                    size +=
+                        queue_chunk(self.repo.keys(), &mut self.zero_ids, self.up, self.progress, chunk, &mut content)
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -591,12 +587,8 @@ impl Walker<'_> {
             }
             match stream.next_chunk_into(Plaintext::copy_of) {
                 Ok(Some(chunk)) => {
-                    let len = chunk.len();
-                    let id = chunk_id(self.repo.keys(), &mut self.zero_ids, &chunk);
-                    content.push(ChunkRef(id, len as u32));
-                    size += len as u64;
-                    self.up.store(ObjectKind::Chunk, id, chunk);
-                    self.progress.bytes_done(len as u64);
+                    size +=
+                        queue_chunk(self.repo.keys(), &mut self.zero_ids, self.up, self.progress, chunk, &mut content)
                 }
                 Ok(None) => break,
                 Err(e) => return Err(Error::io(&path, e)),
@@ -618,6 +610,25 @@ impl Walker<'_> {
 
 /// A chunk's id; an all-zero chunk's is computed once per length, in
 /// `zero_ids`, so the holes of a sparse file are not hashed again.
+/// Queues one chunk of a file or stream for upload, appends it to the
+/// content list and counts its bytes; returns its length. (Not a method:
+/// the chunker holds a borrow of the walker meanwhile.)
+fn queue_chunk(
+    keys: &Keys,
+    zero_ids: &mut HashMap<usize, Id>,
+    up: &Uploader,
+    progress: &dyn Progress,
+    chunk: Plaintext,
+    content: &mut Vec<ChunkRef>,
+) -> u64 {
+    let len = chunk.len();
+    let id = chunk_id(keys, zero_ids, &chunk);
+    content.push(ChunkRef(id, len as u32));
+    up.store(ObjectKind::Chunk, id, chunk);
+    progress.bytes_done(len as u64);
+    len as u64
+}
+
 fn chunk_id(keys: &Keys, zero_ids: &mut HashMap<usize, Id>, chunk: &Plaintext) -> Id {
     if is_zero(chunk.as_slice()) {
         *zero_ids.entry(chunk.len()).or_insert_with(|| keys.id(chunk.as_slice()))

@@ -499,7 +499,7 @@ pub(crate) fn replace_index(
     repo.runtime().block_on(repo.bump_generation())?;
     let doomed: Vec<&Id> = old.iter().filter(|id| !written.contains(id)).collect();
     let keys: Vec<String> = doomed.iter().map(|id| object_key(ObjectKind::Index, id)).collect();
-    delete(repo, &keys, lock)?;
+    delete_unretained(repo, &keys, lock)?;
     for id in &doomed {
         repo.forget_cached(ObjectKind::Index, id);
     }
@@ -586,16 +586,22 @@ pub(crate) fn mark_snapshots(
     })
 }
 
+/// [`delete`], leaving what Object Lock still retains (superseded index
+/// objects: the new ones name the same packs, and a later prune removes
+/// them). Prune's own packs are sorted out earlier, in `locked_packs`.
+pub(crate) fn delete_unretained(repo: &Repository, keys: &[String], lock: &LockGuard) -> Result<()> {
+    let retained = crate::retention::still_retained(repo, keys)?;
+    if retained.is_empty() {
+        return delete(repo, keys, lock);
+    }
+    tracing::info!("{} objects are retained by Object Lock and stay until a later prune", retained.len());
+    let keys: Vec<String> = keys.iter().filter(|k| !retained.contains_key(*k)).cloned().collect();
+    delete(repo, &keys, lock)
+}
+
 /// Deletes objects, checking before each that the exclusive lock is still
 /// ours; durable when this returns.
 pub(crate) fn delete(repo: &Repository, keys: &[String], lock: &LockGuard) -> Result<()> {
-    // What Object Lock still retains stays (superseded index objects: the
-    // new ones name the same packs, and a later prune removes them).
-    let retained = crate::retention::still_retained(repo, keys)?;
-    if !retained.is_empty() {
-        tracing::info!("{} objects are retained by Object Lock and stay until a later prune", retained.len());
-    }
-    let keys: Vec<&String> = keys.iter().filter(|k| !retained.contains_key(*k)).collect();
     let backend = repo.backend();
     let width = backend.concurrency().max(1);
     repo.runtime().block_on(async {

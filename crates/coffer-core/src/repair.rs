@@ -29,7 +29,7 @@ use crate::index::{BlobSet, IndexedPack, LoadOptions, Loaded};
 use crate::lock::{LockGuard, REPAIR};
 use crate::pack::{PackEntry, PackKind, pack_key};
 use crate::packer::Packer;
-use crate::prune::{delete, replace_index};
+use crate::prune::{delete_unretained, replace_index};
 use crate::repo::Repository;
 use crate::snapshot::Snapshot;
 use crate::tree::{Node, NodeKind, Tree};
@@ -312,7 +312,7 @@ pub fn repair_packs(repo: &Repository, options: &PackRepairOptions) -> Result<Pa
     outcome.index_objects_removed = replaced.removed;
     let doomed: Vec<String> =
         damaged.iter().filter(|(id, _)| listed.contains_key(*id)).map(|(id, (kind, _))| pack_key(*kind, id)).collect();
-    delete(repo, &doomed, &lock)?;
+    delete_unretained(repo, &doomed, &lock)?;
     outcome.packs_deleted = doomed.len();
     // A lost tree's cached copy would hide the loss from this machine.
     for b in outcome.blobs_lost.iter().filter(|b| b.kind == ObjectKind::Tree.name()) {

@@ -71,15 +71,7 @@ impl RetentionRecord {
         for (key, t) in &self.until {
             text.push_str(&format!("{key} {t}\n"));
         }
-        let result = (|| -> std::io::Result<()> {
-            let dir = self.path.parent().ok_or_else(|| std::io::Error::other("no folder"))?;
-            std::fs::create_dir_all(dir)?;
-            let tmp = dir.join(format!("retention.tmp-{}", std::process::id()));
-            std::fs::write(&tmp, &text)?;
-            std::fs::File::open(&tmp)?.sync_all()?;
-            std::fs::rename(&tmp, &self.path)
-        })();
-        if let Err(e) = result {
+        if let Err(e) = crate::state::write_atomically(&self.path, &text) {
             tracing::warn!("cannot save {}: {e}", self.path.display());
         }
     }

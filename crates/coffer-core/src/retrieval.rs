@@ -95,6 +95,7 @@ pub fn plan_with(
 ) -> Result<RetrievalPlan> {
     let set = repo.blob_set()?;
     let (files, bytes, chunks) = crate::restorer::needed_chunks(repo, root, includes)?;
+    let lengths: HashMap<Id, u64> = set.packs().iter().map(|p| (p.id, p.length)).collect();
     let mut packs: HashMap<Id, NeededPack> = HashMap::new();
     let mut missing = 0;
     for id in &chunks {
@@ -102,7 +103,7 @@ pub fn plan_with(
             missing += 1;
             continue;
         };
-        let length = set.packs().iter().find(|p| p.id == loc.pack).map(|p| p.length).unwrap_or(0);
+        let length = lengths.get(&loc.pack).copied().unwrap_or(0);
         let entry = packs.entry(loc.pack).or_insert_with(|| NeededPack {
             id: loc.pack,
             kind: loc.kind,
@@ -177,15 +178,7 @@ impl WarmUpState {
         for (key, r) in &self.requests {
             text.push_str(&format!("{key} {} {} {}\n", r.tier.name(), r.at, r.days));
         }
-        let dir = self.path.parent().ok_or_else(|| Error::InvalidInput("the warm-up state has no folder".into()))?;
-        let write = || -> std::io::Result<()> {
-            std::fs::create_dir_all(dir)?;
-            let tmp = dir.join(format!("warm-up.tmp-{}", std::process::id()));
-            std::fs::write(&tmp, &text)?;
-            std::fs::File::open(&tmp)?.sync_all()?;
-            std::fs::rename(&tmp, &self.path)
-        };
-        write().map_err(|e| Error::io(&self.path, e))
+        crate::state::write_atomically(&self.path, &text).map_err(|e| Error::io(&self.path, e))
     }
 }
 

@@ -32,6 +32,19 @@ use crate::repo::Repository;
 
 const HEADER: &str = "coffer state 1";
 
+/// Writes one of the state folder's files whole or not at all: a temporary
+/// name in the same folder (created if missing), synced, then renamed over
+/// `path`.
+pub(crate) fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    let dir = path.parent().ok_or_else(|| std::io::Error::other("no parent folder"))?;
+    std::fs::create_dir_all(dir)?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!("{name}.tmp-{}", std::process::id()));
+    std::fs::write(&tmp, text)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
 /// The base folder of every repository's state.
 pub fn default_base() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("COFFER_STATE_DIR").filter(|d| !d.is_empty()) {
@@ -117,15 +130,7 @@ impl State {
 
     /// Writes the state (atomically: a temporary file renamed into place).
     fn save(&self, data: &Data) {
-        let result = (|| {
-            let dir = self.path.parent().ok_or_else(|| std::io::Error::other("no parent folder"))?;
-            std::fs::create_dir_all(dir)?;
-            let tmp = dir.join(format!("state.tmp-{}", std::process::id()));
-            std::fs::write(&tmp, data.render())?;
-            std::fs::File::open(&tmp)?.sync_all()?;
-            std::fs::rename(&tmp, &self.path)
-        })();
-        if let Err(e) = result {
+        if let Err(e) = write_atomically(&self.path, &data.render()) {
             tracing::warn!("cannot save {}: {e}", self.path.display());
         }
     }
